@@ -1,0 +1,1 @@
+"""The `soulstone` command line: typer commands and rich rendering."""

@@ -1,0 +1,49 @@
+"""Rich rendering of codex tables, conflicts, problems and warnings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from soulstone.codex.models import Codex
+from soulstone.errors import Problem
+
+
+def codex_table(codex: Codex) -> Table:
+    """A table of the soulstones: id, unit, groups, engine, runtime, URI, models, capabilities."""
+    table = Table(title="soulstones", title_justify="left")
+    for column in ("id", "unit", "groups", "engine", "runtime", "URI", "models", "capabilities"):
+        table.add_column(column, overflow="fold")
+    for s in codex.soulstones:
+        table.add_row(
+            Text(s.id, style="bold"),
+            s.unit,
+            ", ".join(s.groups) or Text("solitary", style="dim"),
+            s.engine,
+            s.runtime,
+            s.uri,
+            ", ".join(s.models),
+            ", ".join(s.capabilities),
+        )
+    return table
+
+
+def conflicts_text(codex: Codex) -> Text:
+    """The conflict pairs, one per line, or a line saying there are none."""
+    if not codex.conflicts:
+        return Text("no conflicts: every soulstone may run at once")
+    text = Text(f"conflicts ({len(codex.conflicts)} pairs; never run together):\n")
+    for a, b in codex.conflicts:
+        text.append(f"  {a} ⟷ {b}\n")
+    return text
+
+
+def print_problems(console: Console, problems: Iterable[Problem], kind: str, style: str) -> None:
+    """Print each problem on its own line, prefixed with its kind."""
+    for problem in problems:
+        line = Text(f"{kind}: ", style=style)
+        line.append(str(problem))
+        console.print(line, soft_wrap=True, highlight=False)

@@ -1,0 +1,34 @@
+"""The conflict graph: which soulstones may not run at the same time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from soulstone.codex.models import Soulstone
+
+
+def in_conflict(a: Soulstone, b: Soulstone) -> bool:
+    """Two distinct soulstones conflict when they share no group (solitary ones: always)."""
+    return a.id != b.id and not set(a.groups) & set(b.groups)
+
+
+def conflict_pairs(soulstones: Sequence[Soulstone]) -> tuple[tuple[str, str], ...]:
+    """Every conflicting pair once, each pair sorted, the pairs in sorted order."""
+    pairs = {
+        (min(a.id, b.id), max(a.id, b.id))
+        for i, a in enumerate(soulstones)
+        for b in soulstones[i + 1 :]
+        if in_conflict(a, b)
+    }
+    return tuple(sorted(pairs))
+
+
+def evictions(targets: Iterable[Soulstone], running: Iterable[Soulstone]) -> tuple[Soulstone, ...]:
+    """The running soulstones that conflict with any target, sorted by id."""
+    wanted = list(targets)
+    return tuple(
+        sorted(
+            (r for r in running if any(in_conflict(r, t) for t in wanted)),
+            key=lambda s: s.id,
+        )
+    )

@@ -1,0 +1,82 @@
+"""Engine kinds: inference from image or command, and per-engine defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+EngineName = Literal["vllm", "sglang", "llamacpp", "exllamav2", "tabbyapi", "generic"]
+ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
+
+
+@dataclass(frozen=True)
+class EngineTraits:
+    """What soulstone knows of one engine family before it runs."""
+
+    health_path: str
+    start_timeout: float
+    gpu: bool
+    whole_model_in_vram: bool
+    runtime_lora: bool
+
+
+TRAITS: dict[EngineName, EngineTraits] = {
+    "vllm": EngineTraits("/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=True),
+    "sglang": EngineTraits(
+        "/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+    ),
+    "llamacpp": EngineTraits(
+        "/health", 300.0, gpu=True, whole_model_in_vram=False, runtime_lora=False
+    ),
+    "exllamav2": EngineTraits(
+        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+    ),
+    "tabbyapi": EngineTraits(
+        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+    ),
+    "generic": EngineTraits(
+        "/v1/models", 300.0, gpu=False, whole_model_in_vram=False, runtime_lora=False
+    ),
+}
+
+DEFAULT_HEALTH_INTERVAL = 2.0
+
+# Substrings of an image reference, most specific first.
+_IMAGE_HINTS: tuple[tuple[str, EngineName], ...] = (
+    ("sglang", "sglang"),
+    ("vllm", "vllm"),
+    ("llama.cpp", "llamacpp"),
+    ("llama-cpp", "llamacpp"),
+    ("llama_cpp", "llamacpp"),
+    ("llamacpp", "llamacpp"),
+    ("tabby", "tabbyapi"),
+    ("exllama", "exllamav2"),
+)
+
+
+def _from_argv(argv: tuple[str, ...]) -> EngineName | None:
+    for word in argv:
+        lowered = word.lower()
+        base = os.path.basename(lowered)
+        if base == "vllm" or lowered.startswith("vllm.entrypoints"):
+            return "vllm"
+        if base == "sglang" or lowered.startswith("sglang.launch_server"):
+            return "sglang"
+        if base == "llama-server" or lowered.startswith("llama_cpp.server"):
+            return "llamacpp"
+        if "tabbyapi" in lowered:
+            return "tabbyapi"
+        if "exllamav2" in lowered:
+            return "exllamav2"
+    return None
+
+
+def infer_engine(image: str | None, argv: tuple[str, ...]) -> EngineName:
+    """Guess the engine family from the image reference, else the command, else generic."""
+    if image:
+        lowered = image.lower()
+        for hint, engine in _IMAGE_HINTS:
+            if hint in lowered:
+                return engine
+    return _from_argv(argv) or "generic"

@@ -1,0 +1,139 @@
+"""Read the codex from disk: find the files, parse, validate, advise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import orjson
+
+from soulstone.codex.advice import advise, model_reference
+from soulstone.codex.conflicts import conflict_pairs
+from soulstone.codex.facts import HostFacts, ModelFiles
+from soulstone.codex.models import Codex
+from soulstone.codex.parse import Declaration, parse_text
+from soulstone.codex.validate import resolve
+from soulstone.errors import CodexError, Problem, UsageError
+from soulstone.paths import Paths
+
+CODEX_ENV = "SOULSTONE_CODEX"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+ModelReader = Callable[[str], ModelFiles | None]
+
+
+def codex_sources(
+    given: Sequence[Path], env: Mapping[str, str], paths: Paths
+) -> tuple[list[Path], bool]:
+    """Where the codex comes from: `--codex`, else $SOULSTONE_CODEX, else the XDG folder.
+
+    The flag says whether the sources were named by the user (True) or defaulted.
+    """
+    if given:
+        return list(given), True
+    if env.get(CODEX_ENV):
+        return [Path(p) for p in env[CODEX_ENV].split(os.pathsep) if p], True
+    return [paths.codex], False
+
+
+def codex_files(sources: Sequence[Path], named: bool) -> list[Path]:
+    """The `*.toml` files of the sources, each once, folders listed in name order."""
+    files: list[Path] = []
+    for source in sources:
+        if source.is_dir():
+            files += sorted(
+                p for p in source.iterdir() if p.suffix == ".toml" and not p.name.startswith(".")
+            )
+        elif source.is_file():
+            files.append(source)
+        elif named:
+            raise UsageError(f"codex path {source} does not exist")
+    unique: dict[Path, Path] = {}
+    for file in files:
+        unique.setdefault(file.resolve(), file)
+    if not unique:
+        where = ", ".join(str(s) for s in sources)
+        raise CodexError(
+            (
+                Problem(
+                    where,
+                    "",
+                    "",
+                    "no codex files (*.toml) found: run `soulstone init` or pass --codex PATH",
+                ),
+            )
+        )
+    return list(unique.values())
+
+
+def read_model_files(reference: str) -> ModelFiles | None:
+    """Weight size and quantization of a local model path, or None when it is not local."""
+    path = Path(reference)
+    if not path.is_absolute():
+        return None
+    try:
+        if path.is_file():
+            return ModelFiles(
+                weight_bytes=path.stat().st_size,
+                quant_method="gguf" if path.suffix == ".gguf" else None,
+            )
+        if not path.is_dir():
+            return None
+        size = sum(
+            p.stat().st_size for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()
+        )
+        method = None
+        config = path / "config.json"
+        if config.is_file():
+            quant = orjson.loads(config.read_bytes()).get("quantization_config") or {}
+            method = quant.get("quant_method") if isinstance(quant, dict) else None
+        return ModelFiles(
+            weight_bytes=size, quant_method=method if isinstance(method, str) else None
+        )
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+def _read(file: Path) -> tuple[list[Declaration], list[Problem]]:
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        return [], [
+            Problem(str(file), "", "", f"not UTF-8 text: {error.reason} at byte {error.start}")
+        ]
+    except OSError as error:
+        return [], [Problem(str(file), "", "", f"cannot read: {error.strerror}")]
+    return parse_text(text, str(file))
+
+
+def load_files(
+    files: Sequence[Path], host: HostFacts, read_models: ModelReader = read_model_files
+) -> Codex:
+    """Parse and validate these files as one codex; raise CodexError with every problem."""
+    declarations: list[Declaration] = []
+    problems: list[Problem] = []
+    for file in files:
+        found, file_problems = _read(file)
+        declarations += found
+        problems += file_problems
+    soulstones, resolve_problems, warnings = resolve(declarations, host)
+    problems += resolve_problems
+    references = {ref for s in soulstones if (ref := model_reference(s))}
+    models = {ref: found for ref in sorted(references) if (found := read_models(ref))}
+    warnings += advise(soulstones, host, models)
+    if problems:
+        raise CodexError(tuple(sorted(problems)), tuple(sorted(warnings)))
+    ordered = tuple(sorted(soulstones, key=lambda s: s.id))
+    return Codex(ordered, conflict_pairs(ordered), tuple(sorted(warnings)))
+
+
+def load_codex(
+    sources: Sequence[Path],
+    host: HostFacts,
+    *,
+    named: bool = True,
+    read_models: ModelReader = read_model_files,
+) -> Codex:
+    """Load the codex from files and folders; raise CodexError or UsageError."""
+    return load_files(codex_files(sources, named), host, read_models)

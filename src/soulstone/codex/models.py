@@ -1,0 +1,193 @@
+"""Typed codex values: raw declarations as written, and resolved soulstones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from soulstone.codex.engines import EngineName
+from soulstone.errors import Problem
+
+RuntimeName = Literal["quadlet", "process"]
+ToolParser = Literal["none", "hermes"]
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class HealthDecl(_Strict):
+    """The `health` table: readiness probe path and timings in seconds."""
+
+    path: str | None = None
+    start_timeout: PositiveSeconds | None = None
+    interval: PositiveSeconds | None = None
+
+
+class LoraDecl(_Strict):
+    """The `lora` table: how many adapters an engine may hold, and how large."""
+
+    max_loras: PositiveInt = 1
+    max_lora_rank: PositiveInt = 16
+    max_cpu_loras: PositiveInt | None = None
+
+
+class SoulstoneDecl(_Strict):
+    """One soulstone table exactly as written, type-checked but not yet resolved."""
+
+    description: str = ""
+    engine: EngineName | None = None
+    image: str | None = None
+    exec: list[str] | str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    socket: str | None = None
+    port_expose: bool = False
+    model_path: str | None = None
+    volumes: list[str] = []
+    env: dict[str, str] = {}
+    devices: list[str] = []
+    groups: list[str] = []
+    capabilities: list[str] = []
+    models: list[str] | None = None
+    health: HealthDecl = HealthDecl()
+    lora: LoraDecl | None = None
+    ttl: PositiveInt | None = None
+    runtime: RuntimeName | None = None
+    tool_parser: ToolParser = "none"
+
+
+FIELD_NAMES: frozenset[str] = frozenset(SoulstoneDecl.model_fields)
+TABLE_FIELDS: dict[str, frozenset[str]] = {
+    "health": frozenset(HealthDecl.model_fields),
+    "lora": frozenset(LoraDecl.model_fields),
+}
+SUBTABLE_FIELDS: frozenset[str] = frozenset({*TABLE_FIELDS, "env"})
+
+
+@dataclass(frozen=True)
+class Health:
+    """Resolved readiness probe: path, start timeout and poll interval in seconds."""
+
+    path: str
+    start_timeout: float
+    interval: float
+
+
+@dataclass(frozen=True)
+class Lora:
+    """Resolved adapter limits of one engine."""
+
+    max_loras: int
+    max_lora_rank: int
+    max_cpu_loras: int | None
+
+
+@dataclass(frozen=True)
+class Soulstone:
+    """One validated engine declaration with every default resolved."""
+
+    id: str
+    file: str
+    groups: tuple[str, ...]
+    engine: EngineName
+    runtime: RuntimeName
+    argv: tuple[str, ...]
+    models: tuple[str, ...]
+    health: Health
+    description: str = ""
+    image: str | None = None
+    port: int | None = None
+    socket: str | None = None
+    port_expose: bool = False
+    model_path: str | None = None
+    volumes: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    devices: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    lora: Lora | None = None
+    ttl: int | None = None
+    tool_parser: ToolParser = "none"
+    runtime_explicit: bool = field(default=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The table's own name: the last part of the id."""
+        return self.id.rsplit(".", 1)[-1]
+
+    @property
+    def unit(self) -> str:
+        """The systemd unit name: `soulstone-` plus the id with dots as dashes."""
+        return unit_name(self.id)
+
+    @property
+    def uri(self) -> str:
+        """The OpenAI base URI the gateway uses to reach this engine."""
+        if self.socket is not None:
+            return f"http+unix://{quote(self.socket, safe='')}/v1"
+        return f"http://localhost:{self.port}/v1"
+
+    def summary(self) -> dict[str, object]:
+        """Return the `check --json` record of this soulstone."""
+        return {
+            "id": self.id,
+            "unit": self.unit,
+            "file": self.file,
+            "groups": list(self.groups),
+            "engine": self.engine,
+            "runtime": self.runtime,
+            "uri": self.uri,
+            "port": self.port,
+            "socket": self.socket,
+            "models": list(self.models),
+            "capabilities": list(self.capabilities),
+        }
+
+
+def unit_name(soulstone_id: str) -> str:
+    """Return the unit name for a soulstone id (`logic.alpha` -> `soulstone-logic-alpha`)."""
+    return "soulstone-" + soulstone_id.replace(".", "-")
+
+
+@dataclass(frozen=True)
+class Codex:
+    """A validated codex: soulstones sorted by id, conflict pairs and warnings."""
+
+    soulstones: tuple[Soulstone, ...]
+    conflicts: tuple[tuple[str, str], ...]
+    warnings: tuple[Problem, ...] = ()
+
+    def get(self, soulstone_id: str) -> Soulstone | None:
+        """Return the soulstone with this id, or None."""
+        for soulstone in self.soulstones:
+            if soulstone.id == soulstone_id:
+                return soulstone
+        return None
+
+    def serving(self, model: str) -> Soulstone | None:
+        """Return the soulstone that serves this model name, or None."""
+        for soulstone in self.soulstones:
+            if model in soulstone.models:
+                return soulstone
+        return None
+
+    def groups(self) -> dict[str, tuple[str, ...]]:
+        """Return each group name with the ids of its members, both sorted."""
+        members: dict[str, list[str]] = {}
+        for soulstone in self.soulstones:
+            for group in soulstone.groups:
+                members.setdefault(group, []).append(soulstone.id)
+        return {group: tuple(sorted(ids)) for group, ids in sorted(members.items())}
+
+    def summary(self) -> dict[str, object]:
+        """Return the `check --json` document for this codex."""
+        return {
+            "soulstones": [s.summary() for s in self.soulstones],
+            "conflicts": [list(pair) for pair in self.conflicts],
+            "warnings": [w.as_dict() for w in self.warnings],
+        }
