@@ -48,7 +48,7 @@ def detect_host(env: Mapping[str, str] | None = None) -> HostFacts:
     """Look at this machine once; `SOULSTONE_DEFAULT_RUNTIME` overrides the container default."""
     env = os.environ if env is None else env
     wanted = env.get(RUNTIME_ENV) or None
-    override = {name: name for name in _RUNTIMES}.get(wanted) if wanted else None
+    override = next((name for name in _RUNTIMES if name == wanted), None)
     if wanted is not None and override is None:
         raise UsageError(f"{RUNTIME_ENV}={wanted!r}: expected 'quadlet' or 'process'")
     runtime_dir = env.get("XDG_RUNTIME_DIR", "")

@@ -12,6 +12,8 @@ from pydantic import ValidationError
 from soulstone.codex.engines import ENGINE_NAMES
 from soulstone.codex.models import FIELD_NAMES, TABLE_FIELDS, SoulstoneDecl
 
+MAP_FIELDS = frozenset({"env"})
+
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 MODEL_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
@@ -116,8 +118,11 @@ def typed(table: dict[str, Any]) -> tuple[SoulstoneDecl, list[tuple[str, str]]]:
                     value = value[part]
                 except (KeyError, IndexError, TypeError):
                     break
-            items = [p for p in loc[1:] if isinstance(p, int)]
-            where = f"item {items[0] + 1}: " if items and isinstance(table.get(top), list) else ""
+            where = ""
+            if len(loc) > 1 and isinstance(loc[1], int):
+                where = f"item {loc[1] + 1}: "
+            elif len(loc) > 1 and top in MAP_FIELDS:
+                where = f"key {loc[1]!r}: "
             found[field] = (
                 f"{where}expected {EXPECTED.get(field, detail['msg'])}, got {describe(value)}"
             )

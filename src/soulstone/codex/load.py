@@ -120,7 +120,7 @@ def load_files(
     soulstones, resolve_problems, warnings = resolve(declarations, host)
     problems += resolve_problems
     references = {ref for s in soulstones if (ref := model_reference(s))}
-    models = {ref: found for ref in sorted(references) if (found := read_models(ref))}
+    models = {ref: info for ref in sorted(references) if (info := read_models(ref))}
     warnings += advise(soulstones, host, models)
     if problems:
         raise CodexError(tuple(sorted(problems)), tuple(sorted(warnings)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from soulstone.codex.engines import DEFAULT_HEALTH_INTERVAL, TRAITS, infer_engine
+from soulstone.codex.engines import DEFAULT_HEALTH_INTERVAL, TRAITS, EngineName, infer_engine
 from soulstone.codex.facts import HostFacts
 from soulstone.codex.fields import (
     ENV_NAME_RE,
@@ -31,6 +31,7 @@ class _Collector:
         self.table = declaration.id
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.mistyped: set[str] = set()
 
     def error(self, field: str, message: str) -> None:
         self.problems.append(Problem(self.file, self.table, field, message))
@@ -79,7 +80,7 @@ def _models(decl: SoulstoneDecl, name: str, out: _Collector) -> tuple[str, ...]:
 def _address(decl: SoulstoneDecl, out: _Collector) -> None:
     if decl.port is not None and decl.socket is not None:
         out.error("socket", "set either port (TCP) or socket (a Unix socket path), not both")
-    if decl.port is None and decl.socket is None:
+    if decl.port is None and decl.socket is None and not {"port", "socket"} & out.mistyped:
         out.error("port", "no address: set port (TCP) or socket (a Unix socket path)")
     if decl.socket is not None:
         if not decl.socket.startswith("/"):
@@ -94,10 +95,35 @@ def _address(decl: SoulstoneDecl, out: _Collector) -> None:
             out.error("port_expose", "a soulstone on a Unix socket has no port to publish")
 
 
+def _check_command(decl: SoulstoneDecl, argv: tuple[str, ...], out: _Collector) -> None:
+    """The process runtime runs exec itself: it must be there and start with a program."""
+    starts_with_option = bool(argv) and argv[0].startswith("-")
+    if decl.image and decl.runtime is None:
+        if decl.exec is None or starts_with_option:
+            out.warn(
+                "runtime",
+                "without Podman and a user systemd here the runtime is 'process', but "
+                "exec is not a whole command (the image's entrypoint would run it): this "
+                "soulstone can run only where the quadlet runtime is available",
+            )
+    elif decl.exec is None:
+        out.error(
+            "exec",
+            "the process runtime needs exec: the command to run"
+            if decl.image
+            else "nothing to run: set exec (a command) or image (a container)",
+        )
+    elif starts_with_option:
+        out.error(
+            "exec",
+            "the process runtime runs exec as a command, but it starts "
+            f"with the option {argv[0]!r}: put the program first",
+        )
+
+
 def _runtime(
     decl: SoulstoneDecl, argv: tuple[str, ...], facts: HostFacts, out: _Collector
 ) -> RuntimeName:
-    has_command = bool(argv) and not argv[0].startswith("-")
     if decl.runtime is not None:
         runtime = decl.runtime
     elif decl.image:
@@ -106,30 +132,13 @@ def _runtime(
         runtime = "process"
     if runtime == "quadlet" and not decl.image:
         out.error("image", "the quadlet runtime runs a container: set image")
-    if runtime == "process":
-        if not decl.image and decl.exec is None:
-            out.error("exec", "nothing to run: set exec (a command) or image (a container)")
-        elif decl.runtime == "process" and decl.exec is None:
-            out.error("exec", "the process runtime needs exec: the command to run")
-        elif decl.exec is not None and argv and not has_command:
-            if decl.runtime == "process" or not decl.image:
-                out.error(
-                    "exec",
-                    f"the process runtime runs exec as a command, but it starts "
-                    f"with the option {argv[0]!r}: put the program first",
-                )
-            else:
-                out.warn(
-                    "runtime",
-                    "without Podman and a user systemd here the runtime is "
-                    "'process', but exec holds only arguments for the image: this "
-                    "soulstone can run only where the quadlet runtime is available",
-                )
+    if runtime == "process" and not {"image", "exec"} & out.mistyped:
+        _check_command(decl, argv, out)
     return runtime
 
 
-def _health(decl: SoulstoneDecl, engine: str, out: _Collector) -> Health:
-    traits = TRAITS[engine]  # type: ignore[index]
+def _health(decl: SoulstoneDecl, engine: EngineName, out: _Collector) -> Health:
+    traits = TRAITS[engine]
     path = decl.health.path or traits.health_path
     if not path.startswith("/"):
         out.error("health.path", f"{path!r} must start with '/'")
@@ -175,6 +184,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
     decl, type_problems = typed(known)
     for field, message in type_problems:
         out.error(field, message)
+        out.mistyped.add(field.split(".")[0])
 
     argv: tuple[str, ...] = ()
     if decl.exec is not None:

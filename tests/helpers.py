@@ -1,0 +1,43 @@
+"""Shared test helpers: write codex files, load them, find problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from soulstone.codex.facts import HostFacts
+from soulstone.codex.load import load_codex
+from soulstone.codex.models import Codex
+from soulstone.errors import CodexError, Problem
+
+EXAMPLES = Path(__file__).parent / "data" / "examples"
+NO_PODMAN = HostFacts()
+PODMAN_HOST = HostFacts(has_podman=True, has_user_systemd=True, gpu_vendor="nvidia")
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    """Write codex files into a folder and return it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def load(folder: Path, host: HostFacts = NO_PODMAN) -> Codex:
+    """Load a codex folder with no model files on disk."""
+    return load_codex([folder], host, read_models=lambda _ref: None)
+
+
+def problems(folder: Path, host: HostFacts = NO_PODMAN) -> tuple[Problem, ...]:
+    """Load a codex that must be invalid and return its problems."""
+    with pytest.raises(CodexError) as caught:
+        load(folder, host)
+    return caught.value.problems
+
+
+def one(found: tuple[Problem, ...], table: str, field: str) -> Problem:
+    """The single problem for this table and field; fails with all of them otherwise."""
+    matching = [p for p in found if p.table == table and p.field == field]
+    assert len(matching) == 1, f"expected one problem at [{table}] {field}, got {found}"
+    return matching[0]
