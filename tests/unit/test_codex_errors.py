@@ -40,7 +40,7 @@ def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
     [
         ('port = "8000"', "port", ["integer", "'8000'", "a string"]),
         ("port_expose = 1", "port_expose", ["true or false"]),
-        ("groups = [\"a\", 5]", "groups", ["item 2", "5"]),
+        ('groups = ["a", 5]', "groups", ["item 2", "5"]),
         ("exec = 5", "exec", ["list of strings or one string"]),
         ('engine = "ollama"', "engine", ["vllm", "'ollama'"]),
         ('runtime = "docker"', "runtime", ["quadlet", "process"]),
@@ -90,7 +90,9 @@ def test_duplicate_port_across_groups_that_never_run_together(tmp_path: Path) ->
 
 
 def test_duplicate_socket(tmp_path: Path) -> None:
-    write(tmp_path, {"a.toml": f'[a]\n{OK}socket = "/run/s.sock"\n[b]\n{OK}socket = "/run/s.sock"\n'})
+    write(
+        tmp_path, {"a.toml": f'[a]\n{OK}socket = "/run/s.sock"\n[b]\n{OK}socket = "/run/s.sock"\n'}
+    )
     assert "[a]" in one(problems(tmp_path), "b", "socket").message
 
 
@@ -122,7 +124,7 @@ def test_group_named_like_a_soulstone(tmp_path: Path) -> None:
 
 
 def test_unparsable_exec(tmp_path: Path) -> None:
-    write(tmp_path, {"a.toml": "[a]\nport = 1\nexec = \"llama-server -m 'unclosed\"\n"})
+    write(tmp_path, {"a.toml": '[a]\nport = 1\nexec = "llama-server -m \'unclosed"\n'})
     assert "closing quotation" in one(problems(tmp_path), "a", "exec").message
 
 
@@ -184,7 +186,7 @@ def test_invalid_toml_names_line_and_column(tmp_path: Path) -> None:
 
 
 def test_not_utf8(tmp_path: Path) -> None:
-    (tmp_path / "a.toml").write_bytes(b"[a]\ndescription = \"\xff\"\n")
+    (tmp_path / "a.toml").write_bytes(b'[a]\ndescription = "\xff"\n')
     [problem] = problems(tmp_path)
     assert "UTF-8" in problem.message
 

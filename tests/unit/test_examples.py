@@ -7,6 +7,7 @@ from pathlib import Path
 
 from helpers import EXAMPLES, PODMAN_HOST, load
 from soulstone.cli.check import starter_codex
+from soulstone.codex.models import Codex
 
 EXPECTED_CONFLICTS = {
     frozenset(pair)
@@ -88,6 +89,9 @@ def test_bundled_starter_codex_matches_the_reference_examples(tmp_path: Path) ->
     reference = load(EXAMPLES)
     bundled = load(starter)
     assert bundled.conflicts == reference.conflicts
-    strip = lambda c: [s.summary() | {"file": Path(s.file).name} for s in c.soulstones]  # noqa: E731
+
+    def strip(codex: Codex) -> list[dict[str, object]]:
+        return [s.summary() | {"file": Path(s.file).name} for s in codex.soulstones]
+
     assert strip(bundled) == strip(reference)
     shutil.rmtree(starter)

@@ -78,6 +78,7 @@ def main_options(
         list[Path] | None,
         typer.Option(
             "--codex",
+            metavar="PATH",
             help="A codex file or folder of *.toml (repeatable). "
             "Default: $SOULSTONE_CODEX, else $XDG_CONFIG_HOME/soulstone/soulstones/.",
         ),

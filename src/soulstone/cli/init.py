@@ -8,7 +8,7 @@ import typer
 
 from soulstone.cli.app import guarded, session
 from soulstone.cli.check import starter_codex
-from soulstone.errors import UsageError
+from soulstone.errors import SoulstoneError, UsageError
 
 
 def _one_folder(sources: list[Path]) -> Path:
@@ -19,10 +19,10 @@ def _one_folder(sources: list[Path]) -> Path:
 
 def _write_starter(folder: Path) -> list[Path]:
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{folder} exists and is not a folder")
+        raise SoulstoneError(f"{folder} exists and is not a folder")
     existing = sorted(folder.glob("*.toml")) if folder.is_dir() else []
     if existing:
-        raise UsageError(
+        raise SoulstoneError(
             f"{folder} already holds a codex ({', '.join(p.name for p in existing)}); "
             "refusing to overwrite it"
         )

@@ -42,8 +42,15 @@ def _family(method: str) -> str:
 
 
 def model_reference(soulstone: Soulstone) -> str | None:
-    """The model a soulstone loads: `model_path`, else the engine's model option."""
-    return soulstone.model_path or option(soulstone.argv, *_MODEL_FLAGS)
+    """The model a soulstone loads: `model_path`, else the engine's model argument."""
+    if soulstone.model_path:
+        return soulstone.model_path
+    argv = soulstone.argv
+    if "serve" in argv:  # `vllm serve MODEL`
+        following = argv[argv.index("serve") + 1 : argv.index("serve") + 2]
+        if following and not following[0].startswith("-"):
+            return following[0]
+    return option(argv, *_MODEL_FLAGS)
 
 
 def _model_quant(soulstone: Soulstone, files: ModelFiles | None) -> str | None:

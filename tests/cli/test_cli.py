@@ -1,0 +1,188 @@
+"""The real `soulstone` console script, run as a subprocess: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from helpers import EXAMPLES, write
+
+SCRIPT = Path(sys.executable).parent / "soulstone"
+SOULSTONE_KEYS = {
+    "id", "unit", "file", "groups", "engine", "runtime", "uri", "port", "socket", "models",
+    "capabilities",
+}  # fmt: skip
+PROBLEM_KEYS = {"file", "table", "field", "message"}
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    """Run the console script in a private HOME/XDG environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SOULSTONE_", "XDG_"))}
+    env |= {
+        "HOME": str(tmp_path / "home"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "SOULSTONE_DEFAULT_RUNTIME": "process",
+        "COLUMNS": "200",
+    }
+
+    def invoke(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), *args],
+            env=env | extra_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return invoke
+
+
+def test_check_json_prints_the_contract_shape(run: Run) -> None:
+    result = run("--codex", str(EXAMPLES), "check", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert set(document) == {"soulstones", "conflicts", "warnings"}
+    assert [s["id"] for s in document["soulstones"]] == [
+        "eye", "flash", "logic.alpha", "logic.beta", "scribe",
+    ]  # fmt: skip
+    for soulstone in document["soulstones"]:
+        assert set(soulstone) == SOULSTONE_KEYS
+    alpha = document["soulstones"][2]
+    assert alpha == {
+        "id": "logic.alpha",
+        "unit": "soulstone-logic-alpha",
+        "file": str(EXAMPLES / "logic_cluster.toml"),
+        "groups": ["logic"],
+        "engine": "vllm",
+        "runtime": "process",
+        "uri": "http://localhost:8000/v1",
+        "port": 8000,
+        "socket": None,
+        "models": ["alpha"],
+        "capabilities": [],
+    }
+    assert document["conflicts"] == [
+        ["eye", "flash"], ["eye", "logic.alpha"], ["eye", "logic.beta"],
+        ["flash", "logic.alpha"], ["flash", "logic.beta"], ["flash", "scribe"],
+        ["logic.alpha", "scribe"], ["logic.beta", "scribe"],
+    ]  # fmt: skip
+    for warning in document["warnings"]:
+        assert set(warning) == PROBLEM_KEYS
+
+
+def test_check_prints_a_table_and_the_conflict_pairs(run: Run) -> None:
+    result = run("--codex", str(EXAMPLES), "check")
+    assert result.returncode == 0, result.stderr
+    for word in (
+        "logic.alpha",
+        "soulstone-logic-beta",
+        "vision-ritual",
+        "http://localhost:8781/v1",
+    ):
+        assert word in result.stdout
+    assert "conflicts (8 pairs" in result.stdout
+    assert "flash ⟷ logic.alpha" in result.stdout
+    assert "warning:" in result.stderr
+
+
+def test_invalid_codex_lists_every_error_on_stderr_with_exit_1(run: Run, tmp_path: Path) -> None:
+    codex = write(
+        tmp_path / "bad",
+        {"a.toml": '[a]\nexec = ["x"]\nport = 70000\nprot = 1\n', "b.toml": "[b]\nport = \n"},
+    )
+    result = run("--codex", str(codex), "check")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert f"{codex / 'a.toml'}: [a] port:" in result.stderr
+    assert f"{codex / 'a.toml'}: [a] prot: unknown key 'prot' (did you mean 'port'?)" in (
+        result.stderr
+    )
+    assert f"{codex / 'b.toml'}: invalid TOML" in result.stderr
+    assert "3 errors in the codex" in result.stderr
+
+
+def test_invalid_codex_json(run: Run, tmp_path: Path) -> None:
+    codex = write(tmp_path / "bad", {"a.toml": '[a]\nexec = ["x"]\nport = 0\n'})
+    result = run("--codex", str(codex), "check", "--json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert set(document) == {"errors", "warnings"}
+    [error] = document["errors"]
+    assert set(error) == PROBLEM_KEYS
+    assert (error["file"], error["table"], error["field"]) == (str(codex / "a.toml"), "a", "port")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["check", "--no-such-flag"], ["--codex", "/no/such/path", "check"], ["frobnicate"]],
+)
+def test_usage_errors_exit_2(run: Run, args: list[str]) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr
+
+
+def test_codex_sources_in_order_flag_env_default(run: Run, tmp_path: Path) -> None:
+    default = write(
+        tmp_path / "config" / "soulstone" / "soulstones",
+        {"d.toml": '[d]\nexec = ["x"]\nport = 1\n'},
+    )
+    from_env = write(tmp_path / "env", {"e.toml": '[e]\nexec = ["x"]\nport = 2\n'})
+    from_flag = write(tmp_path / "flag", {"f.toml": '[f]\nexec = ["x"]\nport = 3\n'})
+    extra = write(tmp_path / "extra", {"g.toml": '[g]\nexec = ["x"]\nport = 4\n'})
+
+    def ids(*args: str, **env: str) -> list[str]:
+        result = run(*args, "check", "--json", **env)
+        assert result.returncode == 0, result.stderr
+        return [s["id"] for s in json.loads(result.stdout)["soulstones"]]
+
+    assert ids() == ["d"]
+    assert ids(SOULSTONE_CODEX=str(from_env)) == ["e"]
+    assert ids("--codex", str(from_flag), SOULSTONE_CODEX=str(from_env)) == ["f"]
+    assert ids("--codex", str(from_flag), "--codex", str(extra / "g.toml")) == ["f", "g"]
+    assert default.is_dir()
+
+
+def test_no_codex_yet_points_to_init(run: Run) -> None:
+    result = run("check")
+    assert result.returncode == 1
+    assert "soulstone init" in result.stderr
+
+
+def test_init_writes_the_starter_codex_and_refuses_to_overwrite(run: Run, tmp_path: Path) -> None:
+    first = run("init")
+    assert first.returncode == 0, first.stderr
+    folder = tmp_path / "config" / "soulstone" / "soulstones"
+    written = sorted(p.name for p in folder.glob("*.toml"))
+    assert written == ["flash.toml", "logic_cluster.toml", "vision_eye.toml", "vision_scribe.toml"]
+    assert all(p.read_text().lstrip().startswith("#") for p in folder.glob("*.toml"))
+    before = {p: p.read_text() for p in folder.glob("*.toml")}
+    second = run("init")
+    assert second.returncode == 1
+    assert "refusing to overwrite" in second.stderr
+    assert {p: p.read_text() for p in folder.glob("*.toml")} == before
+    assert run("check").returncode == 0
+
+
+def test_demo_checks_the_bundled_codex(run: Run) -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    assert "soulstone demo" in result.stdout
+    assert "conflicts (8 pairs" in result.stdout
+
+
+def test_version(run: Run) -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("soulstone ")
