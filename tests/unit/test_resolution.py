@@ -1,0 +1,95 @@
+"""Derived values: URIs, unit names, defaults, runtime choice, eviction sets, paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import NO_PODMAN, PODMAN_HOST, load, write
+from soulstone.codex.conflicts import evictions
+from soulstone.codex.facts import HostFacts
+from soulstone.errors import UsageError
+from soulstone.host import detect_host
+from soulstone.paths import Paths
+
+
+def test_socket_uri_is_percent_encoded_and_defaults_resolve(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "a.toml": '[g.a]\nsocket = "/run/user/1000/soul stone/a.sock"\n'
+            'exec = "llama-server -m /m.gguf"\nmodels = ["m1", "m2"]\nttl = 300\n'
+            '[g.a.env]\nA = "1"\n[g.a.health]\nstart_timeout = 30\n'
+        },
+    )
+    [a] = load(tmp_path).soulstones
+    assert a.uri == "http+unix://%2Frun%2Fuser%2F1000%2Fsoul%20stone%2Fa.sock/v1"
+    assert a.unit == "soulstone-g-a"
+    assert a.name == "a"
+    assert a.models == ("m1", "m2")
+    assert a.engine == "llamacpp"
+    assert a.env == (("A", "1"),)
+    assert (a.health.path, a.health.start_timeout, a.health.interval) == ("/health", 30, 2.0)
+    assert a.ttl == 300
+    assert a.summary()["socket"] == "/run/user/1000/soul stone/a.sock"
+
+
+def test_runtime_choice(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "a.toml": '[img]\nport = 1\nimage = "x/vllm"\nexec = ["--model", "m"]\n'
+            '[cmd]\nport = 2\nexec = ["llama-server"]\n'
+            '[pinned]\nport = 3\nimage = "x/y"\nexec = ["run"]\nruntime = "process"\n'
+        },
+    )
+    on_podman = {s.id: s.runtime for s in load(tmp_path, PODMAN_HOST).soulstones}
+    assert on_podman == {"img": "quadlet", "cmd": "process", "pinned": "process"}
+    bare = {s.id: s.runtime for s in load(tmp_path, NO_PODMAN).soulstones}
+    assert bare == {"img": "process", "cmd": "process", "pinned": "process"}
+    forced = HostFacts(runtime_override="quadlet")
+    assert load(tmp_path, forced).get("img").runtime == "quadlet"  # type: ignore[union-attr]
+
+
+def test_evictions_are_the_running_soulstones_that_conflict(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        {
+            "a.toml": '[g.a]\nport = 1\nexec = ["x"]\n[g.b]\nport = 2\nexec = ["x"]\n'
+            '[solo]\nport = 3\nexec = ["x"]\n[h.c]\nport = 4\nexec = ["x"]\n'
+        },
+    )
+    codex = load(tmp_path)
+    by_id = {s.id: s for s in codex.soulstones}
+    running = [by_id["g.a"], by_id["h.c"]]
+    assert [s.id for s in evictions([by_id["g.b"]], running)] == ["h.c"]
+    assert [s.id for s in evictions([by_id["solo"]], running)] == ["g.a", "h.c"]
+    assert codex.serving("b") is by_id["g.b"]
+    assert codex.serving("nope") is None
+
+
+def test_detect_host_runtime_override() -> None:
+    assert detect_host({"SOULSTONE_DEFAULT_RUNTIME": "quadlet", "PATH": ""}).runtime_override == (
+        "quadlet"
+    )
+    with pytest.raises(UsageError):
+        detect_host({"SOULSTONE_DEFAULT_RUNTIME": "docker"})
+    facts = detect_host({"PATH": "", "XDG_RUNTIME_DIR": "/nonexistent"})
+    assert not facts.has_podman and not facts.has_user_systemd
+    assert facts.container_runtime == "process"
+
+
+def test_paths_follow_xdg_and_ignore_relative_values() -> None:
+    paths = Paths.from_env(
+        {
+            "HOME": "/h",
+            "XDG_CONFIG_HOME": "/c",
+            "XDG_CACHE_HOME": "relative",
+            "XDG_RUNTIME_DIR": "/r",
+        }
+    )
+    assert paths.codex == Path("/c/soulstone/soulstones")
+    assert paths.cache == Path("/h/.cache/soulstone")
+    assert paths.runtime == Path("/r/soulstone")
+    assert paths.state == Path("/h/.local/state/soulstone")
