@@ -42,3 +42,13 @@ class Paths:
     def codex(self) -> Path:
         """The default codex folder: `$XDG_CONFIG_HOME/soulstone/soulstones/`."""
         return self.config / "soulstones"
+
+    @property
+    def quadlet_units(self) -> Path:
+        """The user's Quadlet folder: `$XDG_CONFIG_HOME/containers/systemd/`."""
+        return self.config.parent / "containers" / "systemd"
+
+    @property
+    def systemd_units(self) -> Path:
+        """The user's systemd unit folder: `$XDG_CONFIG_HOME/systemd/user/`."""
+        return self.config.parent / "systemd" / "user"

@@ -120,9 +120,10 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import check, init
+    from soulstone.cli import check, forge, init
 
     check.register(app)
+    forge.register(app)
     init.register(app)
 
 

@@ -80,3 +80,38 @@ def infer_engine(image: str | None, argv: tuple[str, ...]) -> EngineName:
             if hint in lowered:
                 return engine
     return _from_argv(argv) or "generic"
+
+
+def without_options(argv: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """Drop `--name value` and `--name=value` options (for these names) from argv."""
+    kept: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in names:
+            skip = True
+            continue
+        if any(word.startswith(name + "=") for name in names):
+            continue
+        kept.append(word)
+    return tuple(kept)
+
+
+def socket_arguments(engine: EngineName, path: str) -> tuple[str, ...] | None:
+    """The options that make this engine serve on a Unix socket, or None if it cannot."""
+    if engine == "vllm":
+        return ("--uds", path)
+    if engine == "llamacpp":
+        # llama-server treats a --host ending in .sock as a Unix socket path.
+        return ("--host", path) if path.endswith(".sock") else None
+    return None
+
+
+def serve_on_socket(engine: EngineName, argv: tuple[str, ...], path: str) -> tuple[str, ...] | None:
+    """argv rewritten to serve on the socket instead of a TCP port, or None if unsupported."""
+    extra = socket_arguments(engine, path)
+    if extra is None:
+        return None
+    return (*without_options(argv, ("--host", "--port", "--uds")), *extra)

@@ -142,8 +142,6 @@ def split_exec(value: list[str] | str) -> tuple[tuple[str, ...], str | None]:
             return (), f"cannot split the command like a shell: {str(error).lower()}"
     if not argv:
         return (), "the command is empty"
-    if any(not word for word in argv) and isinstance(value, list):
-        return argv, "empty strings are not arguments an engine expects"
     return argv, None
 
 

@@ -51,7 +51,7 @@ class SoulstoneDecl(_Strict):
     model_path: str | None = None
     volumes: list[str] = []
     env: dict[str, str] = {}
-    devices: list[str] = []
+    devices: list[str] | None = None
     groups: list[str] = []
     capabilities: list[str] = []
     models: list[str] | None = None
@@ -108,7 +108,7 @@ class Soulstone:
     model_path: str | None = None
     volumes: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
-    devices: tuple[str, ...] = ()
+    devices: tuple[str, ...] | None = None
     capabilities: tuple[str, ...] = ()
     lora: Lora | None = None
     ttl: int | None = None

@@ -169,7 +169,7 @@ def _simple_fields(decl: SoulstoneDecl, out: _Collector) -> None:
     for key in decl.env:
         if ENV_NAME_RE.fullmatch(key) is None:
             out.error("env", f"malformed variable name {key!r}")
-    if any(not device for device in decl.devices):
+    if any(not device for device in decl.devices or ()):
         out.error("devices", "a device may not be an empty string")
     if decl.model_path is not None and not decl.model_path:
         out.error("model_path", "the path is empty")
@@ -211,7 +211,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         model_path=decl.model_path,
         volumes=tuple(decl.volumes),
         env=tuple(decl.env.items()),
-        devices=tuple(decl.devices),
+        devices=None if decl.devices is None else tuple(decl.devices),
         capabilities=_tags(decl, out),
         lora=_lora(decl, out),
         ttl=decl.ttl,
