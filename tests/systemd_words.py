@@ -1,8 +1,8 @@
 """systemd's command-line rules, for reading generated ExecStart= lines back into argv.
 
-Specifiers first (`%%` -> `%`, others such as `%t` -> `<%t>`), then words (whitespace-separated; double or
-single quotes; C escapes inside and outside quotes), then variables at exec
-time (`$$` -> `$`). Anything soulstone should have escaped raises ValueError.
+Specifiers first (`%%` -> `%`, others such as `%t` -> `<%t>`), then words
+(whitespace-separated; double or single quotes; C escapes inside and outside
+quotes), then variables at exec time (`$$` -> `$`; a bare `$` raises ValueError).
 """
 
 from __future__ import annotations

@@ -186,3 +186,43 @@ def test_version(run: Run) -> None:
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("soulstone ")
+
+
+def test_forge_dry_run_prints_each_unit_under_a_header(run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    result = run("--codex", str(EXAMPLES), "forge", "--output", str(out), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert not out.exists()
+    for unit in ("soulstone-flash.container", "soulstone-gateway.socket"):
+        assert f"# ==> {out / unit} (new) <==" in result.stdout
+    assert "Conflicts=soulstone-eye.service" in result.stdout
+
+
+def test_forge_writes_then_changes_nothing(run: Run, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    first = run("--codex", str(EXAMPLES), "forge", "--output", str(out))
+    assert first.returncode == 0, first.stderr
+    assert "7 written, 0 unchanged, 0 removed" in first.stdout
+    assert "skipped `systemctl --user daemon-reload`" in first.stderr
+    second = run("--codex", str(EXAMPLES), "forge", "--output", str(out), "--no-reload")
+    assert second.returncode == 0, second.stderr
+    assert "0 written, 7 unchanged, 0 removed" in second.stdout
+    service = (out / "soulstone-gateway.service").read_text()
+    assert f"ExecStart={SCRIPT} serve" in service
+
+
+def test_forge_defaults_to_the_user_quadlet_and_systemd_folders(run: Run, tmp_path: Path) -> None:
+    result = run("--codex", str(EXAMPLES), "forge", "--no-reload")
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "config"
+    assert (config / "containers" / "systemd" / "soulstone-flash.container").is_file()
+    assert (config / "systemd" / "user" / "soulstone-gateway.socket").is_file()
+    assert not (config / "containers" / "systemd" / "soulstone-gateway.socket").exists()
+
+
+def test_forge_strict_refusal_names_file_table_and_field(run: Run, tmp_path: Path) -> None:
+    codex = write(tmp_path / "codex", {"a.toml": '[s]\nimage = "lmsysorg/sglang"\nport = 30000\n'})
+    result = run("--codex", str(codex), "forge", "--strict", "--output", str(tmp_path / "u"))
+    assert result.returncode == 1
+    assert f"{codex / 'a.toml'}: [s] engine: strict mode" in result.stderr
+    assert not (tmp_path / "u").exists()

@@ -1,0 +1,251 @@
+"""Every forged unit passes Podman's own quadlet generator and systemd-analyze verify.
+
+Needs the quadlet binary that scripts/get-quadlet fetches, /usr/bin/podman and
+systemd-analyze. Skipped only when they are truly absent, and never in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from helpers import EXAMPLES, load, write
+from soulstone.codex.engines import serve_on_socket
+from soulstone.codex.models import Codex, Soulstone
+from soulstone.forge.units import (
+    STRICT_CONTAINER_DIR,
+    ForgeOptions,
+    forge_units,
+    qualified_image,
+    strict_socket_name,
+)
+from systemd_words import exec_argv
+
+pytestmark = pytest.mark.quadlet
+
+GATEWAY = (str(Path(sys.executable).parent / "soulstone"),)
+LOADING = "Loading source unit file"
+
+
+def _require(path: Path | str | None, what: str) -> Path:
+    if path is not None and Path(path).exists():
+        return Path(path)
+    message = f"{what} is missing: run scripts/get-quadlet"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def quadlet() -> Path:
+    """Podman's quadlet generator, as scripts/get-quadlet caches it."""
+    cache = os.environ.get("SOULSTONE_BUILD_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "soulstone-build"
+    )
+    candidates = [
+        os.environ.get("SOULSTONE_QUADLET"),
+        f"{cache}/podman-trixie/root/usr/libexec/podman/quadlet",
+        "/usr/libexec/podman/quadlet",
+    ]
+    found = next((c for c in candidates if c and Path(c).exists()), None)
+    _require(shutil.which("podman"), "/usr/bin/podman")
+    _require(shutil.which("systemd-analyze"), "systemd-analyze")
+    return _require(found, "Podman's quadlet generator")
+
+
+@dataclass
+class Generated:
+    codex: Codex
+    options: ForgeOptions
+    units: Path
+    services: dict[str, str]  # unit name (no suffix) -> generated .service text
+
+
+def generate(quadlet: Path, tmp: Path, codex: Codex, options: ForgeOptions) -> Generated:
+    units_dir, services_dir, runtime = tmp / "units", tmp / "services", tmp / "run"
+    for folder in (units_dir, services_dir, runtime):
+        folder.mkdir(parents=True)
+    forged, _ = forge_units(codex, options)
+    for unit in forged:
+        (units_dir / unit.name).write_text(unit.text)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "XDG_RUNTIME_DIR": str(runtime),
+           "QUADLET_UNIT_DIRS": str(units_dir)}  # fmt: skip
+    dry = subprocess.run(
+        [quadlet, "-dryrun", "-user"], env=env, capture_output=True, text=True, check=False
+    )
+    assert dry.returncode == 0, dry.stderr
+    errors = [line for line in dry.stderr.splitlines() if LOADING not in line]
+    assert errors == [], errors
+    real = subprocess.run(
+        [quadlet, "-user", "-no-kmsg-log", str(services_dir)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert real.returncode == 0, real.stderr
+    services = {p.stem: p.read_text() for p in services_dir.glob("*.service")}
+    expected = {s.unit for s in codex.soulstones if s.image}
+    assert set(services) == expected
+    return Generated(codex, options, units_dir, services)
+
+
+def verify(unit_files: list[Path]) -> None:
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *map(str, unit_files)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def expected_argv(soulstone: Soulstone, options: ForgeOptions) -> tuple[str, ...]:
+    if options.strict and soulstone.socket is None:
+        socket = f"{STRICT_CONTAINER_DIR}/{strict_socket_name(soulstone)}"
+        rewritten = serve_on_socket(soulstone.engine, soulstone.argv, socket)
+        assert rewritten is not None
+        return rewritten
+    return soulstone.argv
+
+
+def conflicts_of(service_text: str) -> set[str]:
+    return {
+        word
+        for line in service_text.splitlines()
+        if line.startswith("Conflicts=")
+        for word in line[len("Conflicts=") :].split()
+    }
+
+
+def check_round_trips(generated: Generated, tmp: Path) -> None:
+    codex = generated.codex
+    service_dir = tmp / "verify"
+    service_dir.mkdir()
+    for soulstone in codex.soulstones:
+        if not soulstone.image:
+            continue
+        text = generated.services[soulstone.unit]
+        path = service_dir / f"{soulstone.unit}.service"
+        path.write_text(text)
+        verify([path])
+        [exec_start] = [line[len("ExecStart=") :] for line in text.splitlines()
+                        if line.startswith("ExecStart=")]  # fmt: skip
+        argv = exec_argv(exec_start)
+        assert argv[:2] == ["/usr/bin/podman", "run"]
+        image_at = argv.index(qualified_image(soulstone.image))
+        assert tuple(argv[image_at + 1 :]) == expected_argv(soulstone, generated.options)
+    # Conflicts= in the generated services is the codex's graph, in both directions.
+    graph = {
+        (a, b)
+        for a, b in codex.conflicts
+        if codex.get(a).image and codex.get(b).image  # type: ignore[union-attr]
+    }
+    found = {
+        (first.id, second.id)
+        for first in codex.soulstones
+        for second in codex.soulstones
+        if first.image and second.image and first.id < second.id
+        and f"{second.unit}.service" in conflicts_of(generated.services[first.unit])
+        and f"{first.unit}.service" in conflicts_of(generated.services[second.unit])
+    }  # fmt: skip
+    one_way = {
+        (first.id, second.id)
+        for first in codex.soulstones
+        for second in codex.soulstones
+        if first.image and second.image
+        and f"{second.unit}.service" in conflicts_of(generated.services[first.unit])
+    }  # fmt: skip
+    assert found == graph
+    assert one_way == graph | {(b, a) for a, b in graph}
+    gateway = [generated.units / "soulstone-gateway.service",
+               generated.units / "soulstone-gateway.socket"]  # fmt: skip
+    verify(gateway)
+
+
+AWKWARD = {
+    "awkward.toml": """
+[weird]
+image = "localhost/engine:1"
+port = 9100
+port_expose = true
+engine = "llamacpp"
+exec = ["llama-server", "100%", "%n", "$HOME", "${X}", "$$", "a b", "it's", 'say "hi"',
+        "back\\\\slash", "tab\\there", "new\\nline", "ünïcødé ✓", "😀", "-", "'", "\\\\", "a;b"]
+env = { A = "b c", P = "100%", D = "$HOME", Q = 'q"uote', U = "ü" }
+volumes = ["/data/100%:/d", "/opt/$x:/x:ro"]
+description = "100% awkward $HOME"
+
+[shell]
+image = "docker.io/library/python:3.12"
+port = 9101
+exec = '''
+python3 -c "print('%d %s' % (1, '$HOME'))"
+  --flag=a\\ b 'single $x' \\
+  trailing
+'''
+""",
+}
+
+MANY_GROUPS = {
+    "many.toml": "".join(
+        f'[{name}]\nimage = "x/generic"\nport = {9200 + i}\ngroups = {groups!r}\n'
+        f'exec = ["serve", "--id", "{name}"]\n'
+        for i, (name, groups) in enumerate(
+            [
+                ("a", ["g1"]), ("b", ["g1", "g2"]), ("c", ["g2", "g3"]), ("d", ["g3"]),
+                ("e", ["g4"]), ("f", ["g1", "g4", "g5"]), ("g", []), ("h", ["g5"]),
+            ]
+        )
+    ).replace("'", '"'),
+}  # fmt: skip
+
+STRICT_CODEX = {
+    "strict.toml": """
+[v]
+image = "vllm/vllm-openai"
+port = 8000
+port_expose = true
+exec = ["--model", "/m", "--host", "0.0.0.0", "--port=8000", "--gpu-memory-utilization", "0.4"]
+
+[l]
+image = "ghcr.io/ggml-org/llama.cpp:server"
+port = 8001
+exec = ["-m", "/models/x.gguf", "--port", "8001"]
+
+[s]
+image = "x/vllm"
+socket = "/run/user/1000/soulstone/s.sock"
+exec = ["--uds", "/run/user/1000/soulstone/s.sock"]
+""",
+}
+
+
+@pytest.mark.parametrize(
+    ("files", "strict"),
+    [(None, False), (AWKWARD, False), (MANY_GROUPS, False), (STRICT_CODEX, True)],
+    ids=["reference-examples", "awkward", "many-groups", "strict"],
+)
+def test_units_pass_quadlet_and_systemd_verify(
+    quadlet: Path, tmp_path: Path, files: dict[str, str] | None, strict: bool
+) -> None:
+    folder = EXAMPLES if files is None else write(tmp_path / "codex", files)
+    codex = load(folder)
+    options = ForgeOptions(strict=strict, gateway_command=GATEWAY)
+    generated = generate(quadlet, tmp_path / "gen", codex, options)
+    check_round_trips(generated, tmp_path)
+
+
+def test_awkward_exec_really_is_awkward(tmp_path: Path) -> None:
+    codex = load(write(tmp_path, AWKWARD))
+    weird = codex.get("weird")
+    assert weird is not None
+    assert {"100%", "%n", "$HOME", "${X}", "$$", "a b", 'say "hi"', "back\\slash"} <= set(
+        weird.argv
+    )
+    shell = codex.get("shell")
+    assert shell is not None
+    assert shell.argv == (
+        "python3", "-c", "print('%d %s' % (1, '$HOME'))", "--flag=a b", "single $x", "trailing",
+    )  # fmt: skip
