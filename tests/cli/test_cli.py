@@ -226,3 +226,26 @@ def test_forge_strict_refusal_names_file_table_and_field(run: Run, tmp_path: Pat
     assert result.returncode == 1
     assert f"{codex / 'a.toml'}: [s] engine: strict mode" in result.stderr
     assert not (tmp_path / "u").exists()
+
+
+def test_forge_reloads_a_reachable_user_systemd(run: Run, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "systemctl-calls"
+    stand_in = bin_dir / "systemctl"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    stand_in.chmod(0o755)
+    (tmp_path / "run" / "systemd").mkdir(parents=True)
+    (tmp_path / "run" / "systemd" / "private").touch()
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    result = run("--codex", str(EXAMPLES), "forge", "--output", str(tmp_path / "u"), PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text() == "--user daemon-reload\n"
+    again = run("--codex", str(EXAMPLES), "forge", "--output", str(tmp_path / "u"), PATH=path)
+    assert again.returncode == 0
+    assert calls.read_text() == "--user daemon-reload\n"  # nothing changed: no reload
+    stand_in.write_text("#!/bin/sh\necho 'Failed to connect to bus' >&2\nexit 1\n")
+    (tmp_path / "u" / "soulstone-flash.container").unlink()
+    failed = run("--codex", str(EXAMPLES), "forge", "--output", str(tmp_path / "u"), PATH=path)
+    assert failed.returncode == 1
+    assert "Failed to connect to bus" in failed.stderr
