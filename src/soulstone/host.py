@@ -66,3 +66,25 @@ def detect_host(env: Mapping[str, str] | None = None) -> HostFacts:
         gpu_memory_bytes=memory,
         runtime_override=override,
     )
+
+
+def gpu_memory_by_pid() -> dict[int, int]:
+    """GPU memory used per process (bytes) through NVML; empty without NVML or a GPU."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    used: dict[int, int] = {}
+    try:
+        pynvml.nvmlInit()
+        try:
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    memory = int(process.usedGpuMemory or 0)
+                    used[process.pid] = used.get(process.pid, 0) + memory
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return {}
+    return used

@@ -120,10 +120,11 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import check, forge, init
+    from soulstone.cli import check, engines, forge, init
 
     check.register(app)
     forge.register(app)
+    engines.register(app)
     init.register(app)
 
 

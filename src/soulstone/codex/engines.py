@@ -12,33 +12,50 @@ ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
 
 @dataclass(frozen=True)
 class EngineTraits:
-    """What soulstone knows of one engine family before it runs."""
+    """What soulstone knows of one engine family before it runs.
+
+    `tokenize_path` and `metrics_path` are None where the engine has no such
+    endpoint; `binds_all_interfaces` says the engine listens on 0.0.0.0 unless
+    told `--host`, so soulstone passes `--host 127.0.0.1` itself.
+    """
 
     health_path: str
     start_timeout: float
     gpu: bool
     whole_model_in_vram: bool
     runtime_lora: bool
+    tokenize_path: str | None = None
+    metrics_path: str | None = None
+    port_option: bool = True
+    binds_all_interfaces: bool = False
 
 
 TRAITS: dict[EngineName, EngineTraits] = {
-    "vllm": EngineTraits("/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=True),
+    "vllm": EngineTraits(
+        "/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=True,
+        tokenize_path="/tokenize", metrics_path="/metrics", binds_all_interfaces=True,
+    ),
     "sglang": EngineTraits(
-        "/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+        "/health", 900.0, gpu=True, whole_model_in_vram=True, runtime_lora=False,
+        metrics_path="/metrics",
     ),
     "llamacpp": EngineTraits(
-        "/health", 300.0, gpu=True, whole_model_in_vram=False, runtime_lora=False
+        "/health", 300.0, gpu=True, whole_model_in_vram=False, runtime_lora=False,
+        tokenize_path="/tokenize", metrics_path="/metrics",
     ),
     "exllamav2": EngineTraits(
-        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False,
+        port_option=False,
     ),
     "tabbyapi": EngineTraits(
-        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False
+        "/health", 600.0, gpu=True, whole_model_in_vram=True, runtime_lora=False,
+        tokenize_path="/v1/token/encode", port_option=False,
     ),
     "generic": EngineTraits(
-        "/v1/models", 300.0, gpu=False, whole_model_in_vram=False, runtime_lora=False
+        "/v1/models", 300.0, gpu=False, whole_model_in_vram=False, runtime_lora=False,
+        port_option=False,
     ),
-}
+}  # fmt: skip
 
 DEFAULT_HEALTH_INTERVAL = 2.0
 
@@ -115,3 +132,32 @@ def serve_on_socket(engine: EngineName, argv: tuple[str, ...], path: str) -> tup
     if extra is None:
         return None
     return (*without_options(argv, ("--host", "--port", "--uds")), *extra)
+
+
+def _has_option(argv: tuple[str, ...], name: str) -> bool:
+    return any(word == name or word.startswith(name + "=") for word in argv)
+
+
+def launch_argv(
+    engine: EngineName, argv: tuple[str, ...], port: int | None, socket: str | None
+) -> tuple[str, ...]:
+    """The command that makes this engine listen where the codex says.
+
+    A soulstone on a socket is rewritten to serve there (vLLM `--uds`,
+    llama-server `--host PATH.sock`); one on a port gets `--port` when its
+    exec has none and, for engines that would bind every interface,
+    `--host 127.0.0.1`. Engines soulstone knows nothing about run unchanged.
+    """
+    if socket is not None:
+        if _has_option(argv, "--uds") or (
+            engine == "llamacpp" and socket in argv and _has_option(argv, "--host")
+        ):
+            return argv
+        return serve_on_socket(engine, argv, socket) or argv
+    traits = TRAITS[engine]
+    extra: list[str] = []
+    if port is not None and traits.port_option and not _has_option(argv, "--port"):
+        extra += ["--port", str(port)]
+    if traits.binds_all_interfaces and not _has_option(argv, "--host"):
+        extra += ["--host", "127.0.0.1"]
+    return (*argv, *extra)

@@ -1,0 +1,238 @@
+"""`soulstone up`, `down`, `status` and `logs`: engines through the supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Annotated
+
+import orjson
+import typer
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from soulstone.cli.app import Session, guarded, session
+from soulstone.codex.models import Codex, Soulstone
+from soulstone.errors import UsageError
+from soulstone.host import gpu_memory_by_pid
+from soulstone.runtimes import procfs
+from soulstone.runtimes.base import EngineStatus
+from soulstone.runtimes.state import StateFolder
+from soulstone.runtimes.table import make_runtimes
+from soulstone.supervisor.plan import Plan, Target, name_target
+from soulstone.supervisor.supervisor import Event, Supervisor
+
+STATE_STYLES = {"running": "green", "starting": "yellow", "stopped": "dim", "failed": "bold red"}
+
+
+def _supervisor(s: Session, codex: Codex, progress: EventView | None = None) -> Supervisor:
+    state = StateFolder(s.paths.state)
+    return Supervisor(codex, state, make_runtimes(state), on_event=progress)
+
+
+class EventView:
+    """Shows a manifestation's events: stop lines, and a bar per engine starting."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+            console=s.err, transient=False,
+        )  # fmt: skip
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: Event) -> None:
+        """Render one event."""
+        console = self.progress.console
+        if event.kind == "stopping":
+            console.print(f"stopping {event.soulstone} ({event.detail})", highlight=False)
+        elif event.kind == "stopped":
+            console.print(f"stopped {event.soulstone} in {event.elapsed:.1f} s", highlight=False)
+        elif event.kind == "starting":
+            self.tasks[event.soulstone] = self.progress.add_task(
+                f"starting {event.soulstone}", total=event.timeout
+            )
+        elif event.kind == "waiting" and event.soulstone in self.tasks:
+            self.progress.update(
+                self.tasks[event.soulstone],
+                completed=event.elapsed,
+                description=f"waiting for {event.soulstone} to be healthy",
+            )
+        elif event.kind == "healthy":
+            if event.soulstone in self.tasks:
+                task = self.tasks[event.soulstone]
+                self.progress.update(task, completed=event.timeout,
+                                     description=f"{event.soulstone} healthy")  # fmt: skip
+            console.print(f"{event.soulstone} is healthy ({event.elapsed:.1f} s)",
+                          style="green", highlight=False)  # fmt: skip
+        elif event.kind == "failed":
+            console.print(f"{event.soulstone} failed: {event.detail}", style="red",
+                          highlight=False)  # fmt: skip
+
+
+def _target(codex: Codex, name: str | None, capability: str | None) -> Target:
+    if (name is None) == (capability is None):
+        raise UsageError("name exactly one of NAME (a soulstone or group) or --capability CAP")
+    if capability is not None:
+        return Target("capability", capability)
+    assert name is not None
+    return name_target(codex, name)
+
+
+def _print_plan(s: Session, plan: Plan) -> None:
+    if plan.noop:
+        s.out.print("nothing to do: " + ", ".join(t.id for t in plan.targets) + " already run")
+        return
+    for stop in plan.stop:
+        s.out.print(f"would stop {stop.soulstone.id}: {stop.reason}", highlight=False)
+    for start in plan.start:
+        s.out.print(f"would start {start.id} ({start.runtime}, {start.uri})", highlight=False)
+    for kept in (t for t in plan.targets if t not in plan.start):
+        s.out.print(f"already running: {kept.id}", highlight=False)
+
+
+def up(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="A soulstone id or a group name.")] = None,
+    capability: Annotated[
+        str | None, typer.Option("--capability", metavar="CAP", help="Pick the group by tag.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would stop and start, and why.")
+    ] = False,
+) -> None:
+    """Manifest a soulstone or group: stop what conflicts, start it, wait until healthy."""
+    s = session(ctx)
+    codex = guarded(ctx, s.load)
+    target = guarded(ctx, lambda: _target(codex, name, capability))
+    if dry_run:
+        plan = guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).plan(target)))
+        _print_plan(s, plan)
+        return
+    view = EventView(s)
+    supervisor = _supervisor(s, codex, view)
+    with view.progress:
+        plan = guarded(ctx, lambda: asyncio.run(supervisor.manifest(target)))
+    if plan.noop:
+        s.out.print("already running: " + ", ".join(t.id for t in plan.targets))
+    for soulstone in plan.targets:
+        s.out.print(f"{soulstone.id} is up at {soulstone.uri}", highlight=False)
+
+
+def down(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(help="A soulstone id or group name (default: all).")
+    ] = None,
+) -> None:
+    """Stop a soulstone, a group, or every running soulstone."""
+    s = session(ctx)
+    codex = guarded(ctx, s.load)
+    target = guarded(ctx, lambda: name_target(codex, name)) if name is not None else None
+    stopped = guarded(ctx, lambda: asyncio.run(_supervisor(s, codex, EventView(s)).down(target)))
+    s.out.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
+
+
+def _uptime(found: EngineStatus) -> str:
+    if found.since is None or not found.active:
+        return ""
+    seconds = int(time.time() - found.since)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s"
+    )  # fmt: skip
+
+
+def _with_gpu(found: list[EngineStatus]) -> list[EngineStatus]:
+    used = gpu_memory_by_pid()
+    if not used:
+        return found
+
+    def total(pid: int) -> int:
+        return sum(used.get(p, 0) for p in (pid, *procfs.descendants(pid)))
+
+    return [replace(st, gpu_memory_bytes=total(st.pid)) if st.pid else st for st in found]
+
+
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Show every soulstone's state, pid or unit, uptime, address, health and GPU memory."""
+    s = session(ctx)
+    codex = guarded(ctx, s.load)
+    found = _with_gpu(guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).statuses())))
+    if as_json:
+        typer.echo(orjson.dumps({"soulstones": [f.summary() for f in found]},
+                                option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+        return
+    table = Table(title="soulstone status", title_justify="left")
+    for column in ("id", "state", "pid/unit", "uptime", "port/socket", "health", "GPU memory"):
+        table.add_column(column, overflow="fold")
+    for st in found:
+        state = st.state + (f" (exit {st.exit_code})" if st.exit_code is not None else "")
+        memory = f"{st.gpu_memory_bytes / 2**30:.1f} GiB" if st.gpu_memory_bytes else "—"
+        table.add_row(
+            Text(st.id, style="bold"), Text(state, style=STATE_STYLES[st.state]),
+            st.unit or (str(st.pid) if st.pid else ""), _uptime(st),
+            st.socket or (str(st.port) if st.port else ""), st.health or "", memory,
+        )  # fmt: skip
+    s.out.print(table)
+
+
+def _one_soulstone(codex: Codex, name: str) -> Soulstone:
+    found = codex.get(name)
+    if found is None:
+        target = name_target(codex, name)
+        raise UsageError(f"{target.name!r} is a group: name one of its soulstones")
+    return found
+
+
+def logs(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A soulstone id.")],
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines to show.")] = 200,
+) -> None:
+    """Print a soulstone's engine log (process runtime: its log file; quadlet: the journal)."""
+    s = session(ctx)
+    codex = guarded(ctx, s.load)
+    soulstone = guarded(ctx, lambda: _one_soulstone(codex, name))
+    state = StateFolder(s.paths.state)
+    runtime = make_runtimes(state)[soulstone.runtime]
+    command = runtime.log_command(soulstone, follow)
+    if command is not None:
+        raise typer.Exit(subprocess.call([*command, "-n", str(lines)]))
+    path = state.log(soulstone.id)
+    if not path.exists():
+        s.err.print(f"no log yet for {soulstone.id} ({path})")
+        raise typer.Exit(1)
+    print(runtime.log_tail(soulstone, lines), flush=True)
+    if not follow:
+        return
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        try:
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode(errors="replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.3)
+        except KeyboardInterrupt:
+            return
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands of this module to the application."""
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command()(logs)

@@ -1,0 +1,191 @@
+"""The process runtime: engines as plain processes, each under a keeper process."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket as sockets
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import orjson
+
+from soulstone.codex.engines import launch_argv
+from soulstone.codex.models import RuntimeName, Soulstone
+from soulstone.runtimes import procfs
+from soulstone.runtimes.base import EngineState, EngineStatus, StartError
+from soulstone.runtimes.state import StateFolder, read_json, write_json
+
+DEFAULT_GRACE_S = 10.0
+KEEPER_SLACK_S = 5.0
+
+
+def engine_environment(soulstone: Soulstone, base: Mapping[str, str]) -> dict[str, str]:
+    """The engine's environment: ours, models offline (SPEC C10), then the codex's `env`."""
+    return {**base, "HF_HUB_OFFLINE": "1", **dict(soulstone.env)}
+
+
+def _port_in_use(port: int) -> bool:
+    with sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
+
+
+def _prepare_socket(path: Path) -> None:
+    """Create the socket's folder (0700); remove a stale socket, refuse a live one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartError(f"{path} exists and is not a socket")
+    with sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)  # stale: nobody listens
+            return
+    raise StartError(f"another process already serves on {path}")
+
+
+class ProcessRuntime:
+    """Spawns engines itself (each in its own process group, under a keeper)."""
+
+    name: RuntimeName = "process"
+
+    def __init__(
+        self,
+        state: StateFolder,
+        grace: float = DEFAULT_GRACE_S,
+        environ: Mapping[str, str] | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        self.state = state
+        self.grace = grace
+        self.environ = dict(os.environ if environ is None else environ)
+        self.python = python
+
+    def start(self, soulstone: Soulstone) -> None:
+        """Launch the engine under a keeper; raise StartError if it cannot be launched."""
+        if self.status(soulstone).active:
+            return
+        self.state.ensure()
+        if soulstone.port is not None and _port_in_use(soulstone.port):
+            raise StartError(f"port {soulstone.port} is already in use by another process")
+        if soulstone.socket is not None:
+            _prepare_socket(Path(soulstone.socket))
+        argv = launch_argv(soulstone.engine, soulstone.argv, soulstone.port, soulstone.socket)
+        record = self.state.record(soulstone.id)
+        write_json(record, {
+            "id": soulstone.id, "runtime": self.name, "argv": list(argv),
+            "port": soulstone.port, "socket": soulstone.socket, "started_at": time.time(),
+            "healthy_at": None, "log": str(self.state.log(soulstone.id)),
+        })  # fmt: skip
+        self.state.keeper(soulstone.id).unlink(missing_ok=True)
+        command = [
+            self.python, "-m", "soulstone.runtimes.keeper",
+            "--record", str(self.state.keeper(soulstone.id)),
+            "--log", str(self.state.log(soulstone.id)),
+            "--grace", str(self.grace), "--cwd", str(Path(soulstone.file).resolve().parent),
+            "--", *argv,
+        ]  # fmt: skip
+        try:
+            launched = subprocess.run(
+                command, env=engine_environment(soulstone, self.environ),
+                capture_output=True, timeout=60, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise StartError(f"cannot run the keeper for {soulstone.id}: {error}") from None
+        try:
+            report = orjson.loads(launched.stdout.splitlines()[-1])
+        except (IndexError, orjson.JSONDecodeError):
+            detail = launched.stderr.decode(errors="replace").strip()[-2000:]
+            raise StartError(f"the keeper for {soulstone.id} failed: {detail}") from None
+        if "error" in report:
+            raise StartError(str(report["error"]))
+
+    def stop(self, soulstone: Soulstone) -> None:
+        """SIGTERM the engine's group through its keeper, SIGKILL after the grace period."""
+        kept = read_json(self.state.keeper(soulstone.id))
+        if kept is None:
+            return
+        keeper_pid, keeper_ticks = kept.get("keeper_pid"), kept.get("keeper_ticks")
+        pgid = kept.get("pgid")
+        if procfs.alive(keeper_pid, keeper_ticks):
+            assert isinstance(keeper_pid, int)
+            os.kill(keeper_pid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace + KEEPER_SLACK_S
+            while procfs.alive(keeper_pid, keeper_ticks) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if isinstance(pgid, int) and procfs.group_members(pgid):
+            # The keeper is gone (or stuck): stop the group ourselves.
+            procfs.signal_group(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + self.grace
+            while procfs.group_members(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            procfs.signal_group(pgid, signal.SIGKILL)
+            while procfs.group_members(pgid):
+                time.sleep(0.02)
+        if procfs.alive(keeper_pid, keeper_ticks):
+            assert isinstance(keeper_pid, int)
+            os.kill(keeper_pid, signal.SIGKILL)
+        kept = read_json(self.state.keeper(soulstone.id)) or kept
+        if kept.get("state") == "running":
+            kept |= {"state": "stopped", "stop_requested": True, "ended_at": time.time()}
+            write_json(self.state.keeper(soulstone.id), kept)
+
+    def status(self, soulstone: Soulstone) -> EngineStatus:
+        """State from the records and /proc: running, starting, stopped or failed."""
+        base = EngineStatus(soulstone.id, "stopped", port=soulstone.port, socket=soulstone.socket)
+        record = read_json(self.state.record(soulstone.id))
+        kept = read_json(self.state.keeper(soulstone.id))
+        if record is None or kept is None:
+            return base
+        pid, ticks = kept.get("pid"), kept.get("ticks")
+        state: EngineState
+        if kept.get("state") == "running":
+            if procfs.alive(pid, ticks):
+                state = "running" if record.get("healthy_at") else "starting"
+                since = record.get("healthy_at") or kept.get("started_at")
+                return EngineStatus(soulstone.id, state, pid=pid, since=since,
+                                    port=soulstone.port, socket=soulstone.socket)  # fmt: skip
+            # The engine ended; its keeper is still sweeping up, or was killed.
+            return EngineStatus(soulstone.id, "failed", since=kept.get("started_at"),
+                                port=soulstone.port, socket=soulstone.socket,
+                                exit_code=kept.get("exit_code"))  # fmt: skip
+        state = "stopped" if kept.get("state") == "stopped" else "failed"
+        return EngineStatus(
+            soulstone.id, state, since=kept.get("ended_at"), port=soulstone.port,
+            socket=soulstone.socket, exit_code=kept.get("exit_code"),
+        )  # fmt: skip
+
+    def mark_healthy(self, soulstone: Soulstone) -> None:
+        """Record the moment the engine first passed its health check."""
+        path = self.state.record(soulstone.id)
+        record = read_json(path)
+        if record is not None and not record.get("healthy_at"):
+            write_json(path, record | {"healthy_at": time.time()})
+
+    def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:
+        """The last lines of the engine's log file."""
+        try:
+            with self.state.log(soulstone.id).open("rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64 * 1024))
+                text = handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_command(self, soulstone: Soulstone, follow: bool) -> list[str] | None:
+        """None: the CLI reads the log file itself."""
+        return None

@@ -1,0 +1,68 @@
+"""Per-soulstone state files under $XDG_STATE_HOME/soulstone, written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Replace a JSON file atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Read a JSON object, or None when the file is missing or unreadable."""
+    try:
+        document = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+class StateFolder:
+    """Where one soulstone installation keeps engine records, logs and its lock.
+
+    Per soulstone: `engines/<id>.json` (what was started, written by the
+    supervisor), `engines/<id>.keeper.json` (pids and exit code, written by
+    the keeper process) and `logs/<id>.log` (the engine's output).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def lock(self) -> Path:
+        """The lock file that serialises manifestations across processes."""
+        return self.root / "supervisor.lock"
+
+    def record(self, soulstone_id: str) -> Path:
+        """The supervisor's record of the last start."""
+        return self.root / "engines" / f"{soulstone_id}.json"
+
+    def keeper(self, soulstone_id: str) -> Path:
+        """The keeper's record: pids, start, exit code."""
+        return self.root / "engines" / f"{soulstone_id}.keeper.json"
+
+    def log(self, soulstone_id: str) -> Path:
+        """The engine's log file."""
+        return self.root / "logs" / f"{soulstone_id}.log"
+
+    def ensure(self) -> None:
+        """Create the folders (0700: logs may hold what engines print)."""
+        for folder in (self.root, self.root / "engines", self.root / "logs"):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)

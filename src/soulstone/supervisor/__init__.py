@@ -1,0 +1,1 @@
+"""The supervisor (SPEC C3): manifest soulstones, swapping out what conflicts."""

@@ -1,0 +1,190 @@
+"""The supervisor: the one place that starts and stops engines, one manifestation at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from soulstone.codex.models import Codex, Soulstone
+from soulstone.errors import SoulstoneError
+from soulstone.runtimes.base import EngineStatus, Health, Runtime, StartError
+from soulstone.runtimes.health import probe
+from soulstone.runtimes.state import StateFolder
+from soulstone.supervisor.plan import Plan, Target, make_plan, resolve
+
+EventKind = Literal["stopping", "stopped", "starting", "waiting", "healthy", "failed"]
+Prober = Callable[[Soulstone], Awaitable[Health]]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of a manifestation, for the CLI's display and the gateway's logs."""
+
+    kind: EventKind
+    soulstone: str
+    detail: str = ""
+    elapsed: float = 0.0
+    timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A soulstone that did not become healthy: why, and the end of its log."""
+
+    soulstone: str
+    reason: str
+    log_tail: str
+
+
+class ManifestError(SoulstoneError):
+    """A manifestation failed; what it started has been stopped again."""
+
+    def __init__(self, failures: list[Failure]) -> None:
+        self.failures = failures
+        lines = []
+        for failure in failures:
+            lines.append(f"{failure.soulstone}: {failure.reason}")
+            if failure.log_tail:
+                lines += ["  " + line for line in failure.log_tail.splitlines()]
+        super().__init__("\n".join(lines))
+
+
+class Supervisor:
+    """Starts, stops and inspects the codex's soulstones through their runtimes.
+
+    Manifestations are serialised: within a process by an asyncio lock, and
+    across processes (CLI and gateway) by a lock file in the state folder.
+    """
+
+    def __init__(
+        self,
+        codex: Codex,
+        state: StateFolder,
+        runtimes: Mapping[str, Runtime],
+        on_event: Callable[[Event], None] | None = None,
+        prober: Prober = probe,
+    ) -> None:
+        self.codex = codex
+        self.state = state
+        self.runtimes = runtimes
+        self.on_event = on_event or (lambda _event: None)
+        self.prober = prober
+        self._lock = asyncio.Lock()
+
+    def runtime(self, soulstone: Soulstone) -> Runtime:
+        """The runtime that runs this soulstone."""
+        return self.runtimes[soulstone.runtime]
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the supervisor's locks (this process's and the state folder's)."""
+        async with self._lock:
+            self.state.ensure()
+            fd = os.open(self.state.lock, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    async def status(self, soulstone: Soulstone, check_health: bool = True) -> EngineStatus:
+        """One soulstone's state, with a live health probe when it runs."""
+        found = await asyncio.to_thread(self.runtime(soulstone).status, soulstone)
+        if check_health and found.active:
+            found = found.with_health(await self.prober(soulstone))
+        return found
+
+    async def statuses(self, check_health: bool = True) -> list[EngineStatus]:
+        """Every soulstone's state, sorted by id."""
+        return list(
+            await asyncio.gather(*(self.status(s, check_health) for s in self.codex.soulstones))
+        )
+
+    async def _running(self) -> list[Soulstone]:
+        found = await self.statuses(check_health=False)
+        return [s for s, st in zip(self.codex.soulstones, found, strict=True) if st.active]
+
+    async def plan(self, target: Target) -> Plan:
+        """What manifesting this target would stop and start, and why."""
+        running = await self._running()
+        targets = resolve(self.codex, target, {s.id for s in running})
+        return make_plan(targets, running)
+
+    async def manifest(self, target: Target) -> Plan:
+        """Stop what conflicts, start the target set, wait until each is healthy.
+
+        A call for what already runs is a no-op. When a soulstone fails to
+        become healthy, everything this call started is stopped again and
+        ManifestError reports why, with the end of each failed engine's log.
+        """
+        async with self.exclusive():
+            plan = await self.plan(target)
+            for stop in plan.stop:
+                await self._stop(stop.soulstone, stop.reason)
+            started: list[Soulstone] = []
+            failures: list[Failure] = []
+            for soulstone in plan.start:
+                self.on_event(Event("starting", soulstone.id, soulstone.uri,
+                                    timeout=soulstone.health.start_timeout))  # fmt: skip
+                try:
+                    await asyncio.to_thread(self.runtime(soulstone).start, soulstone)
+                except StartError as error:
+                    failures.append(Failure(soulstone.id, str(error), ""))
+                    break
+                started.append(soulstone)
+            if not failures:
+                results = await asyncio.gather(*(self._await_healthy(s) for s in plan.targets))
+                failures = [f for f in results if f is not None]
+            if failures:
+                for failure in failures:
+                    self.on_event(Event("failed", failure.soulstone, failure.reason))
+                for soulstone in started:
+                    await self._stop(soulstone, "its manifestation failed")
+                raise ManifestError(failures)
+            return plan
+
+    async def down(self, target: Target | None = None) -> list[str]:
+        """Stop the target's soulstones (all running ones when None); return their ids."""
+        async with self.exclusive():
+            running = await self._running()
+            if target is not None:
+                wanted = {s.id for s in resolve(self.codex, target, {r.id for r in running})}
+                running = [s for s in running if s.id in wanted]
+            for soulstone in running:
+                await self._stop(soulstone, "asked to stop")
+            return [s.id for s in running]
+
+    async def _stop(self, soulstone: Soulstone, reason: str) -> None:
+        self.on_event(Event("stopping", soulstone.id, reason))
+        began = time.monotonic()
+        await asyncio.to_thread(self.runtime(soulstone).stop, soulstone)
+        self.on_event(Event("stopped", soulstone.id, elapsed=time.monotonic() - began))
+
+    async def _await_healthy(self, soulstone: Soulstone) -> Failure | None:
+        runtime = self.runtime(soulstone)
+        timeout = soulstone.health.start_timeout
+        began = time.monotonic()
+        while True:
+            status = await asyncio.to_thread(runtime.status, soulstone)
+            elapsed = time.monotonic() - began
+            if not status.active:
+                code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
+                tail = await asyncio.to_thread(runtime.log_tail, soulstone)
+                return Failure(soulstone.id, f"exited before it was healthy{code}", tail)
+            if await self.prober(soulstone) == "healthy":
+                await asyncio.to_thread(runtime.mark_healthy, soulstone)
+                self.on_event(Event("healthy", soulstone.id, elapsed=elapsed, timeout=timeout))
+                return None
+            if elapsed >= timeout:
+                tail = await asyncio.to_thread(runtime.log_tail, soulstone)
+                return Failure(
+                    soulstone.id, f"not healthy after {timeout:g} s ({soulstone.health.path})", tail
+                )
+            self.on_event(Event("waiting", soulstone.id, elapsed=elapsed, timeout=timeout))
+            await asyncio.sleep(min(soulstone.health.interval, max(0.05, timeout - elapsed)))
