@@ -1,4 +1,88 @@
-import sys
+"""Shared fixtures: the test-session process check, supervisors that clean up after themselves."""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import pytest
+
+from soulstone.codex.models import Codex
+from soulstone.runtimes import procfs
+from soulstone.runtimes.state import StateFolder, read_json
+from soulstone.runtimes.table import make_runtimes
+from soulstone.supervisor.supervisor import Event, Supervisor
+
+SESSION_MARKER = "SOULSTONE_TEST_SESSION"
+
+
+def _marked_processes(marker: str) -> list[int]:
+    """Pids of live processes whose environment carries this test session's marker."""
+    needle = f"{SESSION_MARKER}={marker}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and procfs.alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running() -> Iterator[None]:
+    """Fail the run if any process started by the tests outlives the test session."""
+    marker = uuid.uuid4().hex
+    os.environ[SESSION_MARKER] = marker
+    yield
+    left = _marked_processes(marker)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    assert not left, f"processes started by the tests are still running: {left}"
+
+
+def kill_recorded(state: StateFolder) -> None:
+    """Kill, by pid, every keeper and engine group a state folder knows about."""
+    folder = state.root / "engines"
+    if not folder.is_dir():
+        return
+    for record in folder.glob("*.keeper.json"):
+        kept = read_json(record) or {}
+        pgid, keeper = kept.get("pgid"), kept.get("keeper_pid")
+        if isinstance(pgid, int):
+            procfs.signal_group(pgid, signal.SIGKILL)
+        if procfs.alive(keeper, kept.get("keeper_ticks")):
+            assert isinstance(keeper, int)
+            os.kill(keeper, signal.SIGKILL)
+
+
+MakeSupervisor = Callable[..., Supervisor]
+
+
+@pytest.fixture
+def make_supervisor(tmp_path: Path) -> Iterator[MakeSupervisor]:
+    """Build supervisors on a private state folder; stop and kill what they ran afterwards."""
+    made: list[Supervisor] = []
+    state = StateFolder(tmp_path / "state")
+
+    def build(codex: Codex, grace: float = 2.0, events: list[Event] | None = None) -> Supervisor:
+        on_event = events.append if events is not None else None
+        supervisor = Supervisor(codex, state, make_runtimes(state, grace=grace), on_event=on_event)
+        made.append(supervisor)
+        return supervisor
+
+    yield build
+    for supervisor in made:
+        for soulstone in supervisor.codex.soulstones:
+            if soulstone.runtime == "process":
+                supervisor.runtime(soulstone).stop(soulstone)
+    kill_recorded(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from soulstone.codex.models import Codex
 from soulstone.errors import CodexError, Problem
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
+FAKE_ENGINE = Path(__file__).parent / "fakes" / "fake_engine.py"
 NO_PODMAN = HostFacts()
 PODMAN_HOST = HostFacts(has_podman=True, has_user_systemd=True, gpu_vendor="nvidia")
 
@@ -41,3 +43,10 @@ def one(found: tuple[Problem, ...], table: str, field: str) -> Problem:
     matching = [p for p in found if p.table == table and p.field == field]
     assert len(matching) == 1, f"expected one problem at [{table}] {field}, got {found}"
     return matching[0]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -1,8 +1,8 @@
 """A fake OpenAI-compatible engine (stdlib only) for fault injection in tests.
 
-    python fake_engine.py [--port N | --uds PATH] [--host H] [--exit-at-once CODE]
-        [--ignore-term] [--fork-child] [--escape-child] [--never-healthy] [--slow-start S]
-        [--model NAME]
+python fake_engine.py [--port N | --uds PATH] [--host H] [--exit-at-once CODE]
+    [--ignore-term] [--fork-child] [--escape-child] [--never-healthy] [--slow-start S]
+    [--model NAME]
 """
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def main() -> None:
             print("fake engine: " + format % values, flush=True)
 
     if args.uds:
+
         class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             daemon_threads = True
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from helpers import NO_PODMAN, PODMAN_HOST, load, write
-from soulstone.codex.conflicts import evictions
 from soulstone.codex.facts import HostFacts
 from soulstone.errors import UsageError
 from soulstone.host import detect_host
@@ -52,21 +51,12 @@ def test_runtime_choice(tmp_path: Path) -> None:
     assert load(tmp_path, forced).get("img").runtime == "quadlet"  # type: ignore[union-attr]
 
 
-def test_evictions_are_the_running_soulstones_that_conflict(tmp_path: Path) -> None:
-    write(
-        tmp_path,
-        {
-            "a.toml": '[g.a]\nport = 1\nexec = ["x"]\n[g.b]\nport = 2\nexec = ["x"]\n'
-            '[solo]\nport = 3\nexec = ["x"]\n[h.c]\nport = 4\nexec = ["x"]\n'
-        },
-    )
+def test_codex_lookups(tmp_path: Path) -> None:
+    write(tmp_path, {"a.toml": '[g.a]\nport = 1\nexec = ["x"]\n[g.b]\nport = 2\nexec = ["x"]\n'})
     codex = load(tmp_path)
-    by_id = {s.id: s for s in codex.soulstones}
-    running = [by_id["g.a"], by_id["h.c"]]
-    assert [s.id for s in evictions([by_id["g.b"]], running)] == ["h.c"]
-    assert [s.id for s in evictions([by_id["solo"]], running)] == ["g.a", "h.c"]
-    assert codex.serving("b") is by_id["g.b"]
+    assert codex.serving("b") is codex.get("g.b")
     assert codex.serving("nope") is None
+    assert codex.get("nope") is None
 
 
 def test_detect_host_runtime_override() -> None:

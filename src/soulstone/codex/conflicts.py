@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from soulstone.codex.models import Soulstone
 
@@ -21,14 +21,3 @@ def conflict_pairs(soulstones: Sequence[Soulstone]) -> tuple[tuple[str, str], ..
         if in_conflict(a, b)
     }
     return tuple(sorted(pairs))
-
-
-def evictions(targets: Iterable[Soulstone], running: Iterable[Soulstone]) -> tuple[Soulstone, ...]:
-    """The running soulstones that conflict with any target, sorted by id."""
-    wanted = list(targets)
-    return tuple(
-        sorted(
-            (r for r in running if any(in_conflict(r, t) for t in wanted)),
-            key=lambda s: s.id,
-        )
-    )
