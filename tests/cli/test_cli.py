@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, write
+from conftest import kill_recorded
+from helpers import EXAMPLES, FAKE_ENGINE, free_port, write
+from soulstone.runtimes.state import StateFolder
 
 SCRIPT = Path(sys.executable).parent / "soulstone"
 SOULSTONE_KEYS = {
@@ -24,13 +26,14 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def run(tmp_path: Path) -> Run:
-    """Run the console script in a private HOME/XDG environment."""
+def run(tmp_path: Path) -> Iterator[Run]:
+    """Run the console script in a private HOME/XDG environment; kill what it left."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SOULSTONE_", "XDG_"))}
     env |= {
         "HOME": str(tmp_path / "home"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
         "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
         "SOULSTONE_DEFAULT_RUNTIME": "process",
         "COLUMNS": "200",
     }
@@ -45,7 +48,8 @@ def run(tmp_path: Path) -> Run:
             check=False,
         )
 
-    return invoke
+    yield invoke
+    kill_recorded(StateFolder(tmp_path / "state" / "soulstone"))
 
 
 def test_check_json_prints_the_contract_shape(run: Run) -> None:
@@ -249,3 +253,81 @@ def test_forge_reloads_a_reachable_user_systemd(run: Run, tmp_path: Path) -> Non
     failed = run("--codex", str(EXAMPLES), "forge", "--output", str(tmp_path / "u"), PATH=path)
     assert failed.returncode == 1
     assert "Failed to connect to bus" in failed.stderr
+
+
+def fake_codex(folder: Path) -> Path:
+    engine = json.dumps([sys.executable, str(FAKE_ENGINE)])[1:-1]
+    a, b, c = free_port(), free_port(), free_port()
+    health = 'health = { path = "/health", start_timeout = 15, interval = 0.1 }'
+    return write(
+        folder,
+        {
+            "fake.toml": f"""
+[pair.a]
+exec = [{engine}, "--port", "{a}"]
+port = {a}
+{health}
+[pair.b]
+exec = [{engine}, "--port", "{b}"]
+port = {b}
+capabilities = ["ocr"]
+{health}
+[solo]
+exec = [{engine}, "--port", "{c}"]
+port = {c}
+{health}
+[broken]
+exec = [{engine}, "--exit-at-once", "7"]
+port = {free_port()}
+{health}
+"""
+        },
+    )
+
+
+def test_up_status_logs_down_through_the_console_script(run: Run, tmp_path: Path) -> None:
+    codex = str(fake_codex(tmp_path / "codex"))
+    up = run("--codex", codex, "up", "pair")
+    assert up.returncode == 0, up.stderr
+    assert "pair.a is healthy" in up.stderr and "pair.b is up at" in up.stdout
+    status = run("--codex", codex, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    records = {r["id"]: r for r in json.loads(status.stdout)["soulstones"]}
+    assert set(records["pair.a"]) == {
+        "id", "state", "pid", "unit", "since", "port", "socket", "health", "exit_code",
+    }  # fmt: skip
+    assert (records["pair.a"]["state"], records["pair.a"]["health"]) == ("running", "healthy")
+    assert records["solo"]["state"] == "stopped"
+    table = run("--codex", codex, "status")
+    assert "running" in table.stdout and "pair.b" in table.stdout
+    dry = run("--codex", codex, "up", "solo", "--dry-run")
+    assert dry.returncode == 0
+    assert "would stop pair.a: solo conflicts with pair.a: solo is solitary" in dry.stdout
+    assert "would start solo" in dry.stdout
+    again = run("--codex", codex, "up", "--capability", "ocr")
+    assert again.returncode == 0 and "already running" in again.stdout
+    logs = run("--codex", codex, "logs", "pair.a")
+    assert logs.returncode == 0 and "fake engine listening" in logs.stdout
+    down = run("--codex", codex, "down")
+    assert down.returncode == 0 and "stopped pair.a, pair.b" in down.stdout
+    after = json.loads(run("--codex", codex, "status", "--json").stdout)
+    assert {r["state"] for r in after["soulstones"]} == {"stopped"}
+
+
+def test_up_failure_exits_1_with_the_log_tail(run: Run, tmp_path: Path) -> None:
+    codex = str(fake_codex(tmp_path / "codex"))
+    result = run("--codex", codex, "up", "broken")
+    assert result.returncode == 1
+    assert "broken: exited before it was healthy (exit 7)" in result.stderr
+    assert "exiting at once" in result.stderr
+    status = json.loads(run("--codex", codex, "status", "--json").stdout)
+    broken = next(r for r in status["soulstones"] if r["id"] == "broken")
+    assert (broken["state"], broken["exit_code"]) == ("failed", 7)
+
+
+@pytest.mark.parametrize(
+    "args", [["up", "nope"], ["up"], ["up", "solo", "--capability", "x"], ["logs", "pair"]]
+)
+def test_engine_command_usage_errors_exit_2(run: Run, tmp_path: Path, args: list[str]) -> None:
+    result = run("--codex", str(fake_codex(tmp_path / "codex")), *args)
+    assert result.returncode == 2, result.stderr
