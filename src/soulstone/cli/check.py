@@ -1,9 +1,7 @@
-"""`soulstone check` and `soulstone demo`: validate a codex and show it."""
+"""`soulstone check`: validate a codex and show it."""
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -11,7 +9,6 @@ import typer
 
 from soulstone.cli.app import guarded, session
 from soulstone.cli.render import codex_table, conflicts_text, print_problems
-from soulstone.codex.load import load_codex
 from soulstone.codex.models import Codex
 from soulstone.errors import CodexError
 
@@ -57,21 +54,6 @@ def check(
     _print_json(codex.summary())
 
 
-def starter_codex() -> resources.abc.Traversable:
-    """The bundled starter codex folder (the reference examples, commented)."""
-    return resources.files("soulstone.codex").joinpath("starter")
-
-
-def demo(ctx: typer.Context) -> None:
-    """Check the bundled example codex and show what soulstone makes of it."""
-    s = session(ctx)
-    with resources.as_file(starter_codex()) as folder:
-        s.out.print(f"[bold]soulstone demo[/bold]: the bundled example codex ({folder})")
-        codex = guarded(ctx, lambda: load_codex([Path(folder)], s.host()))
-        _show(ctx, codex)
-
-
 def register(app: typer.Typer) -> None:
     """Add the commands of this module to the application."""
     app.command()(check)
-    app.command()(demo)

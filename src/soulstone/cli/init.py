@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import typer
 
 from soulstone.cli.app import guarded, session
-from soulstone.cli.check import starter_codex
 from soulstone.errors import SoulstoneError, UsageError
+
+
+def starter_codex() -> resources.abc.Traversable:
+    """The bundled starter codex folder (the reference examples, commented)."""
+    return resources.files("soulstone.codex").joinpath("starter")
 
 
 def _one_folder(sources: list[Path]) -> Path:
