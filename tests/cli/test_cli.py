@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -318,8 +319,21 @@ def test_up_status_logs_down_through_the_console_script(run: Run, tmp_path: Path
     assert again.returncode == 0 and "already running" in again.stdout
     logs = run("--codex", codex, "logs", "pair.a")
     assert logs.returncode == 0 and "fake engine listening" in logs.stdout
+    follow = subprocess.Popen(
+        [str(SCRIPT), "--codex", codex, "logs", "pair.a", "-f"], env=os.environ | {
+            "XDG_STATE_HOME": str(tmp_path / "state"), "SOULSTONE_DEFAULT_RUNTIME": "process"},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert follow.stdout is not None
+    try:
+        assert "fake engine listening" in "".join(follow.stdout.readline() for _ in range(3))
+    finally:
+        follow.send_signal(signal.SIGINT)
+        assert follow.wait(timeout=10) == 0
+    one = run("--codex", codex, "down", "pair.b")
+    assert one.returncode == 0 and "stopped pair.b" in one.stdout
     down = run("--codex", codex, "down")
-    assert down.returncode == 0 and "stopped pair.a, pair.b" in down.stdout
+    assert down.returncode == 0 and "stopped pair.a" in down.stdout
     after = json.loads(run("--codex", codex, "status", "--json").stdout)
     assert {r["state"] for r in after["soulstones"]} == {"stopped"}
 

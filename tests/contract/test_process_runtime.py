@@ -178,3 +178,24 @@ async def test_port_in_use_is_refused(tmp_path: Path, make_supervisor: MakeSuper
         supervisor = make_supervisor(codex)
         with pytest.raises(ManifestError, match=f"port {port} is already in use"):
             await supervisor.manifest(Target("soulstone", "a"))
+
+
+async def test_stop_works_when_the_keeper_was_killed(
+    tmp_path: Path, make_supervisor: MakeSupervisor
+) -> None:
+    import os
+    import signal
+
+    codex = load(write(tmp_path / "codex", {"a.toml": fake("a", port=free_port())}))
+    supervisor = make_supervisor(codex)
+    await supervisor.manifest(Target("soulstone", "a"))
+    pid, keeper = engine_pids(supervisor, "a")
+    os.kill(keeper, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while procfs.alive(keeper) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [a] = codex.soulstones
+    assert (await supervisor.status(a)).state == "running"  # the engine outlives its keeper
+    assert await supervisor.down(Target("soulstone", "a")) == ["a"]
+    assert procfs.group_members(pid) == []
+    assert (await supervisor.status(a)).state == "stopped"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import orjson
@@ -213,21 +214,24 @@ def logs(
     if not path.exists():
         s.err.print(f"no log yet for {soulstone.id} ({path})")
         raise typer.Exit(1)
-    print(runtime.log_tail(soulstone, lines), flush=True)
-    if not follow:
-        return
+    try:
+        print(runtime.log_tail(soulstone, lines), flush=True)
+        if follow:
+            _follow(path)
+    except KeyboardInterrupt:
+        return  # Ctrl-C ends a follow: not an error
+
+
+def _follow(path: Path) -> None:
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
-        try:
-            while True:
-                chunk = handle.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode(errors="replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.3)
-        except KeyboardInterrupt:
-            return
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            else:
+                time.sleep(0.3)
 
 
 def register(app: typer.Typer) -> None:

@@ -69,11 +69,15 @@ class QuadletRuntime:
                              f"{result.stderr.strip() or result.returncode}")  # fmt: skip
 
     def status(self, soulstone: Soulstone) -> EngineStatus:
-        """State from `systemctl --user show`."""
-        result = self._run(
-            "show", service(soulstone), "--timestamp=unix",
-            "--property=ActiveState,MainPID,ExecMainStatus,StateChangeTimestamp",
-        )  # fmt: skip
+        """State from `systemctl --user show` ("stopped" where systemctl cannot run)."""
+        try:
+            result = self._run(
+                "show", service(soulstone), "--timestamp=unix",
+                "--property=ActiveState,MainPID,ExecMainStatus,StateChangeTimestamp",
+            )  # fmt: skip
+        except StartError:
+            return EngineStatus(soulstone.id, "stopped", unit=service(soulstone),
+                                port=soulstone.port, socket=soulstone.socket)  # fmt: skip
         fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         state = _STATES.get(fields.get("ActiveState", "inactive"), "stopped")
         record = read_json(self.state.record(soulstone.id)) or {}
