@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from conftest import MakeSupervisor
 from helpers import FAKE_ENGINE, free_port, load, write
+from soulstone.codex.models import Codex
 from soulstone.runtimes import procfs
 from soulstone.runtimes.state import read_json
 from soulstone.supervisor.plan import Target
@@ -37,6 +40,22 @@ def engine_pids(supervisor: Supervisor, soulstone_id: str) -> tuple[int, int]:
     kept = read_json(supervisor.state.keeper(soulstone_id))
     assert kept is not None
     return kept["pid"], kept["keeper_pid"]
+
+
+async def one_running(
+    tmp_path: Path, make_supervisor: MakeSupervisor
+) -> tuple[Supervisor, Codex, int, int]:
+    """A supervisor with one fake engine `a` running: (supervisor, codex, pid, keeper pid)."""
+    codex = load(write(tmp_path / "codex", {"a.toml": fake("a", port=free_port())}))
+    supervisor = make_supervisor(codex)
+    await supervisor.manifest(Target("soulstone", "a"))
+    return supervisor, codex, *engine_pids(supervisor, "a")
+
+
+def wait_until_gone(pid: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while procfs.alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def assert_gone(pgid: int, keeper: int) -> None:
@@ -132,17 +151,9 @@ async def test_engine_that_never_becomes_healthy(
 async def test_status_shows_a_crash_nobody_watched(
     tmp_path: Path, make_supervisor: MakeSupervisor
 ) -> None:
-    codex = load(write(tmp_path / "codex", {"a.toml": fake("a", port=free_port())}))
-    supervisor = make_supervisor(codex)
-    await supervisor.manifest(Target("soulstone", "a"))
-    pid, keeper = engine_pids(supervisor, "a")
-    import os
-    import signal
-
+    supervisor, codex, pid, keeper = await one_running(tmp_path, make_supervisor)
     os.kill(pid, signal.SIGKILL)  # a crash: the keeper records it, nobody else is watching
-    deadline = time.monotonic() + 10
-    while procfs.alive(keeper) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until_gone(keeper)
     [a] = codex.soulstones
     status = await supervisor.status(a)
     assert (status.state, status.exit_code) == ("failed", -9)
@@ -183,17 +194,9 @@ async def test_port_in_use_is_refused(tmp_path: Path, make_supervisor: MakeSuper
 async def test_stop_works_when_the_keeper_was_killed(
     tmp_path: Path, make_supervisor: MakeSupervisor
 ) -> None:
-    import os
-    import signal
-
-    codex = load(write(tmp_path / "codex", {"a.toml": fake("a", port=free_port())}))
-    supervisor = make_supervisor(codex)
-    await supervisor.manifest(Target("soulstone", "a"))
-    pid, keeper = engine_pids(supervisor, "a")
+    supervisor, codex, pid, keeper = await one_running(tmp_path, make_supervisor)
     os.kill(keeper, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while procfs.alive(keeper) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until_gone(keeper)
     [a] = codex.soulstones
     assert (await supervisor.status(a)).state == "running"  # the engine outlives its keeper
     assert await supervisor.down(Target("soulstone", "a")) == ["a"]
