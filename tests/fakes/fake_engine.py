@@ -1,22 +1,27 @@
-"""A fake OpenAI-compatible engine (stdlib only) for fault injection in tests.
+"""A fake OpenAI-compatible engine (aiohttp) for fault injection and speed in tests.
 
-python fake_engine.py [--port N | --uds PATH] [--host H] [--exit-at-once CODE]
-    [--ignore-term] [--fork-child] [--escape-child] [--never-healthy] [--slow-start S]
-    [--model NAME]
+    python fake_engine.py [--port N | --uds PATH] [--host H] [--model NAME]
+        [--tokens N] [--ttft-ms X] [--token-delay-ms X] [--slow-start S]
+        [--fail-after-chunks K] [--die-after-chunks K] [--never-healthy]
+        [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child]
+
+Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`.
+`GET /fake/stats` reports requests seen, requests whose client went away
+(cancelled) and requests in flight, so tests can see cancellation upstream.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
-import socket
-import socketserver
 import sys
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+
+from aiohttp import web
 
 
 def _arguments() -> argparse.Namespace:
@@ -25,12 +30,17 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--uds")
     parser.add_argument("--model", default="fake")
+    parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--ttft-ms", type=float, default=0.0)
+    parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    parser.add_argument("--slow-start", type=float, default=0.0)
+    parser.add_argument("--fail-after-chunks", type=int)
+    parser.add_argument("--die-after-chunks", type=int)
+    parser.add_argument("--never-healthy", action="store_true")
     parser.add_argument("--exit-at-once", type=int)
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--fork-child", action="store_true")
     parser.add_argument("--escape-child", action="store_true")
-    parser.add_argument("--never-healthy", action="store_true")
-    parser.add_argument("--slow-start", type=float, default=0.0)
     return parser.parse_args()
 
 
@@ -41,6 +51,129 @@ def _sleeper(new_session: bool) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         while True:
             time.sleep(1)
+
+
+def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
+    body: dict[str, Any]
+    if kind == "chat":
+        choice["delta"] = {"content": text} if text is not None else {}
+        body = {"id": "fake", "object": "chat.completion.chunk", "model": model}
+    else:
+        choice["text"] = text or ""
+        body = {"id": "fake", "object": "text_completion", "model": model}
+    body["choices"] = [choice]
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class Engine:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0}
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.json_response({}, status=503 if self.args.never_healthy else 200)
+
+    async def models(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.args.model, "object": "model"}]}
+        )
+
+    async def stats_view(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.stats)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        inputs = body.get("input")
+        count = len(inputs) if isinstance(inputs, list) else 1
+        data = [{"object": "embedding", "index": i, "embedding": [0.1 * i, 0.2, 0.3]}
+                for i in range(count)]  # fmt: skip
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": count, "total_tokens": count},
+            }
+        )
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        kind = "chat" if request.path.endswith("chat/completions") else "text"
+        body = await request.json()
+        model = body.get("model", self.args.model)
+        tokens = min(int(body.get("max_tokens") or self.args.tokens), self.args.tokens)
+        self.stats["requests"] += 1
+        self.stats["in_flight"] += 1
+        headers = {"X-Request-ID": request.headers.get("X-Request-ID", "")}
+        try:
+            await asyncio.sleep(self.args.ttft_ms / 1000)
+            words = [f"tok{i}" for i in range(tokens)]
+            if not body.get("stream"):
+                if self.args.die_after_chunks is not None:
+                    os._exit(3)
+                await asyncio.sleep(self.args.token_delay_ms * max(0, tokens - 1) / 1000)
+                text = " ".join(words)
+                choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+                if kind == "chat":
+                    choice["message"] = {"role": "assistant", "content": text}
+                else:
+                    choice["text"] = text
+                usage = {"prompt_tokens": 4, "completion_tokens": tokens,
+                         "total_tokens": 4 + tokens}  # fmt: skip
+                return web.json_response(
+                    {"id": "fake", "object": "chat.completion" if kind == "chat" else
+                     "text_completion", "model": model, "choices": [choice], "usage": usage},
+                    headers=headers,
+                )  # fmt: skip
+            response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            chunks = [_chunk(kind, model, f" {w}" if i else w, None) for i, w in enumerate(words)]
+            chunks.append(_chunk(kind, model, None, "stop"))
+            for number, chunk in enumerate(chunks):
+                if number == self.args.die_after_chunks:
+                    os._exit(3)  # the engine dies mid-stream
+                if number == self.args.fail_after_chunks:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
+                await response.write(chunk)
+                if self.args.token_delay_ms:
+                    await asyncio.sleep(self.args.token_delay_ms / 1000)
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.stats["cancelled"] += 1
+            raise
+        finally:
+            self.stats["in_flight"] -= 1
+
+
+async def serve(args: argparse.Namespace) -> None:
+    engine = Engine(args)
+    app = web.Application()
+    app.router.add_get("/health", engine.health)
+    app.router.add_get("/v1/models", engine.models)
+    app.router.add_get("/fake/stats", engine.stats_view)
+    app.router.add_post("/v1/chat/completions", engine.generate)
+    app.router.add_post("/v1/completions", engine.generate)
+    app.router.add_post("/v1/embeddings", engine.embeddings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    if args.uds:
+        if os.path.exists(args.uds):
+            os.unlink(args.uds)
+        site: web.BaseSite = web.UnixSite(runner, args.uds)
+    else:
+        site = web.TCPSite(runner, args.host, args.port)
+    await site.start()
+    print(f"fake engine listening on {args.uds or args.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if not args.ignore_term:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
 
 
 def main() -> None:
@@ -56,57 +189,7 @@ def main() -> None:
     if args.escape_child:
         _sleeper(new_session=True)
     time.sleep(args.slow_start)
-
-    class Handler(BaseHTTPRequestHandler):
-        def _send(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            if self.path == "/health":
-                self._send(503 if args.never_healthy else 200, {"ok": not args.never_healthy})
-            elif self.path == "/v1/models":
-                self._send(200, {"object": "list", "data": [{"id": args.model, "object": "model"}]})
-            else:
-                self._send(404, {"error": "not found"})
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            request = json.loads(self.rfile.read(length) or b"{}")
-            if self.path == "/v1/chat/completions":
-                self._send(200, {
-                    "id": "fake-1", "object": "chat.completion", "created": int(time.time()),
-                    "model": request.get("model", args.model),
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": "fake answer"}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
-                })  # fmt: skip
-            else:
-                self._send(404, {"error": "not found"})
-
-        def log_message(self, format: str, *values: Any) -> None:
-            print("fake engine: " + format % values, flush=True)
-
-    if args.uds:
-
-        class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-            daemon_threads = True
-
-            def get_request(self) -> tuple[socket.socket, Any]:
-                request, _ = super().get_request()
-                return request, ("local", 0)
-
-        if os.path.exists(args.uds):
-            os.unlink(args.uds)
-        server: socketserver.BaseServer = UnixServer(args.uds, Handler)
-    else:
-        server = HTTPServer((args.host, args.port), Handler)
-    print(f"fake engine listening on {args.uds or args.port}", flush=True)
-    server.serve_forever()
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":
