@@ -120,10 +120,11 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import check, demo, engines, forge, init
+    from soulstone.cli import check, demo, engines, forge, init, serve
 
     check.register(app)
     demo.register(app)
+    serve.register(app)
     forge.register(app)
     engines.register(app)
     init.register(app)

@@ -124,41 +124,56 @@ class Supervisor:
         ManifestError reports why, with the end of each failed engine's log.
         """
         async with self.exclusive():
-            plan = await self.plan(target)
-            for stop in plan.stop:
-                await self._stop(stop.soulstone, stop.reason)
-            started: list[Soulstone] = []
-            failures: list[Failure] = []
-            for soulstone in plan.start:
-                self.on_event(Event("starting", soulstone.id, soulstone.uri,
-                                    timeout=soulstone.health.start_timeout))  # fmt: skip
-                try:
-                    await asyncio.to_thread(self.runtime(soulstone).start, soulstone)
-                except StartError as error:
-                    failures.append(Failure(soulstone.id, str(error), ""))
-                    break
-                started.append(soulstone)
-            if not failures:
-                results = await asyncio.gather(*(self._await_healthy(s) for s in plan.targets))
-                failures = [f for f in results if f is not None]
-            if failures:
-                for failure in failures:
-                    self.on_event(Event("failed", failure.soulstone, failure.reason))
-                for soulstone in started:
-                    await self._stop(soulstone, "its manifestation failed")
-                raise ManifestError(failures)
-            return plan
+            return await self._manifest(await self.plan(target))
 
-    async def down(self, target: Target | None = None) -> list[str]:
+    async def manifest_soulstones(self, targets: tuple[Soulstone, ...]) -> Plan:
+        """Manifest exactly these (mutually compatible) soulstones; see `manifest`."""
+        async with self.exclusive():
+            return await self._manifest(make_plan(targets, await self._running()))
+
+    async def _manifest(self, plan: Plan) -> Plan:
+        for stop in plan.stop:
+            await self._stop(stop.soulstone, stop.reason)
+        started: list[Soulstone] = []
+        failures: list[Failure] = []
+        for soulstone in plan.start:
+            self.on_event(Event("starting", soulstone.id, soulstone.uri,
+                                timeout=soulstone.health.start_timeout))  # fmt: skip
+            try:
+                await asyncio.to_thread(self.runtime(soulstone).start, soulstone)
+            except StartError as error:
+                failures.append(Failure(soulstone.id, str(error), ""))
+                break
+            started.append(soulstone)
+        if not failures:
+            results = await asyncio.gather(*(self._await_healthy(s) for s in plan.targets))
+            failures = [f for f in results if f is not None]
+        if failures:
+            for failure in failures:
+                self.on_event(Event("failed", failure.soulstone, failure.reason))
+            for soulstone in started:
+                await self._stop(soulstone, "its manifestation failed")
+            raise ManifestError(failures)
+        return plan
+
+    async def down(self, target: Target | None = None, reason: str = "asked to stop") -> list[str]:
         """Stop the target's soulstones (all running ones when None); return their ids."""
         async with self.exclusive():
             running = await self._running()
             if target is not None:
                 wanted = {s.id for s in resolve(self.codex, target, {r.id for r in running})}
                 running = [s for s in running if s.id in wanted]
-            for soulstone in running:
-                await self._stop(soulstone, "asked to stop")
-            return [s.id for s in running]
+            return await self._stop_all(running, reason)
+
+    async def stop_soulstones(self, ids: set[str], reason: str) -> list[str]:
+        """Stop these soulstones where they run; return the ids stopped."""
+        async with self.exclusive():
+            return await self._stop_all([s for s in await self._running() if s.id in ids], reason)
+
+    async def _stop_all(self, soulstones: list[Soulstone], reason: str) -> list[str]:
+        for soulstone in soulstones:
+            await self._stop(soulstone, reason)
+        return [s.id for s in soulstones]
 
     async def _stop(self, soulstone: Soulstone, reason: str) -> None:
         self.on_event(Event("stopping", soulstone.id, reason))

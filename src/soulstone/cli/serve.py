@@ -1,0 +1,84 @@
+"""`soulstone serve`: the gateway."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from soulstone.cli.app import guarded, session
+from soulstone.gateway.serve import ServeOptions, serve
+from soulstone.runtimes.state import StateFolder
+
+SOCKET_ENV = "SOULSTONE_SOCKET"
+
+
+def default_socket(runtime_folder: Path) -> Path:
+    """`$SOULSTONE_SOCKET`, else `$XDG_RUNTIME_DIR/soulstone/api.sock`."""
+    return Path(os.environ.get(SOCKET_ENV) or runtime_folder / "api.sock")
+
+
+def _run(coroutine: object) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+        return
+    uvloop.run(coroutine)  # type: ignore[arg-type]
+
+
+def serve_command(
+    ctx: typer.Context,
+    socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--socket",
+            metavar="PATH",
+            help="Unix socket to listen on (default: $XDG_RUNTIME_DIR/soulstone/api.sock).",
+        ),
+    ] = None,
+    tcp: Annotated[
+        str | None,
+        typer.Option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (off by default)."),
+    ] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Unix sockets only: refuse TCP.")
+    ] = False,
+    max_wait: Annotated[
+        float,
+        typer.Option(
+            "--max-wait",
+            help="Seconds a running group keeps taking requests "
+            "while another group waits for a swap.",
+        ),
+    ] = 2.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout",
+            help="Seconds in-flight requests get to finish before their engine is swapped out.",
+        ),
+    ] = 30.0,
+) -> None:
+    """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
+    s = session(ctx)
+    options = ServeOptions(
+        socket=socket or default_socket(s.paths.runtime),
+        own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
+        tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
+    )  # fmt: skip
+    state = StateFolder(s.paths.state)
+
+    def ready(addresses: list[str]) -> None:
+        s.err.print("soulstone gateway listening on " + ", ".join(addresses), highlight=False)
+
+    guarded(ctx, lambda: _run(serve(options, s.load, state, ready)))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the commands of this module to the application."""
+    app.command("serve")(serve_command)

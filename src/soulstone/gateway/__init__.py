@@ -1,0 +1,1 @@
+"""The gateway (SPEC C4): one OpenAI-compatible door to every engine."""

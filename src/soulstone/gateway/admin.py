@@ -1,0 +1,136 @@
+"""The admin API the CLI uses while a gateway runs: status, up, down, reload.
+
+Until client identities exist (SPEC C5), it answers on the Unix socket only.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from soulstone.errors import SoulstoneError, UsageError
+from soulstone.gateway.app import GATEWAY, Gateway
+from soulstone.gateway.errors import GatewayError, error_response
+from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
+from soulstone.supervisor.schedule import Unavailable
+
+routes = web.RouteTableDef()
+
+
+def _json(gateway: Gateway, request: web.Request, document: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(document), status=status, content_type="application/json",
+        headers=gateway.correlation(request),
+    )  # fmt: skip
+
+
+def _on_socket(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise GatewayError(400, "INVALID_JSON", "the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise GatewayError(400, "INVALID_JSON", "the body must be a JSON object")
+    return document
+
+
+def _target(gateway: Gateway, body: dict[str, Any]) -> Target:
+    name, capability = body.get("name"), body.get("capability")
+    if (name is None) == (capability is None):
+        raise GatewayError(400, "BAD_TARGET", "give exactly one of `name` or `capability`")
+    if capability is not None:
+        return Target("capability", str(capability))
+    try:
+        return name_target(gateway.codex, str(name))
+    except UsageError as error:
+        raise GatewayError(404, "UNKNOWN_TARGET", str(error)) from None
+
+
+@web.middleware
+async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse the admin API off the Unix socket; map refusals onto the error table."""
+    gateway = request.config_dict[GATEWAY]
+    try:
+        if not _on_socket(request):
+            raise GatewayError(403, "ADMIN_SOCKET_ONLY", "the admin API answers on the Unix socket")
+        response: web.StreamResponse = await handler(request)
+        return response
+    except GatewayError as error:
+        return error_response(error, gateway.correlation(request))
+    except (UsageError, Unavailable, SoulstoneError) as error:
+        status = 503 if isinstance(error, Unavailable) else 409
+        refusal = GatewayError(status, "ADMIN_FAILED", str(error))
+        return error_response(refusal, gateway.correlation(request))
+
+
+@routes.get("/status")
+async def status(request: web.Request) -> web.Response:
+    """Every soulstone's status, as `soulstone status --json` prints it."""
+    gateway = request.config_dict[GATEWAY]
+    found = await gateway.scheduler.supervisor.statuses()
+    return _json(gateway, request, {"soulstones": [f.summary() for f in found]})
+
+
+@routes.post("/up")
+async def up(request: web.Request) -> web.Response:
+    """Manifest a soulstone, group or capability through the wave queue (or plan it)."""
+    gateway = request.config_dict[GATEWAY]
+    body = await _body(request)
+    target = _target(gateway, body)
+    scheduler = gateway.scheduler
+    try:
+        targets = resolve(gateway.codex, target, scheduler.running)
+    except UsageError as error:
+        raise GatewayError(404, "UNKNOWN_TARGET", str(error)) from None
+    running = [s for s in gateway.codex.soulstones if s.id in scheduler.running]
+    plan = make_plan(targets, running)
+    document = {
+        "targets": [s.id for s in targets],
+        "stop": [{"id": s.soulstone.id, "reason": s.reason} for s in plan.stop],
+        "start": [s.id for s in plan.start],
+    }
+    if not body.get("dry_run"):
+        await scheduler.manifest(targets)
+    return _json(gateway, request, document)
+
+
+@routes.post("/down")
+async def down(request: web.Request) -> web.Response:
+    """Stop a soulstone or group (all running ones without a name) once its requests drain."""
+    gateway = request.config_dict[GATEWAY]
+    body = await _body(request)
+    scheduler = gateway.scheduler
+    if body.get("name") is None:
+        ids = {s.id for s in await scheduler.supervisor.statuses() if s.active}
+    else:
+        target = _target(gateway, {"name": body["name"]})
+        ids = {s.id for s in resolve(gateway.codex, target, scheduler.running)}
+    stopped = await scheduler.stop(ids, "asked to stop")
+    return _json(gateway, request, {"stopped": sorted(stopped)})
+
+
+@routes.post("/reload")
+async def reload(request: web.Request) -> web.Response:
+    """Validate and apply the codex again; keep the running one when it is invalid."""
+    gateway = request.config_dict[GATEWAY]
+    report = await gateway.reload()
+    return _json(gateway, request, report, status=200 if report.get("reloaded") else 422)
+
+
+def make_admin_app() -> web.Application:
+    """The admin sub-application, mounted at /admin/."""
+    admin = web.Application(middlewares=[admin_guard])
+    admin.add_routes(routes)
+    return admin

@@ -1,0 +1,169 @@
+"""Run the gateway: listeners, signals, reload, idle stops, and a bounded shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from soulstone.codex.models import Codex
+from soulstone.errors import CodexError, UsageError
+from soulstone.gateway.admin import make_admin_app
+from soulstone.gateway.app import Gateway, changed_soulstones, make_app
+from soulstone.gateway.listen import (
+    activation_sockets,
+    bind_unix,
+    describe,
+    parse_tcp,
+    prepare_socket,
+)
+from soulstone.observe.logging import make_logger
+from soulstone.observe.metrics import Metrics
+from soulstone.runtimes.state import StateFolder
+from soulstone.runtimes.table import make_runtimes
+from soulstone.runtimes.upstream import Upstreams
+from soulstone.supervisor.schedule import Scheduler
+from soulstone.supervisor.supervisor import Event, Supervisor
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `soulstone serve` listens and schedules."""
+
+    socket: Path
+    own_socket_folder: bool = True
+    tcp: str | None = None
+    strict: bool = False
+    max_wait: float = 2.0
+    drain_timeout: float = 30.0
+    shutdown_timeout: float = 30.0
+    idle_check: float = 5.0
+
+
+async def reload_codex(gateway: Gateway, load: Callable[[], Codex], log: Any) -> dict[str, Any]:
+    """Load and validate the codex again; apply it, restarting only what changed."""
+    try:
+        new = load()
+    except (CodexError, UsageError) as error:
+        problems = getattr(error, "problems", ())
+        log.error("reload refused: the codex is invalid; the running one stays",
+                  errors=len(problems) or 1)  # fmt: skip
+        return {
+            "reloaded": False,
+            "errors": [p.as_dict() for p in problems] or [{"message": str(error)}],
+        }
+    changed = changed_soulstones(gateway.codex, new)
+    async with gateway.scheduler.paused():
+        stopped = await gateway.scheduler.stop(changed, "its declaration changed")
+        gateway.use(new)
+        gateway.scheduler.retarget(new)
+    log.info("reloaded the codex", changed=sorted(changed), stopped=sorted(stopped))
+    return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
+
+
+def _log_event(log: Any) -> Callable[[Event], None]:
+    def emit(event: Event) -> None:
+        log.info(event.kind, soulstone=event.soulstone, detail=event.detail or None,
+                 seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
+
+    return emit
+
+
+def _listeners(options: ServeOptions) -> tuple[list[socket.socket], Path | None, list[str]]:
+    activated = activation_sockets()
+    if activated:
+        if options.strict and any(s.family != socket.AF_UNIX for s in activated):
+            raise UsageError("strict mode refuses TCP, and systemd passed a TCP socket")
+        return activated, None, []
+    warnings = prepare_socket(options.socket, options.own_socket_folder)
+    return [bind_unix(options.socket)], options.socket, warnings
+
+
+async def serve(
+    options: ServeOptions,
+    load: Callable[[], Codex],
+    state: StateFolder,
+    ready: Callable[[list[str]], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads the codex."""
+    log = make_logger("gateway")
+    if options.strict and options.tcp:
+        raise UsageError("strict mode refuses TCP: leave out --tcp")
+    codex = load()
+    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
+    metrics = Metrics()
+    scheduler = Scheduler(supervisor, max_wait=options.max_wait,
+                          drain_timeout=options.drain_timeout, on_swap=metrics.swapped)  # fmt: skip
+    metrics.watch(scheduler.queued, scheduler.in_flight)
+    await scheduler.sync()
+    upstreams = Upstreams()
+
+    async def reload() -> dict[str, Any]:
+        return await reload_codex(gateway, load, log)
+
+    gateway = Gateway(scheduler, upstreams, metrics, reload)
+    runner = web.AppRunner(
+        make_app(gateway, make_admin_app()), handler_cancellation=True, access_log=None,
+        shutdown_timeout=options.shutdown_timeout,
+    )  # fmt: skip
+    await runner.setup()
+    sockets, owned_path, warnings = _listeners(options)
+    sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in sockets]
+    if options.tcp:
+        host, port = parse_tcp(options.tcp)
+        sites.append(web.TCPSite(runner, host, port, backlog=1024))
+    for site in sites:
+        await site.start()
+    addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
+    for warning in warnings:
+        log.warning(warning)
+    log.info("listening", on=addresses, soulstones=len(codex.soulstones))
+    if ready is not None:
+        ready(addresses)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    background: set[asyncio.Task[Any]] = set()
+
+    def on_hup() -> None:
+        task = asyncio.create_task(reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+
+    async def reap_idle() -> None:
+        while True:
+            await asyncio.sleep(options.idle_check)
+            stopped = await scheduler.stop_idle()
+            if stopped:
+                log.info("stopped idle soulstones", soulstones=stopped)
+
+    idle = asyncio.create_task(reap_idle())
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down", in_flight=scheduler.in_flight())
+        idle.cancel()
+        for site in sites:  # 1. stop accepting
+            await site.stop()
+        deadline = loop.time() + options.shutdown_timeout
+        while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
+            await asyncio.sleep(0.05)
+        await runner.cleanup()  # 3. close what is left
+        await scheduler.close()
+        stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
+        await upstreams.close()
+        if owned_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                owned_path.unlink()
+        log.info("stopped", engines_stopped=stopped)

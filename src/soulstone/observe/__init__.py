@@ -1,0 +1,1 @@
+"""Observability (SPEC C9): metrics and logs."""

@@ -1,0 +1,61 @@
+"""Prometheus metrics of one gateway (its own registry: no module globals)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SWAP_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+
+class Metrics:
+    """The gateway's counters, histograms and gauges."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "soulstone_requests", "Requests by model and HTTP status.", ["model", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "soulstone_request_seconds", "Time from request to the last byte, by model.",
+            ["model"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.swaps = Counter("soulstone_swaps", "Engine swaps.", registry=self.registry)
+        self.swap_seconds = Histogram(
+            "soulstone_swap_seconds", "Time a swap took (stop, start, healthy).",
+            buckets=SWAP_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.generated_ids = Counter(
+            "soulstone_request_ids_generated", "Requests that came without X-Request-ID.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.engine_failures = Counter(
+            "soulstone_engine_failures", "Engines that stopped answering mid-request.",
+            ["soulstone"], registry=self.registry,
+        )  # fmt: skip
+        self.queue_depth = Gauge(
+            "soulstone_queue_depth", "Requests waiting for an engine.", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "soulstone_in_flight", "Requests being served.", registry=self.registry
+        )
+
+    def watch(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+        """Read the queue depth and in-flight count from these functions at scrape time."""
+        self.queue_depth.set_function(queue_depth)
+        self.in_flight.set_function(in_flight)
+
+    def swapped(self, seconds: float) -> None:
+        """Count one swap and its duration."""
+        self.swaps.inc()
+        self.swap_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text."""
+        return generate_latest(self.registry)

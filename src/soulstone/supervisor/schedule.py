@@ -1,0 +1,298 @@
+"""Serve group by group: admit requests to running engines, swap in waves, never thrash.
+
+The scheduler owns the gateway's view of which soulstones may take requests
+(`running`) and how many requests each has in flight. A request for a
+soulstone that runs is admitted at once. A request for one that does not
+joins a *wave*: the first pending wave whose soulstones it can run beside,
+else a new one at the back of the queue. Waves are served in order:
+
+1. While the running soulstones a wave would evict still have requests in
+   flight, new requests for them keep flowing, up to the wave's fairness
+   deadline (`max_wait` after the wave formed).
+2. Then the swap begins: requests for the evicted soulstones queue for a
+   later wave, and those in flight get `drain_timeout` to finish.
+3. The supervisor manifests the wave's soulstones (stopping what conflicts),
+   and every request of the wave is admitted together.
+
+So interleaved requests for two conflicting models cost one swap per wave,
+not one per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from soulstone.codex.conflicts import in_conflict
+from soulstone.codex.models import Codex, Soulstone
+from soulstone.errors import SoulstoneError
+from soulstone.supervisor.supervisor import ManifestError, Supervisor
+
+RETRY_AFTER_S = 5
+
+
+class Unavailable(SoulstoneError):
+    """A request's engine could not be brought up in time (HTTP 503 with Retry-After)."""
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class _Ticket:
+    soulstone: str
+    future: asyncio.Future[None]
+    counts: bool = True  # a request (counted in flight) rather than an admin call
+
+
+@dataclass(eq=False)
+class Wave:
+    """Soulstones to manifest together, and the requests waiting for them."""
+
+    targets: dict[str, Soulstone]
+    deadline: float
+    tickets: list[_Ticket] = field(default_factory=list)
+    draining: bool = False
+    executing: bool = False
+
+    def accepts(self, soulstone: Soulstone) -> bool:
+        """True when the soulstone can run beside every soulstone of this wave."""
+        return not self.executing and not any(
+            in_conflict(soulstone, t) for t in self.targets.values()
+        )
+
+
+class Scheduler:
+    """Admits requests to engines and swaps engine groups in waves."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        *,
+        max_wait: float = 2.0,
+        drain_timeout: float = 30.0,
+        on_swap: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.supervisor = supervisor
+        self.max_wait = max_wait
+        self.drain_timeout = drain_timeout
+        self.on_swap = on_swap or (lambda _seconds: None)
+        self.clock = clock
+        self.running: set[str] = set()
+        self.inflight: Counter[str] = Counter()
+        self.last_used: dict[str, float] = {}
+        self.started: set[str] = set()
+        self.waves: list[Wave] = []
+        self.swaps = 0
+        self._closing: set[str] = set()
+        self._changed = asyncio.Event()
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def codex(self) -> Codex:
+        """The codex in force (the supervisor's)."""
+        return self.supervisor.codex
+
+    def queued(self) -> int:
+        """Requests waiting for a wave."""
+        return sum(1 for w in self.waves for t in w.tickets if t.counts and not t.future.done())
+
+    def in_flight(self) -> int:
+        """Requests being served."""
+        return sum(self.inflight.values())
+
+    async def sync(self) -> None:
+        """Take the engines that already run and are healthy as running."""
+        statuses = await self.supervisor.statuses()
+        self.running = {s.id for s in statuses if s.state == "running"}
+        now = self.clock()
+        self.last_used = {soulstone_id: now for soulstone_id in self.running}
+
+    @asynccontextmanager
+    async def lease(self, soulstone: Soulstone) -> AsyncIterator[None]:
+        """Hold a place on a running engine for one request; wait for a swap if needed."""
+        await self.acquire(soulstone)
+        try:
+            yield
+        finally:
+            self.release(soulstone)
+
+    def wait_limit(self, soulstone: Soulstone) -> float:
+        """How long a request may wait for its engine before 503."""
+        return self.max_wait + self.drain_timeout + soulstone.health.start_timeout + 10
+
+    async def acquire(self, soulstone: Soulstone, counts: bool = True) -> None:
+        """Admit a request for this soulstone, bringing it up first if needed."""
+        if soulstone.id in self.running and soulstone.id not in self._closing:
+            if counts:
+                self.inflight[soulstone.id] += 1
+            return
+        ticket = _Ticket(soulstone.id, asyncio.get_running_loop().create_future(), counts)
+        self._wave_for(soulstone).tickets.append(ticket)
+        self._kick()
+        try:
+            await asyncio.wait_for(ticket.future, self.wait_limit(soulstone))
+        except TimeoutError:
+            raise Unavailable(
+                f"{soulstone.id} did not come up within {self.wait_limit(soulstone):g} s"
+            ) from None
+
+    def release(self, soulstone: Soulstone) -> None:
+        """A request on this soulstone has finished."""
+        self.inflight[soulstone.id] -= 1
+        self.last_used[soulstone.id] = self.clock()
+        self._changed.set()
+
+    def failed(self, soulstone: Soulstone) -> None:
+        """The engine stopped answering: route the next request through a (re)start."""
+        self.running.discard(soulstone.id)
+
+    async def manifest(self, targets: tuple[Soulstone, ...]) -> None:
+        """Bring these soulstones up through the wave queue (the admin API's `up`)."""
+        for soulstone in targets:
+            if soulstone.id in self.running and soulstone.id not in self._closing:
+                continue
+            ticket = _Ticket(soulstone.id, asyncio.get_running_loop().create_future(), False)
+            self._wave_for(soulstone).tickets.append(ticket)
+            self._kick()
+            await ticket.future
+
+    async def stop(self, ids: set[str], reason: str) -> list[str]:
+        """Stop these soulstones once their requests drain (bounded); new ones restart them."""
+        self.running -= ids
+        deadline = self.clock() + self.drain_timeout
+        while sum(self.inflight[i] for i in ids) and self.clock() < deadline:
+            await self._wait_change(deadline)
+        stopped = await self.supervisor.stop_soulstones(ids, reason)
+        self.started -= set(stopped)
+        return stopped
+
+    async def stop_idle(self) -> list[str]:
+        """Stop running soulstones idle for longer than their `ttl`."""
+        now = self.clock()
+        pending = {t for w in self.waves for t in w.targets}
+        idle = {
+            s.id
+            for s in self.codex.soulstones
+            if s.ttl is not None and s.id in self.running and s.id not in pending
+            and not self.inflight[s.id] and now - self.last_used.get(s.id, now) >= s.ttl
+        }  # fmt: skip
+        return await self.stop(idle, "idle longer than its ttl") if idle else []
+
+    async def close(self) -> None:
+        """Stop the pump; fail whatever still waits."""
+        if self._pump is not None:
+            self._pump.cancel()
+        for wave in self.waves:
+            for ticket in wave.tickets:
+                if not ticket.future.done():
+                    ticket.future.set_exception(Unavailable("the gateway is shutting down"))
+        self.waves.clear()
+
+    def _wave_for(self, soulstone: Soulstone) -> Wave:
+        for wave in self.waves:
+            if soulstone.id in wave.targets or wave.accepts(soulstone):
+                wave.targets.setdefault(soulstone.id, soulstone)
+                return wave
+        wave = Wave({soulstone.id: soulstone}, deadline=self.clock() + self.max_wait)
+        self.waves.append(wave)
+        return wave
+
+    def _kick(self) -> None:
+        if self._pump is None or self._pump.done():
+            self._pump = asyncio.create_task(self._run_waves())
+
+    async def _wait_change(self, deadline: float) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(0.0, deadline - self.clock()))
+        except TimeoutError:
+            return
+
+    def _busy(self, ids: set[str]) -> int:
+        return sum(self.inflight[i] for i in ids)
+
+    def _evictions(self, wave: Wave) -> set[str]:
+        return {
+            r
+            for r in self.running
+            if (running := self.codex.get(r)) is not None
+            and any(in_conflict(running, t) for t in wave.targets.values())
+        }
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Start no new wave meanwhile (one already swapping finishes first); requests queue."""
+        self._resumed.clear()
+        try:
+            while any(w.executing for w in self.waves):
+                await asyncio.sleep(0.05)
+            yield
+        finally:
+            self._resumed.set()
+            self._kick()
+
+    def retarget(self, codex: Codex) -> None:
+        """After a reload: point queued waves at the new declarations, failing removed ones."""
+        for wave in list(self.waves):
+            kept = {i: s for i in wave.targets if (s := codex.get(i)) is not None}
+            for ticket in wave.tickets:
+                if ticket.soulstone not in kept and not ticket.future.done():
+                    ticket.future.set_exception(Unavailable(f"{ticket.soulstone} was removed"))
+            wave.targets = kept
+            if not kept:
+                self.waves.remove(wave)
+        self.running &= {s.id for s in codex.soulstones}
+
+    async def _run_waves(self) -> None:
+        while self.waves:
+            await self._resumed.wait()
+            if not self.waves:
+                return
+            wave = self.waves[0]
+            evict = self._evictions(wave)
+            while self._busy(evict) and self.clock() < wave.deadline:
+                await self._wait_change(wave.deadline)  # the running group keeps flowing
+            wave.draining = True
+            self._closing = evict
+            drain_deadline = self.clock() + self.drain_timeout
+            while self._busy(evict) and self.clock() < drain_deadline:
+                await self._wait_change(drain_deadline)
+            wave.executing = True
+            await self._execute(wave, evict)
+            self.waves.pop(0)
+            self._closing = set()
+
+    async def _execute(self, wave: Wave, evict: set[str]) -> None:
+        began = self.clock()
+        self.running -= evict
+        targets = tuple(wave.targets.values())
+        try:
+            plan = await self.supervisor.manifest_soulstones(targets)
+        except (ManifestError, SoulstoneError) as error:
+            failure = Unavailable(f"could not start {', '.join(wave.targets)}: {error}")
+            for ticket in wave.tickets:
+                if not ticket.future.done():
+                    ticket.future.set_exception(failure)
+            return
+        self.running |= set(wave.targets)
+        self.started |= {s.id for s in plan.start}
+        now = self.clock()
+        for soulstone_id in wave.targets:
+            self.last_used[soulstone_id] = now
+        if plan.stop:
+            self.swaps += 1
+            self.on_swap(now - began)
+        for ticket in wave.tickets:
+            if not ticket.future.done():
+                if ticket.counts:
+                    self.inflight[ticket.soulstone] += 1
+                ticket.future.set_result(None)
