@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
 import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -18,6 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 from soulstone.cli.app import Session, guarded, session
+from soulstone.cli.gateway_client import GatewayClient, running_gateway
+from soulstone.cli.serve import default_socket
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import UsageError
 from soulstone.host import gpu_memory_by_pid
@@ -76,6 +79,35 @@ class EventView:
                           highlight=False)  # fmt: skip
 
 
+def _gateway(s: Session) -> GatewayClient | None:
+    """The running gateway's admin client: when one runs, engines go through it."""
+    return running_gateway(default_socket(s.paths.runtime))
+
+
+def _status_from(record: dict[str, Any]) -> EngineStatus:
+    since = record.get("since")
+    moment = datetime.datetime.fromisoformat(since).timestamp() if since else None
+    return EngineStatus(**(record | {"since": moment}))
+
+
+def _up_through(
+    ctx: typer.Context, gateway: GatewayClient, name: str | None, capability: str | None,
+    dry_run: bool,
+) -> None:  # fmt: skip
+    s = session(ctx)
+    body = {"name": name, "capability": capability, "dry_run": dry_run}
+    if not dry_run:
+        s.err.print(f"asking the gateway on {gateway.path} (it swaps when requests drain)...")
+    answer = guarded(ctx, lambda: gateway.call("POST", "/admin/up", body))
+    verb = ("would stop", "would start") if dry_run else ("stopped", "started")
+    for stop in answer["stop"]:
+        s.out.print(f"{verb[0]} {stop['id']}: {stop['reason']}", highlight=False)
+    for started in answer["start"]:
+        s.out.print(f"{verb[1]} {started}", highlight=False)
+    if not answer["stop"] and not answer["start"]:
+        s.out.print("already running: " + ", ".join(answer["targets"]), highlight=False)
+
+
 def _target(codex: Codex, name: str | None, capability: str | None) -> Target:
     if (name is None) == (capability is None):
         raise UsageError("name exactly one of NAME (a soulstone or group) or --capability CAP")
@@ -111,6 +143,10 @@ def up(
     s = session(ctx)
     codex = guarded(ctx, s.load)
     target = guarded(ctx, lambda: _target(codex, name, capability))
+    gateway = _gateway(s)
+    if gateway is not None:
+        _up_through(ctx, gateway, name, capability, dry_run)
+        return
     if dry_run:
         plan = guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).plan(target)))
         _print_plan(s, plan)
@@ -135,7 +171,13 @@ def down(
     s = session(ctx)
     codex = guarded(ctx, s.load)
     target = guarded(ctx, lambda: name_target(codex, name)) if name is not None else None
-    stopped = guarded(ctx, lambda: asyncio.run(_supervisor(s, codex, EventView(s)).down(target)))
+    gateway = _gateway(s)
+    if gateway is not None:
+        answer = guarded(ctx, lambda: gateway.call("POST", "/admin/down", {"name": name}))
+        stopped = list(answer["stopped"])
+    else:
+        supervisor = _supervisor(s, codex, EventView(s))
+        stopped = guarded(ctx, lambda: asyncio.run(supervisor.down(target)))
     s.out.print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
 
 
@@ -166,7 +208,12 @@ def status(
     """Show every soulstone's state, pid or unit, uptime, address, health and GPU memory."""
     s = session(ctx)
     codex = guarded(ctx, s.load)
-    found = _with_gpu(guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).statuses())))
+    gateway = _gateway(s)
+    if gateway is not None:
+        answer = guarded(ctx, lambda: gateway.call("GET", "/admin/status"))
+        found = _with_gpu([_status_from(record) for record in answer["soulstones"]])
+    else:
+        found = _with_gpu(guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).statuses())))
     if as_json:
         typer.echo(orjson.dumps({"soulstones": [f.summary() for f in found]},
                                 option=orjson.OPT_INDENT_2).decode())  # fmt: skip
@@ -175,7 +222,8 @@ def status(
     for column in ("id", "state", "pid/unit", "uptime", "port/socket", "health", "GPU memory"):
         table.add_column(column, overflow="fold")
     for st in found:
-        state = st.state + (f" (exit {st.exit_code})" if st.exit_code is not None else "")
+        failed_with = st.state == "failed" and st.exit_code is not None
+        state = st.state + (f" (exit {st.exit_code})" if failed_with else "")
         memory = f"{st.gpu_memory_bytes / 2**30:.1f} GiB" if st.gpu_memory_bytes else "—"
         table.add_row(
             Text(st.id, style="bold"), Text(state, style=STATE_STYLES[st.state]),

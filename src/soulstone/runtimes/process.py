@@ -31,7 +31,9 @@ def engine_environment(soulstone: Soulstone, base: Mapping[str, str]) -> dict[st
 
 
 def _port_in_use(port: int) -> bool:
+    """True when a process listens on the port (TIME_WAIT leftovers do not count)."""
     with sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM) as probe:
+        probe.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as error:

@@ -1,0 +1,69 @@
+"""A small client for a running gateway's admin API, over its Unix socket."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from soulstone.errors import SoulstoneError, UsageError
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.path))
+        self.sock = sock
+
+
+class GatewayClient:
+    """Calls the admin API of the gateway listening on a Unix socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 3600) -> dict[str, Any]:  # fmt: skip
+        """Send one request; return the JSON answer or raise with the gateway's message."""
+        connection = _UnixConnection(self.path, timeout)
+        try:
+            payload = orjson.dumps(body) if body is not None else None
+            connection.request(method, path, body=payload,
+                               headers={"Content-Type": "application/json"})  # fmt: skip
+            response = connection.getresponse()
+            raw = response.read()
+        except OSError as error:
+            raise SoulstoneError(f"the gateway on {self.path} did not answer: {error}") from None
+        finally:
+            connection.close()
+        try:
+            document = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            document = {"message": raw.decode(errors="replace")}
+        if response.status >= 400:
+            message = document.get("message") or document.get("error") or response.reason
+            if response.status in (400, 404):
+                raise UsageError(str(message))
+            raise SoulstoneError(f"the gateway refused: {message}")
+        return dict(document)
+
+
+def running_gateway(path: Path) -> GatewayClient | None:
+    """A client for the gateway on this socket, or None when none answers there."""
+    if not path.exists():
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return None
+    return GatewayClient(path)
