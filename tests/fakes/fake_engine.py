@@ -70,6 +70,7 @@ class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0}
+        self.last: dict[str, Any] = {}
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
@@ -81,6 +82,9 @@ class Engine:
 
     async def stats_view(self, _request: web.Request) -> web.Response:
         return web.json_response(self.stats)
+
+    async def last_view(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.last)
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -100,6 +104,7 @@ class Engine:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         kind = "chat" if request.path.endswith("chat/completions") else "text"
         body = await request.json()
+        self.last = body
         model = body.get("model", self.args.model)
         tokens = min(int(body.get("max_tokens") or self.args.tokens), self.args.tokens)
         self.stats["requests"] += 1
@@ -155,6 +160,7 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/health", engine.health)
     app.router.add_get("/v1/models", engine.models)
     app.router.add_get("/fake/stats", engine.stats_view)
+    app.router.add_get("/fake/last", engine.last_view)
     app.router.add_post("/v1/chat/completions", engine.generate)
     app.router.add_post("/v1/completions", engine.generate)
     app.router.add_post("/v1/embeddings", engine.embeddings)

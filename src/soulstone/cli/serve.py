@@ -56,6 +56,9 @@ def serve_command(
             "while another group waits for a swap.",
         ),
     ] = 2.0,
+    idle_check: Annotated[
+        float, typer.Option("--idle-check", hidden=True, help="Seconds between ttl checks.")
+    ] = 5.0,
     drain_timeout: Annotated[
         float,
         typer.Option(
@@ -70,6 +73,7 @@ def serve_command(
         socket=socket or default_socket(s.paths.runtime),
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
         tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
+        idle_check=idle_check,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

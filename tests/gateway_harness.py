@@ -1,0 +1,152 @@
+"""Start `soulstone serve` (the real console script) for a test, and stop it after."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from conftest import kill_recorded
+from helpers import FAKE_ENGINE, free_port, write
+from soulstone.runtimes.state import StateFolder
+
+SCRIPT = Path(sys.executable).parent / "soulstone"
+
+
+@dataclass
+class RunningGateway:
+    """A gateway process and how to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    socket: Path
+    tcp_port: int
+    codex: Path
+    state: StateFolder
+    log: Path
+    env: dict[str, str]
+
+    def uds_client(self, **options: Any) -> openai.OpenAI:
+        http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket)), timeout=120)
+        return openai.OpenAI(base_url="http://localhost/v1", api_key="none",
+                             http_client=http, **options)  # fmt: skip
+
+    def tcp_client(self, **options: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.tcp_port}/v1", api_key="none",
+                             timeout=120, **options)  # fmt: skip
+
+    def http(self) -> httpx2.Client:
+        """A plain HTTP client on the Unix socket (base URL http://localhost)."""
+        return httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket)),
+                             base_url="http://localhost", timeout=120)  # fmt: skip
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the console script against this gateway's codex and folders."""
+        return subprocess.run([str(SCRIPT), "--codex", str(self.codex), *args], env=self.env,
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+
+    def logged(self) -> list[dict[str, Any]]:
+        """The gateway's JSON log lines."""
+        return [json.loads(line) for line in self.log.read_text().splitlines()
+                if line.startswith("{")]  # fmt: skip
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the gateway exited {process.returncode}:\n{log.read_text()}")
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise AssertionError(f"the gateway did not listen on {path}:\n{log.read_text()}")
+
+
+StartGateway = Callable[..., RunningGateway]
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """Start gateways on a codex folder; SIGTERM them (and kill their engines) afterwards."""
+    started: list[RunningGateway] = []
+    short = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))  # socket paths stay short
+
+    def start(codex: Path, *args: str, env: dict[str, str] | None = None) -> RunningGateway:
+        runtime = short / f"run{len(started)}"
+        runtime.mkdir(mode=0o700)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SOULSTONE_"))}
+        environ |= {
+            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_RUNTIME_DIR": str(runtime),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"), "SOULSTONE_DEFAULT_RUNTIME": "process",
+            "SOULSTONE_TEST_SESSION": os.environ.get("SOULSTONE_TEST_SESSION", ""),
+        }  # fmt: skip
+        environ |= env or {}
+        port = free_port()
+        log = tmp_path / f"gateway{len(started)}.log"
+        process = subprocess.Popen(
+            [str(SCRIPT), "--codex", str(codex), "serve", "--tcp", f"127.0.0.1:{port}", *args],
+            env=environ, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        state = StateFolder(tmp_path / "state" / "soulstone")
+        api = runtime / "soulstone" / "api.sock"
+        gateway = RunningGateway(process, api, port, codex, state, log, environ)
+        started.append(gateway)
+        wait_for_socket(gateway.socket, process, log)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
+        kill_recorded(gateway.state)
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def fake_table(table: str, *flags: str, model: str, group: str | None = None,
+               socket_path: Path | None = None, extra: str = "") -> str:  # fmt: skip
+    """A codex table for the fake engine serving `model`."""
+    port = free_port()
+    address = ["--uds", str(socket_path)] if socket_path else ["--port", str(port)]
+    command = [sys.executable, str(FAKE_ENGINE), "--model", model, *flags, *address]
+    lines = [f"[{table}]", f"exec = {json.dumps(command)}",
+             f'socket = "{socket_path}"' if socket_path else f"port = {port}",
+             f'models = ["{model}"]',
+             'health = { path = "/health", start_timeout = 30, interval = 0.05 }']  # fmt: skip
+    if group:
+        lines.append(f'groups = ["{group}"]')
+    if extra:
+        lines.append(extra)
+    return "\n".join(lines) + "\n"
+
+
+def fake_codex(folder: Path, *tables: str) -> Path:
+    """Write a codex of fake engines."""
+    return write(folder, {"fake.toml": "\n".join(tables)})
