@@ -118,6 +118,8 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         )  # fmt: skip
         state = StateFolder(tmp_path / "state" / "soulstone")
         api = runtime / "soulstone" / "api.sock"
+        if "--socket" in args:
+            api = Path(args[args.index("--socket") + 1])
         gateway = RunningGateway(process, api, port, codex, state, log, environ)
         started.append(gateway)
         wait_for_socket(gateway.socket, process, log)

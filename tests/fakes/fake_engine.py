@@ -114,8 +114,6 @@ class Engine:
             await asyncio.sleep(self.args.ttft_ms / 1000)
             words = [f"tok{i}" for i in range(tokens)]
             if not body.get("stream"):
-                if self.args.die_after_chunks is not None:
-                    os._exit(3)
                 await asyncio.sleep(self.args.token_delay_ms * max(0, tokens - 1) / 1000)
                 text = " ".join(words)
                 choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
