@@ -183,18 +183,21 @@ def test_init_writes_the_starter_codex_and_refuses_to_overwrite(run: Run, tmp_pa
 
 
 @pytest.mark.engine
-def test_demo_runs_a_real_engine_and_leaves_nothing(run: Run, tmp_path: Path) -> None:
+def test_demo_runs_real_engines_through_the_gateway(run: Run, tmp_path: Path) -> None:
     binary = llama_server()  # built by scripts/build-llama-server (the demo would build it)
     cache = str(binary.parents[2])
     result = run("demo", SOULSTONE_BUILD_CACHE=cache)
     assert result.returncode == 0, result.stderr
-    assert "answered:" in result.stdout
-    assert "prompt +" in result.stdout and "completion tokens" in result.stdout
-    assert "tiny is healthy" in result.stderr
-    kept = json.loads((tmp_path / "state" / "soulstone" / "demo" / "engines" /
-                       "tiny.keeper.json").read_text())  # fmt: skip
-    assert kept["state"] == "stopped"
-    assert procfs.group_members(kept["pgid"]) == []
+    assert "tiny-north answered" in result.stdout
+    assert "tiny-south answered" in result.stdout and "swapping the other out" in result.stdout
+    assert "completion tokens" in result.stdout
+    engines = tmp_path / "state" / "soulstone" / "demo" / "engines"
+    for soulstone in ("north.tiny-north", "south.tiny-south"):
+        kept = json.loads((engines / f"{soulstone}.keeper.json").read_text())
+        assert kept["state"] == "stopped"
+        assert procfs.group_members(kept["pgid"]) == []
+    log = (tmp_path / "state" / "soulstone" / "demo" / "gateway.log").read_text()
+    assert '"event": "listening"' in log and '"event": "stopped"' in log
 
 
 def test_version(run: Run) -> None:

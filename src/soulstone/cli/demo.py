@@ -1,4 +1,4 @@
-"""`soulstone demo`: a real tiny llama.cpp engine, started through soulstone, answering."""
+"""`soulstone demo`: two real tiny llama.cpp engines behind the gateway, swapped on demand."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,14 +14,12 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from soulstone.cli.app import Session, guarded, session
-from soulstone.cli.engines import EventView
 from soulstone.codex.load import load_codex
-from soulstone.codex.models import Codex, Soulstone
+from soulstone.codex.models import Codex
 from soulstone.demo.artifacts import build_cache, ensure_llama_server, ensure_tiny_gguf
+from soulstone.errors import SoulstoneError
+from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.runtimes.state import StateFolder
-from soulstone.runtimes.table import make_runtimes
-from soulstone.supervisor.plan import Target
-from soulstone.supervisor.supervisor import Supervisor
 
 QUESTION = "Name three things a soulstone keeps apart."
 
@@ -51,60 +50,89 @@ def _artifacts(s: Session) -> tuple[str, str]:
 def _codex(s: Session, binary: str, model: str) -> Codex:
     folder = s.paths.state / "demo" / "codex"
     folder.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
     command = [binary, "-m", model, "-c", "512", "-t", "2", "--no-warmup"]
-    (folder / "demo.toml").write_text(
-        "# Written by `soulstone demo`: one real llama.cpp engine with a tiny random model.\n"
-        f"[tiny]\nexec = {json.dumps(command)}\nport = {port}\n"
-        "health = { start_timeout = 60, interval = 0.1 }\n"
-    )
+    tables = [
+        "# Written by `soulstone demo`: two real llama.cpp engines with a tiny random model,\n"
+        "# in two groups that may not run together, so asking the other one swaps them.\n"
+    ]
+    for name, group, address in (
+        ("tiny-north", "north", f"port = {_free_port()}"),
+        ("tiny-south", "south", f'socket = "{s.paths.state / "demo" / "south.sock"}"'),
+    ):
+        tables.append(
+            f'[{group}.{name}]\nexec = {json.dumps(command)}\n{address}\nmodels = ["{name}"]\n'
+            "health = { start_timeout = 60, interval = 0.1 }\n"
+        )
+    (folder / "demo.toml").write_text("\n".join(tables))
     return load_codex([folder], s.host())
 
 
-async def _ask(soulstone: Soulstone) -> dict[str, Any]:
-    body = {"model": soulstone.models[0], "max_tokens": 24,
+async def _ask(socket_path: Path, model: str) -> tuple[dict[str, Any], float]:
+    body = {"model": model, "max_tokens": 24,
             "messages": [{"role": "user", "content": QUESTION}]}  # fmt: skip
+    began = time.monotonic()
     async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client,
-        client.post(f"{soulstone.uri}/chat/completions", json=body) as response,
+        aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(socket_path)),
+            timeout=aiohttp.ClientTimeout(total=120),
+        ) as client,
+        client.post("http://localhost/v1/chat/completions", json=body) as response,
     ):
-        response.raise_for_status()
         answer: dict[str, Any] = await response.json()
-        return answer
+        if response.status != 200:
+            raise SoulstoneError(f"the gateway answered {response.status}: {answer}")
+        return answer, time.monotonic() - began
 
 
-async def _manifest_ask_stop(supervisor: Supervisor, soulstone: Soulstone) -> dict[str, Any]:
-    await supervisor.manifest(Target("soulstone", soulstone.id))
-    try:
-        return await _ask(soulstone)
-    finally:
-        await supervisor.down()
+async def _through_gateway(
+    s: Session, codex: Codex, state: StateFolder, socket_path: Path
+) -> list[tuple[str, dict[str, Any], float]]:
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    options = ServeOptions(socket=socket_path, own_socket_folder=False, max_wait=0.5)
+    with (state.root / "gateway.log").open("a") as log:
+        server = asyncio.create_task(serve(
+            options, lambda: codex, state, ready=lambda _addresses: ready.set(), stop=stop,
+            log_stream=log,
+        ))  # fmt: skip
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            answers = []
+            for model in ("tiny-north", "tiny-south"):
+                s.out.print(f"asking [bold]{model}[/bold] through the gateway "
+                            f"(unix:{socket_path})...", highlight=False)  # fmt: skip
+                answer, seconds = await _ask(socket_path, model)
+                answers.append((model, answer, seconds))
+            return answers
+        finally:
+            stop.set()
+            await server
 
 
 def demo(ctx: typer.Context) -> None:
-    """Build (once) and start a real tiny llama.cpp engine through soulstone, and ask it."""
+    """Build (once) two tiny llama.cpp engines, and ask each through the gateway."""
     s = session(ctx)
     binary, model = guarded(ctx, lambda: _artifacts(s))
     codex = guarded(ctx, lambda: _codex(s, binary, model))
-    [soulstone] = codex.soulstones
     state = StateFolder(s.paths.state / "demo")
-    view = EventView(s)
-    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=view)
-    s.out.print(f"starting [bold]{soulstone.id}[/bold] ({soulstone.engine}) at {soulstone.uri}")
-    began = time.monotonic()
-    with view.progress:
-        answer = guarded(ctx, lambda: asyncio.run(_manifest_ask_stop(supervisor, soulstone)))
-    reply = answer["choices"][0]["message"]["content"]
-    usage = answer.get("usage", {})
-    s.out.print(f"[bold]asked:[/bold] {QUESTION}", highlight=False)
-    s.out.print(f"[bold]answered:[/bold] {reply!r}", highlight=False)
+    state.ensure()
+    socket_path = s.paths.state / "demo" / "api.sock"
+    answers = guarded(ctx, lambda: asyncio.run(_through_gateway(s, codex, state, socket_path)))
+    for name, answer, seconds in answers:
+        reply = answer["choices"][0]["message"]["content"]
+        usage = answer.get("usage", {})
+        how = "started on demand" + (", swapping the other out" if name == "tiny-south" else "")
+        s.out.print(f"[bold]{name}[/bold] answered in {seconds:.2f} s ({how}): {reply!r}",
+                    highlight=False)  # fmt: skip
+        s.out.print(f"  {usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} "
+                    "completion tokens", highlight=False)  # fmt: skip
     s.out.print(
-        f"{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} completion "
-        f"tokens, {time.monotonic() - began:.1f} s from start to stop. The model is tiny and "
-        "random, so the words mean nothing; the engine, the swap and the round trip are real.",
-        highlight=False,
-    )
-    s.out.print(f"stopped {soulstone.id}: nothing left running. Logs: {state.log(soulstone.id)}")
+        f"asked: {QUESTION!r}. The model is tiny and random, so the words mean nothing; the "
+        "engines, the on-demand start, the swap and the round trips are real.", highlight=False,
+    )  # fmt: skip
+    logs = f"{state.root / 'logs'}, {state.root / 'gateway.log'}"
+    s.out.print("the gateway stopped and took its engines with it: nothing left running. "
+                f"Logs: {logs}", highlight=False)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:

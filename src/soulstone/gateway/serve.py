@@ -91,9 +91,11 @@ async def serve(
     load: Callable[[], Codex],
     state: StateFolder,
     ready: Callable[[list[str]], None] | None = None,
+    stop: asyncio.Event | None = None,
+    log_stream: Any = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT; SIGHUP reloads the codex."""
-    log = make_logger("gateway")
+    """Serve until SIGTERM or SIGINT (or `stop` is set); SIGHUP reloads the codex."""
+    log = make_logger("gateway", log_stream)
     if options.strict and options.tcp:
         raise UsageError("strict mode refuses TCP: leave out --tcp")
     codex = load()
@@ -128,7 +130,7 @@ async def serve(
     if ready is not None:
         ready(addresses)
 
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
