@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from soulstone.gateway.errors import REQUEST_ID, SESSION_ID, GatewayError, error
 from soulstone.gateway.legacy import translate_functions
 from soulstone.gateway.proxy import forward
 from soulstone.observe.metrics import Metrics
-from soulstone.runtimes.upstream import Upstreams, base_url
+from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler, Unavailable
 
 MAX_BODY_BYTES = 32 * 2**20
@@ -33,6 +34,8 @@ class Gateway:
     metrics: Metrics
     reload: Callable[[], Awaitable[dict[str, Any]]]
     routes: dict[str, Soulstone] = field(default_factory=dict)
+    _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
+    _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.use(self.scheduler.codex)
@@ -46,12 +49,13 @@ class Gateway:
         """Route by this codex from now on."""
         self.scheduler.supervisor.codex = codex
         self.routes = {model: s for s in codex.soulstones for model in s.models}
+        self.upstreams.forget()
 
     def correlation(self, request: web.Request) -> dict[str, str]:
         """The correlation headers of a response: the request id (generated when missing)."""
         request_id = request.headers.get(REQUEST_ID)
         if not request_id:
-            request_id = os.urandom(12).hex()
+            request_id = f"{self._id_prefix}{next(self._ids):08x}"
             self.metrics.generated_ids.inc()
         session_id = request.headers.get(SESSION_ID)
         if session_id:
@@ -104,13 +108,17 @@ async def generation(request: web.Request) -> web.StreamResponse:
             body = orjson.dumps(document)
         headers = {"Content-Type": "application/json", REQUEST_ID: correlation[REQUEST_ID]}
         scheduler = gateway.scheduler
-        async with scheduler.lease(soulstone):
+        if not scheduler.admit_now(soulstone):
+            await scheduler.acquire(soulstone)
+        try:
             response = await forward(
                 request, gateway.upstreams.session(soulstone),
-                base_url(soulstone) + request.path, body, headers,
+                gateway.upstreams.url(soulstone, request.path), body, headers,
                 document.get("stream") is True, correlation,
                 lambda: _engine_failed(gateway, soulstone),
             )  # fmt: skip
+        finally:
+            scheduler.release(soulstone)
         status = response.status
         return response
     except GatewayError as error:
@@ -125,9 +133,8 @@ async def generation(request: web.Request) -> web.StreamResponse:
         status = error.status
         return error_response(from_http(error), correlation)
     finally:
-        gateway.metrics.requests.labels(model or "-", str(status)).inc()
-        if model:
-            gateway.metrics.latency.labels(model).observe(time.perf_counter() - began)
+        seconds = time.perf_counter() - began if model else None
+        gateway.metrics.request_done(model or "-", status, seconds)
 
 
 def _engine_failed(gateway: Gateway, soulstone: Soulstone) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from soulstone.gateway.errors import GatewayError
 
@@ -19,7 +20,7 @@ _UPSTREAM_ERRORS = (aiohttp.ClientError, OSError)
 async def forward(
     request: web.Request,
     session: aiohttp.ClientSession,
-    url: str,
+    url: URL,
     body: bytes,
     headers: Mapping[str, str],
     stream: bool,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -45,6 +46,22 @@ class Metrics:
         self.in_flight = Gauge(
             "soulstone_in_flight", "Requests being served.", registry=self.registry
         )
+        # labels() takes a lock and builds a key on every call: keep the children.
+        self._request_children: dict[tuple[str, int], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+
+    def request_done(self, model: str, status: int, seconds: float | None) -> None:
+        """Count one request (and its latency when it reached an engine)."""
+        key = (model, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(model, str(status))
+        counter.inc()
+        if seconds is not None:
+            histogram = self._latency_children.get(model)
+            if histogram is None:
+                histogram = self._latency_children[model] = self.latency.labels(model)
+            histogram.observe(seconds)
 
     def watch(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Read the queue depth and in-flight count from these functions at scrape time."""

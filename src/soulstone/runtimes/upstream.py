@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+from yarl import URL
 
 from soulstone.codex.models import Soulstone
 
@@ -21,6 +22,15 @@ class Upstreams:
 
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, object], aiohttp.ClientSession] = {}
+        self._urls: dict[tuple[str, str], URL] = {}
+
+    def url(self, soulstone: Soulstone, path: str) -> URL:
+        """The parsed upstream URL for a path (parsed once, then reused)."""
+        key = (soulstone.id, path)
+        found = self._urls.get(key)
+        if found is None:
+            found = self._urls[key] = URL(base_url(soulstone) + path)
+        return found
 
     def session(self, soulstone: Soulstone) -> aiohttp.ClientSession:
         """The pooled session for this soulstone's address."""
@@ -42,6 +52,10 @@ class Upstreams:
             )
             self._sessions[key] = found
         return found
+
+    def forget(self) -> None:
+        """Drop the cached URLs (after a reload, addresses may have changed)."""
+        self._urls.clear()
 
     async def close(self) -> None:
         """Close every pool."""

@@ -116,18 +116,16 @@ class Scheduler:
         now = self.clock()
         self.last_used = {soulstone_id: now for soulstone_id in self.running}
 
-    @asynccontextmanager
-    async def lease(self, soulstone: Soulstone) -> AsyncIterator[None]:
-        """Hold a place on a running engine for one request; wait for a swap if needed."""
-        await self.acquire(soulstone)
-        try:
-            yield
-        finally:
-            self.release(soulstone)
-
     def wait_limit(self, soulstone: Soulstone) -> float:
         """How long a request may wait for its engine before 503."""
         return self.max_wait + self.drain_timeout + soulstone.health.start_timeout + 10
+
+    def admit_now(self, soulstone: Soulstone) -> bool:
+        """Admit a request at once when its engine runs and no swap closes it (the fast path)."""
+        if soulstone.id in self.running and soulstone.id not in self._closing:
+            self.inflight[soulstone.id] += 1
+            return True
+        return False
 
     async def acquire(self, soulstone: Soulstone, counts: bool = True) -> None:
         """Admit a request for this soulstone, bringing it up first if needed."""
