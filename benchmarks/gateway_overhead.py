@@ -105,27 +105,32 @@ def main() -> None:
     codex = work / "codex"
     codex.mkdir()
     stub = [PYTHON, str(bench / "upstream_stub.py"), "--tokens", "16"]
+    tcp_stub = json.dumps([*stub, "--port", str(stub_port), "--model", "stub"])
+    uds_stub = json.dumps([*stub, "--socket", stub_socket, "--model", "stub-uds"])
     (codex / "bench.toml").write_text(
-        f'[bench.stub-tcp]\nexec = {json.dumps([*stub, "--port", str(stub_port), "--model", "stub"])}\n'
-        f'port = {stub_port}\nmodels = ["stub"]\nhealth = {{ path = "/health" }}\n'
-        f'[bench.stub-uds]\nexec = {json.dumps([*stub, "--socket", stub_socket, "--model", "stub-uds"])}\n'
-        f'socket = "{stub_socket}"\nmodels = ["stub-uds"]\nhealth = {{ path = "/health" }}\n'
-    )  # fmt: skip
+        f'[bench.stub-tcp]\nexec = {tcp_stub}\nport = {stub_port}\nmodels = ["stub"]\n'
+        'health = { path = "/health" }\n'
+        f'[bench.stub-uds]\nexec = {uds_stub}\nsocket = "{stub_socket}"\n'
+        'models = ["stub-uds"]\nhealth = { path = "/health" }\n'
+    )
     env = os.environ | {"XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": str(work),
                         "SOULSTONE_DEFAULT_RUNTIME": "process"}  # fmt: skip
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        gateway = pinned(0, [str(SOULSTONE), "--codex", str(codex), "serve", "--socket",
-                             gateway_socket, "--tcp", f"127.0.0.1:{gateway_port}"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=(work / "gateway.log").open("wb"))  # fmt: skip
+        serve = [str(SOULSTONE), "--codex", str(codex), "serve", "--socket", gateway_socket,
+                 "--tcp", f"127.0.0.1:{gateway_port}"]  # fmt: skip
+        gateway_log = (work / "gateway.log").open("wb")
+        gateway = pinned(0, serve, env=env, stdout=subprocess.DEVNULL, stderr=gateway_log)
         processes.append(gateway)
         wait_listening(gateway_socket)
         subprocess.run(["curl", "-s", "--unix-socket", gateway_socket, "-X", "POST",
                         "http://localhost/admin/up", "-d", '{"name": "bench"}'],
                        check=True, capture_output=True, timeout=120)  # fmt: skip
-        for proxy_args in (["--port", str(proxy_port), "--upstream-url",
-                            f"http://127.0.0.1:{stub_port}"],
-                           ["--socket", proxy_socket, "--upstream-socket", stub_socket]):  # fmt: skip
+        proxies = (
+            ["--port", str(proxy_port), "--upstream-url", f"http://127.0.0.1:{stub_port}"],
+            ["--socket", proxy_socket, "--upstream-socket", stub_socket],
+        )
+        for proxy_args in proxies:
             processes.append(pinned(0, [PYTHON, str(ROOT / "benchmarks" / "minimal_proxy.py"),
                                         *proxy_args], stdout=subprocess.DEVNULL))  # fmt: skip
         wait_listening(f"127.0.0.1:{proxy_port}")
@@ -180,30 +185,38 @@ def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables in PEERS.md's columns (medians over repeats)."""
     lines = []
     for stream in (False, True):
-        lines += [f"## {'Streaming' if stream else 'Non-streaming'} chat completions", "",
-                  "| path | p50 c=1 ms | added p50 c=1 | proxy CPU µs/req c=16 | req/s c=1 | "
-                  "req/s c=64 | p99 c=64 ms | added p50 c=64 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {'Streaming' if stream else 'Non-streaming'} chat completions", "",
+            "| path | p50 c=1 ms | added p50 c=1 | proxy CPU µs/req c=16 | req/s c=1 | "
+            "req/s c=64 | p99 c=64 ms | added p50 c=64 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
         names = list(dict.fromkeys(r["path"] for r in results))
+        of_kind = [r for r in results if r["stream"] == stream]
 
-        def cell(name: str, concurrency: int, pick: Any) -> float | None:
-            rows = [r for r in results if r["path"] == name and r["stream"] == stream
-                    and r["concurrency"] == concurrency]  # fmt: skip
-            return _median(rows, pick)
+        def cell(name: str, concurrency: int, pick: Any, rows: Any = of_kind) -> float | None:
+            chosen = [r for r in rows if r["path"] == name and r["concurrency"] == concurrency]
+            return _median(chosen, pick)
+
+        def value(name: str, concurrency: int, pick: Any) -> float:
+            found = cell(name, concurrency, pick)
+            assert found is not None
+            return found
 
         for name in names:
             direct = "direct UDS" if "UDS" in name else "direct TCP"
-            p50 = cell(name, 1, lambda r: r["latency_ms"]["p50"])
-            base = cell(direct, 1, lambda r: r["latency_ms"]["p50"])
-            p50_64 = cell(name, 64, lambda r: r["latency_ms"]["p50"])
-            base_64 = cell(direct, 64, lambda r: r["latency_ms"]["p50"])
+            p50 = value(name, 1, lambda r: r["latency_ms"]["p50"])
+            base = value(direct, 1, lambda r: r["latency_ms"]["p50"])
+            p50_64 = value(name, 64, lambda r: r["latency_ms"]["p50"])
+            base_64 = value(direct, 64, lambda r: r["latency_ms"]["p50"])
             cpu = cell(name, 16, lambda r: r["proxy_cpu_us_per_req"])
             lines.append(
                 f"| {name} | {p50:.3f} | "
                 + ("–" if name.startswith("direct") else f"{p50 - base:+.3f} ms") + " | "
                 + ("–" if cpu is None else f"{cpu:.0f}") + " | "
-                + f"{cell(name, 1, lambda r: r['req_per_s']):,.0f} | "
-                + f"{cell(name, 64, lambda r: r['req_per_s']):,.0f} | "
-                + f"{cell(name, 64, lambda r: r['latency_ms']['p99']):.2f} | "
+                + f"{value(name, 1, lambda r: r['req_per_s']):,.0f} | "
+                + f"{value(name, 64, lambda r: r['req_per_s']):,.0f} | "
+                + f"{value(name, 64, lambda r: r['latency_ms']['p99']):.2f} | "
                 + ("–" if name.startswith("direct") else f"{p50_64 - base_64:+.2f} ms") + " |"
             )  # fmt: skip
         lines.append("")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -98,3 +99,21 @@ def test_64_concurrent_streams(tmp_path: Path, start_gateway: StartGateway) -> N
     for lines in results:
         assert lines[-1].strip() == b"data: [DONE]"
         assert sum(1 for line in lines if b'"delta"' in line) == 17  # 16 tokens + finish
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    flags = ("--tokens", "20", "--token-delay-ms", "100")
+    gateway = start_gateway(fake_codex(tmp_path / "c", fake_table("a", *flags, model="m")))
+    stream_lines(gateway, "m")  # the engine is up
+    body = {"model": "m", "messages": [], "stream": True}
+    with gateway.http().stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = response.iter_lines()
+        first = next(line for line in lines if line)
+        assert first.startswith("data: ")
+        gateway.signal(signal.SIGTERM)
+        rest = [line for line in lines if line]
+    assert rest[-1] == "data: [DONE]"
+    assert len(rest) == 21  # 19 more tokens, the finish chunk, [DONE]
+    assert gateway.process.wait(timeout=60) == 0

@@ -12,8 +12,8 @@ import orjson
 from aiohttp import web
 
 from soulstone.errors import SoulstoneError, UsageError
-from soulstone.gateway.app import GATEWAY, Gateway
 from soulstone.gateway.errors import GatewayError, error_response
+from soulstone.gateway.state import GATEWAY, Gateway
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
 from soulstone.supervisor.schedule import Unavailable
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from soulstone.codex.models import Codex
 from soulstone.errors import CodexError, UsageError
 from soulstone.gateway.admin import make_admin_app
-from soulstone.gateway.app import Gateway, changed_soulstones, make_app
+from soulstone.gateway.app import changed_soulstones, make_app
 from soulstone.gateway.listen import (
     activation_sockets,
     bind_unix,
@@ -24,6 +24,7 @@ from soulstone.gateway.listen import (
     parse_tcp,
     prepare_socket,
 )
+from soulstone.gateway.state import Gateway
 from soulstone.observe.logging import make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder

@@ -1,0 +1,101 @@
+"""`GET /v1/stream`: chat completions streamed over a WebSocket.
+
+The client sends a chat request as a JSON text frame and receives the same
+chunks as the SSE stream, one JSON chunk per text frame, then a `[DONE]`
+frame; refusals come as `{"error": CODE, "message": ...}` frames. The next
+request may follow on the same connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import WSMsgType, web
+
+from soulstone.gateway.errors import REQUEST_ID, GatewayError
+from soulstone.gateway.routes import engine_failed, parse_body, route
+from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.supervisor.schedule import Unavailable
+
+DONE = "[DONE]"
+CHAT_PATH = "/v1/chat/completions"
+
+
+def _frame(code: str, message: str, **extra: Any) -> str:
+    return orjson.dumps({"error": code, "message": message, **extra}).decode()
+
+
+async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientResponse) -> bool:
+    """Send each SSE `data:` payload as a frame; False when the engine failed mid-stream."""
+    pending = b""
+    try:
+        while chunk := await upstream.content.readany():
+            pending += chunk
+            *events, pending = pending.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        await ws.send_str(line[5:].strip().decode())
+    except (aiohttp.ClientError, OSError):
+        return False
+    return True
+
+
+async def _serve_one(
+    ws: web.WebSocketResponse, gateway: Gateway, raw: str, request_id: str
+) -> None:
+    document = parse_body(raw.encode())
+    soulstone = route(gateway, document)
+    document["stream"] = True
+    scheduler = gateway.scheduler
+    if not scheduler.admit_now(soulstone):
+        await scheduler.acquire(soulstone)
+    try:
+        session = gateway.upstreams.session(soulstone)
+        url = gateway.upstreams.url(soulstone, CHAT_PATH)
+        headers = {"Content-Type": "application/json", REQUEST_ID: request_id}
+        try:
+            upstream = await session.post(url, data=orjson.dumps(document), headers=headers)
+        except (aiohttp.ClientError, OSError) as error:
+            engine_failed(gateway, soulstone)
+            raise GatewayError(
+                502, "ENGINE_UNREACHABLE", f"the engine did not answer: {error}"
+            ) from None
+        try:
+            if upstream.status != 200:
+                body = await upstream.read()
+                raise GatewayError(upstream.status, "ENGINE_ERROR", body.decode(errors="replace"))
+            if not await _relay(ws, upstream):
+                engine_failed(gateway, soulstone)
+                await ws.send_str(_frame("ENGINE_FAILED", "the engine stopped mid-stream"))
+                await ws.send_str(DONE)
+        finally:
+            upstream.release()
+    finally:
+        scheduler.release(soulstone)
+
+
+async def stream_socket(request: web.Request) -> web.WebSocketResponse:
+    """GET /v1/stream: one chat request per text frame, its chunks back as frames."""
+    gateway = request.app[GATEWAY]
+    correlation = gateway.correlation(request)
+    ws = web.WebSocketResponse(heartbeat=30)
+    ws.headers.update(correlation)
+    await ws.prepare(request)
+    async for message in ws:
+        if message.type != WSMsgType.TEXT:
+            if message.type == WSMsgType.BINARY:
+                await ws.send_str(_frame("BAD_FRAME", "send each request as a JSON text frame"))
+            continue
+        try:
+            await _serve_one(ws, gateway, message.data, correlation[REQUEST_ID])
+            gateway.metrics.request_done("-", 200, None)
+        except GatewayError as error:
+            gateway.metrics.request_done("-", error.status, None)
+            await ws.send_str(_frame(error.code, error.message, **error.extra))
+        except Unavailable as error:
+            await ws.send_str(_frame("ENGINE_UNAVAILABLE", str(error),
+                                     retry_after=error.retry_after))  # fmt: skip
+    return ws

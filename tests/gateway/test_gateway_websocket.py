@@ -1,0 +1,56 @@
+"""`GET /v1/stream`: the same chunks as SSE, one per text frame, several requests per socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import aiohttp
+
+from gateway_harness import StartGateway, fake_codex, fake_table
+
+
+async def frames_until_done(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
+    frames = []
+    while True:
+        message = await asyncio.wait_for(ws.receive(), 30)
+        assert message.type == aiohttp.WSMsgType.TEXT
+        frames.append(message.data)
+        if message.data == "[DONE]" or message.data.startswith('{"error"'):
+            return frames
+
+
+def test_websocket_streams_like_sse(tmp_path: Path, start_gateway: StartGateway) -> None:
+    gateway = start_gateway(fake_codex(tmp_path / "c", fake_table("a", "--tokens", "5",
+                                                                   model="m")))  # fmt: skip
+    sse = gateway.http().post("/v1/chat/completions",
+                              json={"model": "m", "messages": [], "stream": True})  # fmt: skip
+    sse_chunks = [line.removeprefix("data: ") for line in sse.text.split("\n\n") if line]
+
+    async def run() -> tuple[list[str], list[str], list[str], list[str], str]:
+        connector = aiohttp.UnixConnector(path=str(gateway.socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.ws_connect("http://localhost/v1/stream") as ws,
+        ):
+            request_id = ws._response.headers.get("X-Request-ID", "")
+            await ws.send_str(json.dumps({"model": "m", "messages": []}))
+            first = await frames_until_done(ws)
+            await ws.send_str(json.dumps({"model": "m", "messages": [], "max_tokens": 2}))
+            second = await frames_until_done(ws)
+            await ws.send_str("{broken")
+            broken = await frames_until_done(ws)
+            await ws.send_str(json.dumps({"model": "nope"}))
+            unknown = await frames_until_done(ws)
+            return first, second, broken, unknown, request_id
+
+    first, second, broken, unknown, request_id = asyncio.run(run())
+    assert first == sse_chunks  # the same chunks as the SSE stream, [DONE] included
+    assert first[-1] == "[DONE]" and len(first) == 5 + 2
+    assert [json.loads(f)["choices"][0]["delta"].get("content") for f in second[:-2]] == [
+        "tok0", " tok1",
+    ]  # fmt: skip
+    assert json.loads(broken[0])["error"] == "INVALID_JSON"
+    assert json.loads(unknown[0])["error"] == "MODEL_NOT_FOUND"
+    assert request_id
