@@ -19,9 +19,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import yaml
 
 from conftest import kill_recorded
 from helpers import FAKE_ENGINE, free_port, write
+from soulstone.guard.keys import hash_key, new_key
 from soulstone.runtimes.state import StateFolder
 
 SCRIPT = Path(sys.executable).parent / "soulstone"
@@ -38,6 +40,7 @@ class RunningGateway:
     state: StateFolder
     log: Path
     env: dict[str, str]
+    key: str = ""
 
     def uds_client(self, **options: Any) -> openai.OpenAI:
         http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket)), timeout=120)
@@ -45,8 +48,13 @@ class RunningGateway:
                              http_client=http, **options)  # fmt: skip
 
     def tcp_client(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.tcp_port}/v1", api_key="none",
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.tcp_port}/v1", api_key=self.key,
                              timeout=120, **options)  # fmt: skip
+
+    def tcp(self) -> httpx2.Client:
+        """A plain HTTP client on TCP, sending the harness's admin key."""
+        return httpx2.Client(base_url=f"http://127.0.0.1:{self.tcp_port}", timeout=120,
+                             headers={"Authorization": f"Bearer {self.key}"})  # fmt: skip
 
     def http(self) -> httpx2.Client:
         """A plain HTTP client on the Unix socket (base URL http://localhost)."""
@@ -100,8 +108,18 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     started: list[RunningGateway] = []
     short = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))  # socket paths stay short
 
-    def start(codex: Path, *args: str, env: dict[str, str] | None = None) -> RunningGateway:
+    key, key_id = new_key()
+    default_clients = {"clients": {"harness": {"admin": True, "keys": [
+        {"id": key_id, "hash": hash_key(key)}]}}}  # fmt: skip
+
+    def start(codex: Path, *args: str, env: dict[str, str] | None = None,
+              clients: dict[str, Any] | None = default_clients) -> RunningGateway:  # fmt: skip
         runtime = short / f"run{len(started)}"
+        clients_file = tmp_path / "config" / "soulstone" / "clients.yaml"
+        if clients is not None:
+            clients_file.parent.mkdir(parents=True, exist_ok=True)
+            clients_file.write_text(yaml.safe_dump(clients))
+            clients_file.chmod(0o600)
         runtime.mkdir(mode=0o700)
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SOULSTONE_"))}
         environ |= {
@@ -120,7 +138,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         api = runtime / "soulstone" / "api.sock"
         if "--socket" in args:
             api = Path(args[args.index("--socket") + 1])
-        gateway = RunningGateway(process, api, port, codex, state, log, environ)
+        gateway = RunningGateway(process, api, port, codex, state, log, environ, key)
         started.append(gateway)
         wait_for_socket(gateway.socket, process, log)
         return gateway

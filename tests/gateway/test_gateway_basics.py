@@ -102,9 +102,11 @@ def test_admin_api_and_cli_through_the_gateway(pair: RunningGateway) -> None:
     assert unknown.returncode == 2
     down = pair.cli("down")
     assert down.returncode == 0 and "stopped b" in down.stdout
-    over_tcp = httpx2.get(f"http://127.0.0.1:{pair.tcp_port}/admin/status")
-    assert over_tcp.status_code == 403
-    assert over_tcp.json()["error"] == "ADMIN_SOCKET_ONLY"
+    anonymous = httpx2.get(f"http://127.0.0.1:{pair.tcp_port}/admin/status")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "UNAUTHORIZED"
+    with_key = pair.tcp().get("/admin/status")  # the harness's key is an admin's
+    assert with_key.status_code == 200
 
 
 def test_legacy_functions_become_tools(tmp_path: Path, start_gateway: StartGateway) -> None:

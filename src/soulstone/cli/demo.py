@@ -89,7 +89,8 @@ async def _through_gateway(
 ) -> list[tuple[str, dict[str, Any], float]]:
     stop = asyncio.Event()
     ready = asyncio.Event()
-    options = ServeOptions(socket=socket_path, own_socket_folder=False, max_wait=0.5)
+    options = ServeOptions(socket=socket_path, clients=state.root / "clients.yaml",
+                           own_socket_folder=False, max_wait=0.5)  # fmt: skip
     with (state.root / "gateway.log").open("a") as log:
         server = asyncio.create_task(serve(
             options, lambda: codex, state, ready=lambda _addresses: ready.set(), stop=stop,

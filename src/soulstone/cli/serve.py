@@ -56,6 +56,23 @@ def serve_command(
             "while another group waits for a swap.",
         ),
     ] = 2.0,
+    clients: Annotated[
+        Path | None,
+        typer.Option(
+            "--clients",
+            metavar="PATH",
+            help="The clients file (default: $XDG_CONFIG_HOME/soulstone/clients.yaml).",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None, typer.Option("--max-parallel", help="Requests in flight at once (16).")
+    ] = None,
+    queue: Annotated[
+        int | None, typer.Option("--queue", help="Requests that may wait for a slot (64).")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Completion timeout in seconds (45).")
+    ] = None,
     idle_check: Annotated[
         float, typer.Option("--idle-check", hidden=True, help="Seconds between ttl checks.")
     ] = 5.0,
@@ -71,6 +88,8 @@ def serve_command(
     s = session(ctx)
     options = ServeOptions(
         socket=socket or default_socket(s.paths.runtime),
+        clients=clients or s.paths.config / "clients.yaml",
+        max_parallel=max_parallel, queue=queue, timeout=timeout,
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
         tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
         idle_check=idle_check,

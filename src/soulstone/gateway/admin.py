@@ -1,11 +1,7 @@
-"""The admin API the CLI uses while a gateway runs: status, up, down, reload.
-
-Until client identities exist (SPEC C5), it answers on the Unix socket only.
-"""
+"""The admin API the CLI uses while a gateway runs: status, up, down, reload (admins only)."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import orjson
@@ -13,6 +9,7 @@ from aiohttp import web
 
 from soulstone.errors import SoulstoneError, UsageError
 from soulstone.gateway.errors import GatewayError, error_response
+from soulstone.gateway.routes import caller
 from soulstone.gateway.state import GATEWAY, Gateway
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
 from soulstone.supervisor.schedule import Unavailable
@@ -25,12 +22,6 @@ def _json(gateway: Gateway, request: web.Request, document: Any, status: int = 2
         body=orjson.dumps(document), status=status, content_type="application/json",
         headers=gateway.correlation(request),
     )  # fmt: skip
-
-
-def _on_socket(request: web.Request) -> bool:
-    transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    return sock is not None and sock.family == socket.AF_UNIX
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -60,11 +51,12 @@ def _target(gateway: Gateway, body: dict[str, Any]) -> Target:
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Refuse the admin API off the Unix socket; map refusals onto the error table."""
+    """Only admin clients may use the admin API; map refusals onto the error table."""
     gateway = request.config_dict[GATEWAY]
     try:
-        if not _on_socket(request):
-            raise GatewayError(403, "ADMIN_SOCKET_ONLY", "the admin API answers on the Unix socket")
+        client = await caller(gateway, request)
+        if not client.admin:
+            raise GatewayError(403, "ADMIN_ONLY", f"{client.name} is not an admin client")
         response: web.StreamResponse = await handler(request)
         return response
     except GatewayError as error:

@@ -9,10 +9,21 @@ import orjson
 from aiohttp import web
 
 from soulstone.codex.models import Soulstone
-from soulstone.gateway.errors import REQUEST_ID, GatewayError, error_response, from_http
+from soulstone.gateway.errors import (
+    REQUEST_ID,
+    SESSION_ID,
+    GatewayError,
+    error_response,
+    from_http,
+)
 from soulstone.gateway.legacy import translate_functions
-from soulstone.gateway.proxy import forward
+from soulstone.gateway.proxy import Exchange, forward
 from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.guard.budget import BudgetExceeded, fit
+from soulstone.guard.clients import Client
+from soulstone.guard.identity import Unknown
+from soulstone.guard.limits import Refused
+from soulstone.guard.tokenize import TokenizeFailed
 from soulstone.supervisor.schedule import Unavailable
 
 
@@ -42,50 +53,126 @@ def route(gateway: Gateway, document: dict[str, Any]) -> Soulstone:
     return soulstone
 
 
+async def caller(gateway: Gateway, request: web.Request) -> Client:
+    """The client making this request; GatewayError 401 when it is nobody we know."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    try:
+        return await gateway.guard.identities.identify(request.headers, sock)
+    except Unknown as error:
+        raise GatewayError(401, "UNAUTHORIZED", str(error),
+                           headers={"WWW-Authenticate": "Bearer"}) from None  # fmt: skip
+
+
+async def check_budget(
+    gateway: Gateway, soulstone: Soulstone, client: Client, document: dict[str, Any]
+) -> tuple[int | None, bool]:
+    """Count the prompt and fit max_tokens; return (prompt tokens, whether the body changed)."""
+    try:
+        prompt_tokens = await gateway.guard.counter.count(soulstone, document)
+    except TokenizeFailed as error:
+        raise GatewayError(502, "TOKENIZE_FAILED", f"the engine could not count the prompt: "
+                           f"{error}") from None  # fmt: skip
+    key = "max_completion_tokens" if "max_completion_tokens" in document else "max_tokens"
+    asked = document.get(key)
+    if asked is not None and (not isinstance(asked, int) or isinstance(asked, bool) or asked < 1):
+        raise GatewayError(400, "BAD_MAX_TOKENS", f"`{key}` must be a positive integer")
+    try:
+        chosen = fit(prompt_tokens, asked, gateway.guard.budget(soulstone, client.limits))
+    except BudgetExceeded as error:
+        raise GatewayError(
+            400, "TOKEN_BUDGET_EXCEEDED", str(error), prompt_tokens=error.prompt_tokens,
+            max_tokens=error.max_tokens, limit=error.limit,
+        ) from None  # fmt: skip
+    if chosen is not None:
+        document["max_tokens"] = chosen
+        return prompt_tokens, True
+    return prompt_tokens, False
+
+
+def refusal(error: Refused) -> GatewayError:
+    """A limit's refusal as an HTTP error with Retry-After."""
+    return GatewayError(error.status, error.code, str(error),
+                        headers={"Retry-After": str(error.retry_after)})  # fmt: skip
+
+
 async def generation(request: web.Request) -> web.StreamResponse:
-    """POST /v1/chat/completions, /v1/completions, /v1/embeddings: route, lease, forward."""
+    """POST /v1/chat/completions, /v1/completions, /v1/embeddings.
+
+    Identify the caller, route by model, check its limits and the gateway's
+    queue, bring the engine up, fit the token budget, forward.
+    """
     gateway = request.app[GATEWAY]
+    guard = gateway.guard
     correlation = gateway.correlation(request)
     began = time.perf_counter()
-    model, status = "", 500
+    model, status, client, prompt_tokens = "", 500, None, None
+    exchange = Exchange()
     try:
+        client = await caller(gateway, request)
         body = await request.read()
         document = parse_body(body)
         soulstone = route(gateway, document)
-        model = (
-            soulstone.models[0] if document["model"] not in gateway.routes else document["model"]
-        )
-        if request.path == "/v1/chat/completions" and translate_functions(document):
-            body = orjson.dumps(document)
-        headers = {"Content-Type": "application/json", REQUEST_ID: correlation[REQUEST_ID]}
-        scheduler = gateway.scheduler
-        if not scheduler.admit_now(soulstone):
-            await scheduler.acquire(soulstone)
+        model = document["model"]
+        if not client.may_use(model):
+            raise GatewayError(403, "MODEL_FORBIDDEN", f"{client.name} may not use {model!r}")
+        changed = request.path == "/v1/chat/completions" and translate_functions(document)
+        guard.limiter.admit(client)
         try:
-            response = await forward(
-                request, gateway.upstreams.session(soulstone),
-                gateway.upstreams.url(soulstone, request.path), body, headers,
-                document.get("stream") is True, correlation,
-                lambda: engine_failed(gateway, soulstone),
-            )  # fmt: skip
+            await guard.slots.acquire()
+            try:
+                scheduler = gateway.scheduler
+                if not scheduler.admit_now(soulstone):
+                    await scheduler.acquire(soulstone)
+                try:
+                    if request.path != "/v1/embeddings":
+                        prompt_tokens, fitted = await check_budget(gateway, soulstone, client,
+                                                                   document)  # fmt: skip
+                        changed = changed or fitted
+                    if changed:
+                        body = orjson.dumps(document)
+                    headers = {"Content-Type": "application/json",
+                               REQUEST_ID: correlation[REQUEST_ID]}  # fmt: skip
+                    response = await forward(
+                        request, gateway.upstreams.session(soulstone),
+                        gateway.upstreams.url(soulstone, request.path), body, headers,
+                        document.get("stream") is True, correlation,
+                        lambda: engine_failed(gateway, soulstone), guard.gateway.timeout_s,
+                        exchange,
+                    )  # fmt: skip
+                finally:
+                    scheduler.release(soulstone)
+            finally:
+                guard.slots.release()
         finally:
-            scheduler.release(soulstone)
+            used = exchange.tokens
+            if used is None and exchange.events:
+                used = (prompt_tokens or 0) + exchange.events
+            guard.limiter.finish(client, used or 0)
         status = response.status
         return response
     except GatewayError as error:
         status = error.status
         return error_response(error, correlation)
+    except Refused as error:
+        status = error.status
+        return error_response(refusal(error), correlation)
     except Unavailable as error:
         status = 503
-        refusal = GatewayError(503, "ENGINE_UNAVAILABLE", str(error),
-                               headers={"Retry-After": str(error.retry_after)})  # fmt: skip
-        return error_response(refusal, correlation)
+        unavailable = GatewayError(503, "ENGINE_UNAVAILABLE", str(error),
+                                   headers={"Retry-After": str(error.retry_after)})  # fmt: skip
+        return error_response(unavailable, correlation)
     except web.HTTPException as error:
         status = error.status
         return error_response(from_http(error), correlation)
     finally:
-        seconds = time.perf_counter() - began if model else None
-        gateway.metrics.request_done(model or "-", status, seconds)
+        seconds = time.perf_counter() - began
+        gateway.metrics.request_done(model or "-", status, seconds if model else None)
+        gateway.requests_log.write(
+            request_id=correlation[REQUEST_ID], session_id=correlation.get(SESSION_ID),
+            client=client.name if client else None, model=model or None, status=status,
+            prompt_tokens=prompt_tokens, total_tokens=exchange.tokens,
+            ms=round(seconds * 1000, 2),
+        )  # fmt: skip
 
 
 def engine_failed(gateway: Gateway, soulstone: Soulstone) -> None:
@@ -94,14 +181,25 @@ def engine_failed(gateway: Gateway, soulstone: Soulstone) -> None:
     gateway.metrics.engine_failures.labels(soulstone.id).inc()
 
 
-async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: every served model, its soulstone, and whether it runs."""
+async def _guarded(request: web.Request, admin: bool) -> tuple[Gateway, Client]:
     gateway = request.app[GATEWAY]
+    client = await caller(gateway, request)
+    if admin and not client.admin:
+        raise GatewayError(403, "ADMIN_ONLY", f"{client.name} is not an admin client")
+    return gateway, client
+
+
+async def models(request: web.Request) -> web.Response:
+    """GET /v1/models: the models this client may use, their soulstone, whether it runs."""
+    try:
+        gateway, client = await _guarded(request, admin=False)
+    except GatewayError as error:
+        return error_response(error, request.app[GATEWAY].correlation(request))
     running = gateway.scheduler.running
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "soulstone",
          "soulstone": s.id, "running": s.id in running}
-        for s in gateway.codex.soulstones for model in s.models
+        for s in gateway.codex.soulstones for model in s.models if client.may_use(model)
     ]  # fmt: skip
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}),
@@ -118,8 +216,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus exposition."""
-    gateway = request.app[GATEWAY]
+    """GET /metrics: Prometheus exposition (admin clients only)."""
+    try:
+        gateway, _client = await _guarded(request, admin=True)
+    except GatewayError as error:
+        return error_response(error, request.app[GATEWAY].correlation(request))
     return web.Response(
         body=gateway.metrics.render(),
         headers={"Content-Type": gateway.metrics.content_type, **gateway.correlation(request)},

@@ -25,7 +25,9 @@ from soulstone.gateway.listen import (
     prepare_socket,
 )
 from soulstone.gateway.state import Gateway
-from soulstone.observe.logging import make_logger
+from soulstone.guard.clients import ClientsFileError
+from soulstone.guard.guard import Guard
+from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder
 from soulstone.runtimes.table import make_runtimes
@@ -39,6 +41,7 @@ class ServeOptions:
     """How `soulstone serve` listens and schedules."""
 
     socket: Path
+    clients: Path
     own_socket_folder: bool = True
     tcp: str | None = None
     strict: bool = False
@@ -46,13 +49,17 @@ class ServeOptions:
     drain_timeout: float = 30.0
     shutdown_timeout: float = 30.0
     idle_check: float = 5.0
+    max_parallel: int | None = None
+    queue: int | None = None
+    timeout: float | None = None
 
 
 async def reload_codex(gateway: Gateway, load: Callable[[], Codex], log: Any) -> dict[str, Any]:
-    """Load and validate the codex again; apply it, restarting only what changed."""
+    """Load and validate the codex (and clients file) again; restart only what changed."""
     try:
         new = load()
-    except (CodexError, UsageError) as error:
+        gateway.guard.reload()
+    except (CodexError, UsageError, ClientsFileError) as error:
         problems = getattr(error, "problems", ())
         log.error("reload refused: the codex is invalid; the running one stays",
                   errors=len(problems) or 1)  # fmt: skip
@@ -107,11 +114,14 @@ async def serve(
     metrics.watch(scheduler.queued, scheduler.in_flight)
     await scheduler.sync()
     upstreams = Upstreams()
+    overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
+                 "timeout_s": options.timeout}  # fmt: skip
+    guard = Guard.load(options.clients, upstreams, overrides)
 
     async def reload() -> dict[str, Any]:
         return await reload_codex(gateway, load, log)
 
-    gateway = Gateway(scheduler, upstreams, metrics, reload)
+    gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream))
     runner = web.AppRunner(
         make_app(gateway, make_admin_app()), handler_cancellation=True, access_log=None,
         shutdown_timeout=options.shutdown_timeout,
@@ -127,7 +137,8 @@ async def serve(
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
     for warning in warnings:
         log.warning(warning)
-    log.info("listening", on=addresses, soulstones=len(codex.soulstones))
+    log.info("listening", on=addresses, soulstones=len(codex.soulstones),
+             clients=str(options.clients) if options.clients.exists() else None)  # fmt: skip
     if ready is not None:
         ready(addresses)
 

@@ -12,6 +12,8 @@ from aiohttp import web
 
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.gateway.errors import REQUEST_ID, SESSION_ID
+from soulstone.guard.guard import Guard
+from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
@@ -25,6 +27,8 @@ class Gateway:
     upstreams: Upstreams
     metrics: Metrics
     reload: Callable[[], Awaitable[dict[str, Any]]]
+    guard: Guard
+    requests_log: RequestLog = field(default_factory=RequestLog)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -56,4 +60,3 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

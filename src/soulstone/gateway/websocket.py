@@ -14,9 +14,12 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
-from soulstone.gateway.errors import REQUEST_ID, GatewayError
-from soulstone.gateway.routes import engine_failed, parse_body, route
+from soulstone.codex.models import Soulstone
+from soulstone.gateway.errors import REQUEST_ID, GatewayError, error_response
+from soulstone.gateway.routes import caller, check_budget, engine_failed, parse_body, route
 from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.guard.clients import Client
+from soulstone.guard.limits import Refused
 from soulstone.supervisor.schedule import Unavailable
 
 DONE = "[DONE]"
@@ -44,15 +47,35 @@ async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientResponse) ->
 
 
 async def _serve_one(
-    ws: web.WebSocketResponse, gateway: Gateway, raw: str, request_id: str
+    ws: web.WebSocketResponse, gateway: Gateway, client: Client, raw: str, request_id: str
 ) -> None:
     document = parse_body(raw.encode())
     soulstone = route(gateway, document)
+    if not client.may_use(document["model"]):
+        raise GatewayError(403, "MODEL_FORBIDDEN",
+                           f"{client.name} may not use {document['model']!r}")  # fmt: skip
     document["stream"] = True
+    guard = gateway.guard
+    guard.limiter.admit(client)
+    try:
+        await guard.slots.acquire()
+        try:
+            await _admitted(ws, gateway, client, soulstone, document, request_id)
+        finally:
+            guard.slots.release()
+    finally:
+        guard.limiter.finish(client, 0)
+
+
+async def _admitted(
+    ws: web.WebSocketResponse, gateway: Gateway, client: Client, soulstone: Soulstone,
+    document: dict[str, Any], request_id: str,
+) -> None:  # fmt: skip
     scheduler = gateway.scheduler
     if not scheduler.admit_now(soulstone):
         await scheduler.acquire(soulstone)
     try:
+        await check_budget(gateway, soulstone, client, document)
         session = gateway.upstreams.session(soulstone)
         url = gateway.upstreams.url(soulstone, CHAT_PATH)
         headers = {"Content-Type": "application/json", REQUEST_ID: request_id}
@@ -77,10 +100,14 @@ async def _serve_one(
         scheduler.release(soulstone)
 
 
-async def stream_socket(request: web.Request) -> web.WebSocketResponse:
+async def stream_socket(request: web.Request) -> web.StreamResponse:
     """GET /v1/stream: one chat request per text frame, its chunks back as frames."""
     gateway = request.app[GATEWAY]
     correlation = gateway.correlation(request)
+    try:
+        client = await caller(gateway, request)
+    except GatewayError as error:
+        return error_response(error, correlation)
     ws = web.WebSocketResponse(heartbeat=30)
     ws.headers.update(correlation)
     await ws.prepare(request)
@@ -90,11 +117,13 @@ async def stream_socket(request: web.Request) -> web.WebSocketResponse:
                 await ws.send_str(_frame("BAD_FRAME", "send each request as a JSON text frame"))
             continue
         try:
-            await _serve_one(ws, gateway, message.data, correlation[REQUEST_ID])
+            await _serve_one(ws, gateway, client, message.data, correlation[REQUEST_ID])
             gateway.metrics.request_done("-", 200, None)
         except GatewayError as error:
             gateway.metrics.request_done("-", error.status, None)
             await ws.send_str(_frame(error.code, error.message, **error.extra))
+        except Refused as error:
+            await ws.send_str(_frame(error.code, str(error), retry_after=error.retry_after))
         except Unavailable as error:
             await ws.send_str(_frame("ENGINE_UNAVAILABLE", str(error),
                                      retry_after=error.retry_after))  # fmt: skip

@@ -1,0 +1,89 @@
+"""Count a prompt's tokens with the target engine's own tokenizer (its endpoints), cached."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any
+
+import aiohttp
+import orjson
+
+from soulstone.codex.models import Soulstone
+from soulstone.runtimes.upstream import Upstreams
+
+CACHE_SIZE = 4096
+TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class TokenizeFailed(Exception):
+    """The engine could not count the prompt."""
+
+
+class TokenCounter:
+    """Prompt token counts from the engines, remembered by prompt."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+        self._cache: OrderedDict[bytes, int] = OrderedDict()
+
+    async def count(self, soulstone: Soulstone, document: dict[str, Any]) -> int | None:
+        """Tokens of the request's `messages` (chat template applied) or `prompt`.
+
+        None when the engine has no tokenizer endpoint soulstone knows.
+        """
+        if soulstone.engine not in ("vllm", "llamacpp", "generic"):
+            return None
+        messages, prompt = document.get("messages"), document.get("prompt")
+        if messages is None and prompt is None:
+            return 0
+        key = hashlib.sha256(
+            soulstone.id.encode()
+            + b"\0"
+            + orjson.dumps([messages, prompt], option=orjson.OPT_SORT_KEYS)
+        ).digest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        counted = await self._ask(soulstone, document.get("model"), messages, prompt)
+        if counted is not None:
+            self._cache[key] = counted
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return counted
+
+    async def _post(self, soulstone: Soulstone, path: str, body: dict[str, Any]) -> Any:
+        session = self.upstreams.session(soulstone)
+        try:
+            async with session.post(self.upstreams.url(soulstone, path), data=orjson.dumps(body),
+                                    headers={"Content-Type": "application/json"},
+                                    timeout=TIMEOUT) as response:  # fmt: skip
+                if response.status == 404:
+                    return None
+                if response.status != 200:
+                    raise TokenizeFailed(f"{path} answered {response.status}")
+                return orjson.loads(await response.read())
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as error:
+            raise TokenizeFailed(f"{path}: {error}") from None
+
+    async def _ask(
+        self, soulstone: Soulstone, model: Any, messages: Any, prompt: Any
+    ) -> int | None:
+        if soulstone.engine == "llamacpp":
+            text = prompt
+            if messages is not None:
+                applied = await self._post(soulstone, "/apply-template", {"messages": messages})
+                if applied is None:
+                    return None
+                text = applied.get("prompt", "")
+            if isinstance(text, list):
+                text = "".join(str(part) for part in text)
+            tokens = await self._post(soulstone, "/tokenize",
+                                      {"content": text, "add_special": True})  # fmt: skip
+            return None if tokens is None else len(tokens.get("tokens", []))
+        body: dict[str, Any] = {"model": model}
+        body |= {"messages": messages} if messages is not None else {"prompt": prompt}
+        answer = await self._post(soulstone, "/tokenize", body)
+        if answer is None or not isinstance(answer.get("count"), int):
+            return None
+        return int(answer["count"])
