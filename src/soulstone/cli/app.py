@@ -120,9 +120,11 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import check, demo, engines, forge, init, serve
+    from soulstone.cli import audit, check, clients, demo, engines, forge, init, serve
 
+    audit.register(app)
     check.register(app)
+    clients.register(app)
     demo.register(app)
     serve.register(app)
     forge.register(app)

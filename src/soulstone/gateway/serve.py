@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
-from soulstone.runtimes.state import StateFolder
+from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
@@ -137,6 +138,8 @@ async def serve(
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
     for warning in warnings:
         log.warning(warning)
+    write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
+                                             "strict": options.strict})  # fmt: skip
     log.info("listening", on=addresses, soulstones=len(codex.soulstones),
              clients=str(options.clients) if options.clients.exists() else None)  # fmt: skip
     if ready is not None:
@@ -180,4 +183,5 @@ async def serve(
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()
+        (state.root / "gateway.json").unlink(missing_ok=True)
         log.info("stopped", engines_stopped=stopped)
