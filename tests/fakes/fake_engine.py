@@ -86,6 +86,15 @@ class Engine:
     async def last_view(self, _request: web.Request) -> web.Response:
         return web.json_response(self.last)
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's shape: words of the prompt, plus 4 per chat message."""
+        body = await request.json()
+        if "messages" in body:
+            count = sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
+        else:
+            count = len(str(body.get("prompt", "")).split())
+        return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
+
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
         inputs = body.get("input")
@@ -162,6 +171,7 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/chat/completions", engine.generate)
     app.router.add_post("/v1/completions", engine.generate)
     app.router.add_post("/v1/embeddings", engine.embeddings)
+    app.router.add_post("/tokenize", engine.tokenize)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     if args.uds:

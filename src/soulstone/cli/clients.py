@@ -52,15 +52,21 @@ def add(
     models: Annotated[str | None, typer.Option("--models", metavar="M,...",
                                                help="Only these models (default: all).")] = None,
     admin: Annotated[bool, typer.Option("--admin", help="May use /metrics and admin.")] = False,
+    key_transport: Annotated[str | None, typer.Option(
+        "--key-transport", help="Accept the new key only over `unix` or `tcp`.")] = None,
     clients: ClientsOption = None,
 ) -> None:  # fmt: skip
     """Add a client (or add users, groups, a key to it). With --key, print the key once."""
     s = session(ctx)
     path = _path(s, clients)
     secret, stored = None, None
+    if key_transport not in (None, "unix", "tcp"):
+        s.err.print("--key-transport must be unix or tcp", style="red")
+        raise typer.Exit(2)
     if key:
         secret, key_id = new_key()
-        stored = KeyDecl(id=key_id, hash=hash_key(secret))
+        transports = [key_transport] if key_transport else None
+        stored = KeyDecl(id=key_id, hash=hash_key(secret), transports=transports)
     wanted = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
     guarded(ctx, lambda: _edit(path, name, user or [], group or [], wanted, admin, stored))
     if secret is not None:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
+from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.runtimes.state import StateFolder
 
@@ -102,6 +103,24 @@ def serve_command(
     guarded(ctx, lambda: _run(serve(options, s.load, state, ready)))
 
 
+def reload(ctx: typer.Context) -> None:
+    """Ask the running gateway to read its codex and clients file again (like SIGHUP)."""
+    from soulstone.cli.gateway_client import running_gateway
+
+    s = session(ctx)
+    gateway = running_gateway(default_socket(s.paths.runtime))
+    if gateway is None:
+        s.err.print("no gateway answers on " + str(default_socket(s.paths.runtime)), style="red")
+        raise typer.Exit(1)
+    try:
+        answer = gateway.call("POST", "/admin/reload")
+    except SoulstoneError as error:
+        s.err.print(f"[red]reload refused:[/red] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    s.out.print(f"reloaded; changed: {', '.join(answer.get('changed', [])) or 'nothing'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands of this module to the application."""
     app.command("serve")(serve_command)
+    app.command("reload")(reload)

@@ -106,11 +106,12 @@ async def generation(request: web.Request) -> web.StreamResponse:
     correlation = gateway.correlation(request)
     began = time.perf_counter()
     model, status, client, prompt_tokens = "", 500, None, None
+    body_document: dict[str, Any] | None = None
     exchange = Exchange()
     try:
         client = await caller(gateway, request)
         body = await request.read()
-        document = parse_body(body)
+        document = body_document = parse_body(body)
         soulstone = route(gateway, document)
         model = document["model"]
         if not client.may_use(model):
@@ -172,7 +173,15 @@ async def generation(request: web.Request) -> web.StreamResponse:
             client=client.name if client else None, model=model or None, status=status,
             prompt_tokens=prompt_tokens, total_tokens=exchange.tokens,
             ms=round(seconds * 1000, 2),
+            content=_opted_in_content(client, body_document),
         )  # fmt: skip
+
+
+def _opted_in_content(client: Client | None, document: dict[str, Any] | None) -> Any:
+    """The request's text, only for a client that opted in to content logging."""
+    if client is None or not client.log_content or document is None:
+        return None
+    return document.get("messages") or document.get("prompt") or document.get("input")
 
 
 def engine_failed(gateway: Gateway, soulstone: Soulstone) -> None:

@@ -32,6 +32,7 @@ class KeyDecl(_Strict):
     id: str
     hash: str
     revoked: bool = False
+    transports: list[Literal["unix", "tcp"]] | None = None
 
 
 class ClientDecl(_Strict):

@@ -93,8 +93,8 @@ class Identities:
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.by_uid: dict[int, Client] = {}
         self.by_gid: dict[int, Client] = {}
-        self.keys: dict[str, tuple[Client, str]] = {}
-        self._remembered: dict[bytes, Client | None] = {}
+        self.keys: dict[str, tuple[Client, str, frozenset[str]]] = {}
+        self._remembered: dict[bytes, tuple[Client, frozenset[str]] | None] = {}
         for name, declaration in (clients.clients if clients else {}).items():
             client = client_of(name, declaration)
             for user in declaration.users:
@@ -105,7 +105,8 @@ class Identities:
                     self.by_gid.setdefault(gid, client)
             for key in declaration.keys:
                 if not key.revoked:
-                    self.keys[key.id] = (client, key.hash)
+                    transports = frozenset(key.transports or ("unix", "tcp"))
+                    self.keys[key.id] = (client, key.hash, transports)
 
     def of_peer(self, peer: Peer) -> Client:
         """The client a Unix peer maps to: by user, then by group, then the owner."""
@@ -119,22 +120,23 @@ class Identities:
             return OWNER
         raise Unknown(f"uid {peer.uid} is not a client of this gateway")
 
-    async def of_key(self, key: str) -> Client:
+    async def of_key(self, key: str, transport: str) -> Client:
         """The client an API key belongs to (a slow hash, checked once per key and process)."""
         digest = hashlib.sha256(key.encode()).digest()
         if digest in self._remembered:
             found = self._remembered[digest]
-            if found is None:
-                raise Unknown("unknown or revoked API key")
-            return found
-        entry = self.keys.get(key_id(key) or "")
-        ok = entry is not None and await asyncio.to_thread(verify_key, key, entry[1])
-        if len(self._remembered) >= _MAX_REMEMBERED:
-            self._remembered.clear()
-        self._remembered[digest] = entry[0] if ok and entry else None
-        if not ok or entry is None:
+        else:
+            entry = self.keys.get(key_id(key) or "")
+            ok = entry is not None and await asyncio.to_thread(verify_key, key, entry[1])
+            found = (entry[0], entry[2]) if ok and entry is not None else None
+            if len(self._remembered) >= _MAX_REMEMBERED:
+                self._remembered.clear()
+            self._remembered[digest] = found
+        if found is None:
             raise Unknown("unknown or revoked API key")
-        return entry[0]
+        if transport not in found[1]:
+            raise Unknown(f"this key may not be used over {transport}")
+        return found[0]
 
     async def identify(self, headers: Mapping[str, str], sock: socket.socket | None) -> Client:
         """A key, when sent, wins; else the Unix peer; TCP callers need a key.
@@ -150,7 +152,7 @@ class Identities:
             if peer is None or key_id(key) is not None:
                 if scheme.lower() != "bearer" or not key:
                     raise Unknown("Authorization must be `Bearer <key>`")
-                return await self.of_key(key)
+                return await self.of_key(key, "tcp" if peer is None else "unix")
         if peer is None:
             raise Unknown("on TCP, send an API key (Authorization: Bearer ...)")
         return self.of_peer(peer)
