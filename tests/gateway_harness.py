@@ -113,7 +113,8 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         {"id": key_id, "hash": hash_key(key)}]}}}  # fmt: skip
 
     def start(codex: Path, *args: str, env: dict[str, str] | None = None,
-              clients: dict[str, Any] | None = default_clients) -> RunningGateway:  # fmt: skip
+              clients: dict[str, Any] | None = default_clients, tcp: bool = True,
+              ) -> RunningGateway:  # fmt: skip
         runtime = short / f"run{len(started)}"
         clients_file = tmp_path / "config" / "soulstone" / "clients.yaml"
         if clients is not None:
@@ -131,7 +132,8 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         port = free_port()
         log = tmp_path / f"gateway{len(started)}.log"
         process = subprocess.Popen(
-            [str(SCRIPT), "--codex", str(codex), "serve", "--tcp", f"127.0.0.1:{port}", *args],
+            [str(SCRIPT), "--codex", str(codex), "serve",
+             *(["--tcp", f"127.0.0.1:{port}"] if tcp else []), *args],
             env=environ, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         state = StateFolder(tmp_path / "state" / "soulstone")
