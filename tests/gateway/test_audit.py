@@ -40,8 +40,14 @@ def test_clean_strict_setup_passes_then_each_planted_problem_is_found(
     (codex / "leaky.toml").write_text(secret)
     found = audit(gateway)
     assert found.returncode == 1
-    for words in ("the socket folder has mode 0755", "the socket has mode 0666",
-                  "the model cache has mode 0755", "wider than 0640", "env.OPENAI_API_KEY"):  # fmt: skip
+    expected = (
+        "the socket folder has mode 0755",
+        "the socket has mode 0666",
+        "the model cache has mode 0755",
+        "wider than 0640",
+        "env.OPENAI_API_KEY",
+    )
+    for words in expected:
         assert words in found.stderr, words
     assert "5 finding(s)" in found.stderr
 
