@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from soulstone.guard.keys import hash_key, new_key
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 SOULSTONE = Path(PYTHON).parent / "soulstone"
@@ -71,6 +73,8 @@ def pinned(cpu: int, command: list[str], **options: Any) -> subprocess.Popen[byt
 def loadgen(bench: Path, target: dict[str, str], concurrency: int, stream: bool,
             model: str) -> dict[str, Any]:  # fmt: skip
     where = ["--socket", target["socket"]] if "socket" in target else ["--url", target["url"]]
+    if "key" in target:
+        where += ["--header", f"Authorization:Bearer {target['key']}"]
     command = ["taskset", "-c", "1", PYTHON, str(bench / "loadgen.py"), *where,
                "--model", model, "--concurrency", str(concurrency),
                "--requests", str(REQUESTS[concurrency]), "--duration-max", "120"]  # fmt: skip
@@ -114,7 +118,19 @@ def main() -> None:
         'models = ["stub-uds"]\nhealth = { path = "/health" }\n'
     )
     env = os.environ | {"XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": str(work),
+                        "XDG_CONFIG_HOME": str(work / "config"),
                         "SOULSTONE_DEFAULT_RUNTIME": "process"}  # fmt: skip
+    # Identity on: TCP callers send a key (a slow hash, checked once); the Unix socket
+    # caller is this user, the gateway's owner. Limits generous enough not to refuse.
+    key, key_id = new_key()
+    clients = work / "config" / "soulstone" / "clients.yaml"
+    clients.parent.mkdir(parents=True)
+    limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent": 1000}
+    clients.write_text(json.dumps({"gateway": {"max_parallel": 256, "queue": 1024},
+                                   "clients": {"bench": {"keys": [{"id": key_id,
+                                                                   "hash": hash_key(key)}],
+                                                         "limits": limits}}}))  # fmt: skip
+    clients.chmod(0o600)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         serve = [str(SOULSTONE), "--codex", str(codex), "serve", "--socket", gateway_socket,
@@ -142,8 +158,8 @@ def main() -> None:
              processes[1].pid),
             ("minimal aiohttp proxy, UDS->UDS", {"socket": proxy_socket}, "stub-uds",
              processes[2].pid),
-            ("soulstone gateway, TCP", {"url": f"http://127.0.0.1:{gateway_port}"}, "stub",
-             gateway.pid),
+            ("soulstone gateway, TCP", {"url": f"http://127.0.0.1:{gateway_port}", "key": key},
+             "stub", gateway.pid),
             ("soulstone gateway, UDS->UDS", {"socket": gateway_socket}, "stub-uds", gateway.pid),
         ]  # fmt: skip
         results: list[dict[str, Any]] = []

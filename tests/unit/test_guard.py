@@ -23,7 +23,7 @@ from soulstone.guard.clients import (
     client_of,
     parse_clients,
 )
-from soulstone.guard.identity import Identities, Peer, Unknown
+from soulstone.guard.identity import Identities, Peer, Unknown, peer_of
 from soulstone.guard.keys import hash_key, key_id, new_key, verify_key
 from soulstone.guard.limits import ClientLimiter, Refused, Slots
 from soulstone.guard.store import check_file, load_clients, save_clients
@@ -107,7 +107,7 @@ async def test_identities_map_peers_and_keys() -> None:
         await identities.identify(headers, None)  # on TCP any key is checked
     left, right = socket.socketpair()
     with left, right:  # on the socket, an SDK's placeholder falls back to the peer
-        assert (await Identities(None).identify(headers, left)) is OWNER
+        assert (await Identities(None).identify(headers, peer_of(left))) is OWNER
 
 
 def test_client_limits_refuse_with_retry_after() -> None:

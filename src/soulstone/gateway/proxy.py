@@ -31,6 +31,35 @@ def total_tokens(data: bytes) -> int | None:
     return int(matches[-1]) if matches else None
 
 
+class _Idle:
+    """Closes the upstream when a stream makes no progress for `timeout` seconds.
+
+    One timer per stream, re-armed only when it fires: each chunk costs a
+    clock read, not a timer reschedule.
+    """
+
+    __slots__ = ("fired", "handle", "last", "loop", "timeout", "upstream")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: aiohttp.ClientResponse
+    ) -> None:
+        self.loop, self.timeout, self.upstream = loop, timeout, upstream
+        self.last = loop.time()
+        self.fired = False
+        self.handle = loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle < self.timeout:
+            self.handle = self.loop.call_later(self.timeout - idle, self._check)
+            return
+        self.fired = True
+        self.upstream.close()  # the pending read fails at once
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
 class Exchange:
     """What the proxy learned about one exchange: tokens used and events streamed."""
 
@@ -96,25 +125,27 @@ async def forward(
         )
         await response.prepare(request)
         content = upstream.content
-        loop = asyncio.get_running_loop()
+        watchdog = _Idle(asyncio.get_running_loop(), timeout, upstream)
         tail = b""
         try:
-            async with asyncio.timeout(timeout) as idle:
-                while True:
-                    try:
-                        chunk = await content.readany()
-                    except _UPSTREAM_ERRORS:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except _UPSTREAM_ERRORS:
+                    if watchdog.fired:
+                        await response.write(STREAM_TIMED_OUT)
+                    else:
                         engine_failed()
                         await response.write(STREAM_FAILED)
-                        break
-                    if not chunk:
-                        break
-                    idle.reschedule(loop.time() + timeout)
-                    exchange.events += chunk.count(b"data:")
-                    tail = (tail + chunk)[-_TAIL_BYTES:]
-                    await response.write(chunk)  # a client gone away raises: nothing to tell
-        except TimeoutError:
-            await response.write(STREAM_TIMED_OUT)
+                    break
+                if not chunk:
+                    break
+                watchdog.last = watchdog.loop.time()
+                exchange.events += chunk.count(b"data:")
+                tail = (tail + chunk)[-_TAIL_BYTES:]
+                await response.write(chunk)  # a client gone away raises: nothing to tell
+        finally:
+            watchdog.stop()
         exchange.tokens = total_tokens(tail)
         await response.write_eof()
         return response

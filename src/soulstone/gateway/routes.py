@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from soulstone.gateway.proxy import Exchange, forward
 from soulstone.gateway.state import GATEWAY, Gateway
 from soulstone.guard.budget import BudgetExceeded, fit
 from soulstone.guard.clients import Client
-from soulstone.guard.identity import Unknown
+from soulstone.guard.identity import Peer, Unknown, peer_of
 from soulstone.guard.limits import Refused
 from soulstone.guard.tokenize import TokenizeFailed
 from soulstone.supervisor.schedule import Unavailable
@@ -55,9 +57,8 @@ def route(gateway: Gateway, document: dict[str, Any]) -> Soulstone:
 
 async def caller(gateway: Gateway, request: web.Request) -> Client:
     """The client making this request; GatewayError 401 when it is nobody we know."""
-    sock = request.transport.get_extra_info("socket") if request.transport else None
     try:
-        return await gateway.guard.identities.identify(request.headers, sock)
+        return await gateway.guard.identities.identify(request.headers, _peer(request))
     except Unknown as error:
         raise GatewayError(401, "UNAUTHORIZED", str(error),
                            headers={"WWW-Authenticate": "Bearer"}) from None  # fmt: skip
@@ -87,6 +88,22 @@ async def check_budget(
         document["max_tokens"] = chosen
         return prompt_tokens, True
     return prompt_tokens, False
+
+
+_NO_PEER = Peer(0, -1, -1)
+_peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
+
+
+def _peer(request: web.Request) -> Peer | None:
+    """The Unix peer of the request's connection (read once per connection), else None."""
+    transport = request.transport
+    if transport is None:
+        return None
+    peer = _peers.get(transport)
+    if peer is None:
+        peer = peer_of(transport.get_extra_info("socket")) or _NO_PEER
+        _peers[transport] = peer
+    return None if peer is _NO_PEER else peer
 
 
 def refusal(error: Refused) -> GatewayError:

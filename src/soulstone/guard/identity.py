@@ -95,6 +95,7 @@ class Identities:
         self.by_gid: dict[int, Client] = {}
         self.keys: dict[str, tuple[Client, str, frozenset[str]]] = {}
         self._remembered: dict[bytes, tuple[Client, frozenset[str]] | None] = {}
+        self._peers: dict[Peer, Client] = {}
         for name, declaration in (clients.clients if clients else {}).items():
             client = client_of(name, declaration)
             for user in declaration.users:
@@ -110,12 +111,22 @@ class Identities:
 
     def of_peer(self, peer: Peer) -> Client:
         """The client a Unix peer maps to: by user, then by group, then the owner."""
+        found = self._peers.get(peer)
+        if found is None:
+            found = self._resolve_peer(peer)
+            if len(self._peers) >= _MAX_REMEMBERED:
+                self._peers.clear()
+            self._peers[peer] = found
+        return found
+
+    def _resolve_peer(self, peer: Peer) -> Client:
         client = self.by_uid.get(peer.uid)
         if client is not None:
             return client
-        for gid in sorted(peer_groups(peer)):
-            if (client := self.by_gid.get(gid)) is not None:
-                return client
+        if self.by_gid:
+            for gid in sorted(peer_groups(peer)):
+                if (client := self.by_gid.get(gid)) is not None:
+                    return client
         if peer.uid == self.own_uid:
             return OWNER
         raise Unknown(f"uid {peer.uid} is not a client of this gateway")
@@ -138,13 +149,12 @@ class Identities:
             raise Unknown(f"this key may not be used over {transport}")
         return found[0]
 
-    async def identify(self, headers: Mapping[str, str], sock: socket.socket | None) -> Client:
+    async def identify(self, headers: Mapping[str, str], peer: Peer | None) -> Client:
         """A key, when sent, wins; else the Unix peer; TCP callers need a key.
 
         On the Unix socket, a bearer value not shaped like a soulstone key (the
         placeholder an SDK insists on sending) is ignored in favour of the peer.
         """
-        peer = peer_of(sock)
         authorization = headers.get("Authorization")
         if authorization:
             scheme, _, key = authorization.partition(" ")
