@@ -31,6 +31,25 @@ def total_tokens(data: bytes) -> int | None:
     return int(matches[-1]) if matches else None
 
 
+class _Deadline:
+    """Cancels the current task once `timeout` seconds pass (one timer, no context object)."""
+
+    __slots__ = ("fired", "handle", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.handle = loop.call_later(timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
 class _Idle:
     """Closes the upstream when a stream makes no progress for `timeout` seconds.
 
@@ -90,42 +109,48 @@ async def forward(
     bounds a whole answer, and for a stream the wait for each chunk; the
     upstream request is cancelled when it runs out (504 before the first byte).
     """
+    loop = asyncio.get_running_loop()
+    deadline = _Deadline(loop, timeout)
     try:
-        async with asyncio.timeout(timeout):
+        try:
             upstream = await session.post(url, data=body, headers=headers)
-    except TimeoutError:
-        raise GatewayError(504, "COMPLETION_TIMEOUT",
-                           f"the engine did not answer within {timeout:g} s") from None  # fmt: skip
-    except _UPSTREAM_ERRORS as error:
-        engine_failed()
-        raise GatewayError(
-            502, "ENGINE_UNREACHABLE", f"the engine did not answer: {error}"
-        ) from None
-    try:
-        content_type = upstream.headers.get("Content-Type", "application/json")
+        except _UPSTREAM_ERRORS as error:
+            engine_failed()
+            raise GatewayError(
+                502, "ENGINE_UNREACHABLE", f"the engine did not answer: {error}"
+            ) from None
         if not stream or upstream.status != 200:
             try:
-                async with asyncio.timeout(timeout):
-                    data = await upstream.read()
-            except TimeoutError:
-                message = f"the engine did not finish within {timeout:g} s"
-                raise GatewayError(504, "COMPLETION_TIMEOUT", message) from None
+                data = await upstream.read()
             except _UPSTREAM_ERRORS:
                 engine_failed()
                 raise GatewayError(
                     502, "ENGINE_FAILED", "the engine stopped before it answered"
                 ) from None
+            finally:
+                upstream.release()
             exchange.tokens = total_tokens(data[-_TAIL_BYTES:])
+            content_type = upstream.headers.get("Content-Type", "application/json")
             return web.Response(
                 body=data, status=upstream.status,
                 headers={"Content-Type": content_type, **correlation},
             )  # fmt: skip
+    except asyncio.CancelledError:
+        if deadline.fired and deadline.task is not None:
+            deadline.task.uncancel()
+            message = f"the engine did not answer within {timeout:g} s"
+            raise GatewayError(504, "COMPLETION_TIMEOUT", message) from None
+        raise
+    finally:
+        deadline.stop()
+    try:
+        content_type = upstream.headers.get("Content-Type", "application/json")
         response = web.StreamResponse(
             headers={"Content-Type": content_type, "Cache-Control": "no-cache", **correlation}
         )
         await response.prepare(request)
         content = upstream.content
-        watchdog = _Idle(asyncio.get_running_loop(), timeout, upstream)
+        watchdog = _Idle(loop, timeout, upstream)
         tail = b""
         try:
             while True:

@@ -180,6 +180,7 @@ async def serve(
         await scheduler.close()
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
         await upstreams.close()
+        gateway.requests_log.flush()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()
