@@ -10,7 +10,7 @@ import pytest
 
 from gateway_harness import StartGateway
 from helpers import free_port, write
-from real_engines import llama_server, tiny_gguf
+from real_engines import llama_server, tiny_gguf, tiny_hf_model, vllm_python
 
 pytestmark = pytest.mark.engine
 
@@ -61,3 +61,43 @@ def test_a_prompt_that_fits_by_one_token_passes_and_one_over_fails(
     filled = http.post("/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES})
     assert filled.status_code == 200  # a missing max_tokens is set within the budget
     assert filled.json()["usage"]["completion_tokens"] <= 100 - tokens
+
+
+def test_vllm_counts_chat_prompts_with_its_template(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    python, model = vllm_python(), tiny_hf_model()
+    socket = tmp_path / "v.sock"
+    scratch = tmp_path / "vllm-tmp"
+    scratch.mkdir()
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",
+        "--kv-cache-memory-bytes", "64M",
+    ]  # fmt: skip
+    codex = write(tmp_path / "codex", {"v.toml": (
+        f'[tiny-vllm]\nexec = {json.dumps(command)}\nsocket = "{socket}"\n'
+        f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
+        f'TMPDIR = "{scratch}" }}\nhealth = {{ start_timeout = 300, interval = 1 }}\n'
+    )})  # fmt: skip
+    budget = {"max_context_tokens": 100, "max_output_tokens": 80}
+    gateway = start_gateway(codex, clients={"gateway": budget, "clients": {}})
+    http = gateway.http()
+    assert http.post("/admin/up", json={"name": "tiny-vllm"}).status_code == 200
+    engine = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(socket)),
+                           base_url="http://localhost")  # fmt: skip
+    tokens = engine.post("/tokenize", json={"model": "tiny-vllm", "messages": MESSAGES}).json()
+    count = tokens["count"]
+    assert 5 < count < 90
+
+    def chat(max_tokens: int) -> httpx2.Response:
+        body = {"model": "tiny-vllm", "messages": MESSAGES, "max_tokens": max_tokens}
+        return http.post("/v1/chat/completions", json=body)
+
+    fits = chat(min(80, 100 - count))
+    assert fits.status_code == 200, fits.text
+    assert fits.json()["usage"]["prompt_tokens"] == count
+    if 101 - count <= 80:
+        over = chat(101 - count)
+        assert over.status_code == 400
+        assert over.json()["prompt_tokens"] == count and over.json()["limit"] == 100
