@@ -101,8 +101,8 @@ class HotAdapters:
             await self._unload(soulstone, engine, idle)
             self.evictions += 1
         folder = self.cache.warm(record, self.registry.blob_paths(record.name))
-        status, text = await self._call(soulstone, "/v1/load_lora_adapter",
-                                        {"lora_name": record.name, "lora_path": str(folder)})  # fmt: skip
+        body = {"lora_name": record.name, "lora_path": str(folder)}
+        status, text = await self._call(soulstone, "/v1/load_lora_adapter", body)
         if status != 200 and "already" not in text:
             message = f"the engine refused {record.name}: {text[:300]}"
             raise AdapterUnavailable(502, "ADAPTER_LOAD_FAILED", message)
