@@ -120,7 +120,7 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import audit, check, clients, demo, engines, forge, init, serve
+    from soulstone.cli import audit, check, clients, demo, engines, forge, init, lora, serve
 
     audit.register(app)
     check.register(app)
@@ -130,6 +130,7 @@ def _register() -> None:
     forge.register(app)
     engines.register(app)
     init.register(app)
+    lora.register(app)
 
 
 def main() -> None:

@@ -91,6 +91,7 @@ def serve_command(
         socket=socket or default_socket(s.paths.runtime),
         clients=clients or s.paths.config / "clients.yaml",
         max_parallel=max_parallel, queue=queue, timeout=timeout,
+        adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
         tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
         idle_check=idle_check,

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from soulstone.codex.models import Soulstone
 from soulstone.errors import SoulstoneError, UsageError
 from soulstone.gateway.errors import GatewayError, error_response
 from soulstone.gateway.routes import caller
 from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.lora.adapter import AdapterRefused, inspect_adapter
+from soulstone.lora.hot import AdapterUnavailable, HotAdapters
+from soulstone.lora.registry import AdapterRecord, RegistryError
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
 from soulstone.supervisor.schedule import Unavailable
 
@@ -119,6 +125,100 @@ async def reload(request: web.Request) -> web.Response:
     gateway = request.config_dict[GATEWAY]
     report = await gateway.reload()
     return _json(gateway, request, report, status=200 if report.get("reloaded") else 422)
+
+
+def _hot(gateway: Gateway) -> HotAdapters:
+    if gateway.hot is None:
+        raise GatewayError(409, "NO_ADAPTERS", "this gateway runs without an adapter registry")
+    return gateway.hot
+
+
+def _adapter(gateway: Gateway, body: dict[str, Any]) -> AdapterRecord:
+    name = str(body.get("name") or "")
+    record = gateway.adapters.get(name)
+    if record is None:
+        raise GatewayError(404, "UNKNOWN_ADAPTER", f"no adapter named {name!r}")
+    return record
+
+
+@routes.get("/lora")
+async def lora_list(request: web.Request) -> web.Response:
+    """Every registered adapter with its state (cold, warm, hot)."""
+    gateway = request.config_dict[GATEWAY]
+    _hot(gateway)
+    gateway.refresh_adapters()
+    adapters = [r.summary(gateway.adapter_state(r)) for _, r in sorted(gateway.adapters.items())]
+    return _json(gateway, request, {"adapters": adapters})
+
+
+@routes.post("/lora/add")
+async def lora_add(request: web.Request) -> web.Response:
+    """Validate and store an adapter folder the gateway can read."""
+    gateway = request.config_dict[GATEWAY]
+    hot = _hot(gateway)
+    body = await _body(request)
+    base = gateway.codex.get(str(body.get("base") or ""))
+    if base is None:
+        raise GatewayError(404, "UNKNOWN_TARGET", f"no soulstone named {body.get('base')!r}")
+    try:
+        info = inspect_adapter(str(body.get("name")), Path(str(body.get("path"))), base,
+                               any_base=bool(body.get("any_base")))  # fmt: skip
+        record = await asyncio.to_thread(hot.registry.add, info, Path(str(body.get("path"))))
+    except (AdapterRefused, RegistryError) as error:
+        raise GatewayError(400, "ADAPTER_REFUSED", str(error)) from None
+    gateway.refresh_adapters()
+    return _json(gateway, request, record.summary(gateway.adapter_state(record)))
+
+
+@routes.post("/lora/rm")
+async def lora_rm(request: web.Request) -> web.Response:
+    """Unload (when idle) and delete an adapter, and its warm copy."""
+    gateway = request.config_dict[GATEWAY]
+    hot = _hot(gateway)
+    record = _adapter(gateway, await _body(request))
+    base = gateway.codex.get(record.base)
+    if base is not None:
+        await _unload(hot, base, record.name)
+    await asyncio.to_thread(hot.registry.remove, record.name)
+    hot.cache.remove(record)
+    gateway.refresh_adapters()
+    return _json(gateway, request, {"removed": record.name})
+
+
+@routes.post("/lora/load")
+async def lora_load(request: web.Request) -> web.Response:
+    """Make an adapter hot now (its base soulstone is brought up first)."""
+    gateway = request.config_dict[GATEWAY]
+    hot = _hot(gateway)
+    record = _adapter(gateway, await _body(request))
+    base = gateway.codex.get(record.base)
+    if base is None:
+        raise GatewayError(409, "UNKNOWN_TARGET", f"{record.name}'s soulstone is gone")
+    await gateway.scheduler.manifest((base,))
+    try:
+        await hot.acquire(base, record)
+    except AdapterUnavailable as error:
+        raise GatewayError(error.status, error.code, str(error)) from None
+    hot.release(base, record.name)
+    return _json(gateway, request, record.summary("hot"))
+
+
+@routes.post("/lora/unload")
+async def lora_unload(request: web.Request) -> web.Response:
+    """Unload an adapter no request uses."""
+    gateway = request.config_dict[GATEWAY]
+    hot = _hot(gateway)
+    record = _adapter(gateway, await _body(request))
+    base = gateway.codex.get(record.base)
+    unloaded = base is not None and await _unload(hot, base, record.name)
+    return _json(gateway, request, {"unloaded": unloaded})
+
+
+async def _unload(hot: HotAdapters, base: Soulstone, name: str) -> bool:
+    try:
+        return await hot.unload(base, name)
+    except AdapterUnavailable as error:
+        raise GatewayError(error.status, error.code, str(error)) from None
 
 
 def make_admin_app() -> web.Application:

@@ -26,6 +26,8 @@ from soulstone.guard.clients import Client
 from soulstone.guard.identity import Peer, Unknown, peer_of
 from soulstone.guard.limits import Refused
 from soulstone.guard.tokenize import TokenizeFailed
+from soulstone.lora.hot import AdapterUnavailable
+from soulstone.lora.registry import AdapterRecord
 from soulstone.supervisor.schedule import Unavailable
 
 
@@ -46,8 +48,10 @@ def route(gateway: Gateway, document: dict[str, Any]) -> Soulstone:
     if not isinstance(model, str) or not model:
         raise GatewayError(400, "MODEL_MISSING", "the request names no `model`")
     soulstone = gateway.routes.get(model)
+    if soulstone is None and model in gateway.adapters:
+        soulstone = gateway.codex.get(gateway.adapters[model].base)
     if soulstone is None:
-        names = sorted(gateway.routes)
+        names = sorted({*gateway.routes, *gateway.adapters})
         raise GatewayError(
             404, "MODEL_NOT_FOUND", f"no soulstone serves the model {model!r}; "
             f"valid models: {', '.join(names)}", models=names,
@@ -68,8 +72,11 @@ async def check_budget(
     gateway: Gateway, soulstone: Soulstone, client: Client, document: dict[str, Any]
 ) -> tuple[int | None, bool]:
     """Count the prompt and fit max_tokens; return (prompt tokens, whether the body changed)."""
+    counted = document
+    if document.get("model") not in gateway.routes:  # an adapter: its base model's tokenizer
+        counted = {**document, "model": soulstone.models[0]}
     try:
-        prompt_tokens = await gateway.guard.counter.count(soulstone, document)
+        prompt_tokens = await gateway.guard.counter.count(soulstone, counted)
     except TokenizeFailed as error:
         raise GatewayError(502, "TOKENIZE_FAILED", f"the engine could not count the prompt: "
                            f"{error}") from None  # fmt: skip
@@ -104,6 +111,16 @@ def _peer(request: web.Request) -> Peer | None:
         peer = peer_of(transport.get_extra_info("socket")) or _NO_PEER
         _peers[transport] = peer
     return None if peer is _NO_PEER else peer
+
+
+async def hot_adapter(gateway: Gateway, soulstone: Soulstone, adapter: AdapterRecord) -> None:
+    """Load the adapter into its engine (once), and mark it in use; GatewayError if refused."""
+    assert gateway.hot is not None
+    try:
+        await gateway.hot.acquire(soulstone, adapter)
+    except AdapterUnavailable as error:
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        raise GatewayError(error.status, error.code, str(error), headers=headers) from None
 
 
 def refusal(error: Refused) -> GatewayError:
@@ -141,7 +158,10 @@ async def generation(request: web.Request) -> web.StreamResponse:
                 scheduler = gateway.scheduler
                 if not scheduler.admit_now(soulstone):
                     await scheduler.acquire(soulstone)
+                adapter = gateway.adapters.get(model) if model not in gateway.routes else None
                 try:
+                    if adapter is not None:
+                        await hot_adapter(gateway, soulstone, adapter)
                     if request.path != "/v1/embeddings":
                         prompt_tokens, fitted = await check_budget(gateway, soulstone, client,
                                                                    document)  # fmt: skip
@@ -159,6 +179,8 @@ async def generation(request: web.Request) -> web.StreamResponse:
                     )  # fmt: skip
                 finally:
                     scheduler.release(soulstone)
+                    if adapter is not None and gateway.hot is not None:
+                        gateway.hot.release(soulstone, adapter.name)
             finally:
                 guard.slots.release()
         finally:
@@ -227,6 +249,13 @@ async def models(request: web.Request) -> web.Response:
          "soulstone": s.id, "running": s.id in running}
         for s in gateway.codex.soulstones for model in s.models if client.may_use(model)
     ]  # fmt: skip
+    for name, record in sorted(gateway.adapters.items()):
+        base = gateway.codex.get(record.base)
+        if base is not None and client.may_use(name):
+            data.append({"id": name, "object": "model", "created": int(record.created),
+                         "owned_by": "soulstone", "parent": base.models[0], "soulstone": base.id,
+                         "running": base.id in running, "adapter": True,
+                         "state": gateway.adapter_state(record)})  # fmt: skip
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}),
         content_type="application/json", headers=gateway.correlation(request),

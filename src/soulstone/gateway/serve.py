@@ -28,6 +28,9 @@ from soulstone.gateway.listen import (
 from soulstone.gateway.state import Gateway
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
+from soulstone.lora.cache import AdapterCache
+from soulstone.lora.hot import HotAdapters
+from soulstone.lora.registry import Registry
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder, write_json
@@ -53,6 +56,8 @@ class ServeOptions:
     max_parallel: int | None = None
     queue: int | None = None
     timeout: float | None = None
+    adapters: Path | None = None  # the registry's folder; None: no LoRA adapters
+    adapter_cache: Path | None = None
 
 
 async def reload_codex(gateway: Gateway, load: Callable[[], Codex], log: Any) -> dict[str, Any]:
@@ -110,11 +115,23 @@ async def serve(
     codex = load()
     supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
     metrics = Metrics()
+    upstreams = Upstreams()
+    hot: HotAdapters | None = None
+    if options.adapters is not None:
+        registry = Registry(options.adapters)
+        cache = AdapterCache(options.adapter_cache or options.adapters / "cache")
+        hot = HotAdapters(upstreams, registry, cache)
+
+    def engines_changed(ids: set[str]) -> None:
+        for soulstone_id in ids:
+            if hot is not None:
+                hot.forget(soulstone_id)
+
     scheduler = Scheduler(supervisor, max_wait=options.max_wait,
-                          drain_timeout=options.drain_timeout, on_swap=metrics.swapped)  # fmt: skip
+                          drain_timeout=options.drain_timeout, on_swap=metrics.swapped,
+                          on_change=engines_changed)  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
     await scheduler.sync()
-    upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip
     guard = Guard.load(options.clients, upstreams, overrides)
@@ -122,7 +139,8 @@ async def serve(
     async def reload() -> dict[str, Any]:
         return await reload_codex(gateway, load, log)
 
-    gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream))
+    gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
+    gateway.refresh_adapters()
     runner = web.AppRunner(
         make_app(gateway, make_admin_app()), handler_cancellation=True, access_log=None,
         shutdown_timeout=options.shutdown_timeout,
@@ -181,6 +199,8 @@ async def serve(
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
         await upstreams.close()
         gateway.requests_log.flush()
+        if hot is not None:
+            hot.registry.close()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()

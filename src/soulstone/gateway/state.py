@@ -13,6 +13,8 @@ from aiohttp import web
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.gateway.errors import REQUEST_ID, SESSION_ID
 from soulstone.guard.guard import Guard
+from soulstone.lora.hot import HotAdapters
+from soulstone.lora.registry import AdapterRecord
 from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
@@ -29,6 +31,8 @@ class Gateway:
     reload: Callable[[], Awaitable[dict[str, Any]]]
     guard: Guard
     requests_log: RequestLog = field(default_factory=RequestLog)
+    hot: HotAdapters | None = None
+    adapters: dict[str, AdapterRecord] = field(default_factory=dict)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
@@ -40,6 +44,19 @@ class Gateway:
     def codex(self) -> Codex:
         """The codex in force."""
         return self.scheduler.codex
+
+    def refresh_adapters(self) -> None:
+        """Re-read the registry's adapter names (after an add or a removal)."""
+        if self.hot is not None:
+            self.adapters = {r.name: r for r in self.hot.registry.records()}
+
+    def adapter_state(self, record: AdapterRecord) -> str:
+        """cold (only in the database), warm (on disk) or hot (loaded in its engine)."""
+        if self.hot is None:
+            return "cold"
+        if record.name in self.hot.hot(record.base):
+            return "hot"
+        return "warm" if self.hot.cache.is_warm(record) else "cold"
 
     def use(self, codex: Codex) -> None:
         """Route by this codex from now on."""

@@ -78,11 +78,13 @@ class Scheduler:
         drain_timeout: float = 30.0,
         on_swap: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[set[str]], None] | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.max_wait = max_wait
         self.drain_timeout = drain_timeout
         self.on_swap = on_swap or (lambda _seconds: None)
+        self.on_change = on_change or (lambda _ids: None)
         self.clock = clock
         self.running: set[str] = set()
         self.inflight: Counter[str] = Counter()
@@ -152,6 +154,7 @@ class Scheduler:
     def failed(self, soulstone: Soulstone) -> None:
         """The engine stopped answering: route the next request through a (re)start."""
         self.running.discard(soulstone.id)
+        self.on_change({soulstone.id})
 
     async def manifest(self, targets: tuple[Soulstone, ...]) -> None:
         """Bring these soulstones up through the wave queue (the admin API's `up`)."""
@@ -171,6 +174,7 @@ class Scheduler:
             await self._wait_change(deadline)
         stopped = await self.supervisor.stop_soulstones(ids, reason)
         self.started -= set(stopped)
+        self.on_change(set(stopped))
         return stopped
 
     async def stop_idle(self) -> list[str]:
@@ -283,6 +287,7 @@ class Scheduler:
             return
         self.running |= set(wave.targets)
         self.started |= {s.id for s in plan.start}
+        self.on_change(evict | {s.id for s in plan.start})
         now = self.clock()
         for soulstone_id in wave.targets:
             self.last_used[soulstone_id] = now

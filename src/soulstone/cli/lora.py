@@ -1,0 +1,147 @@
+"""`soulstone lora add|list|show|rm|load|unload`: through the gateway when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from soulstone.cli.app import Session, guarded, session
+from soulstone.cli.gateway_client import GatewayClient, running_gateway
+from soulstone.cli.serve import default_socket
+from soulstone.errors import SoulstoneError, UsageError
+from soulstone.lora.adapter import inspect_adapter
+from soulstone.lora.cache import AdapterCache
+from soulstone.lora.registry import opened
+
+lora_app = typer.Typer(help="LoRA adapters: cold in the registry, warm on disk, hot in vLLM.",
+                       no_args_is_help=True)  # fmt: skip
+
+
+def _gateway(s: Session) -> GatewayClient | None:
+    return running_gateway(default_socket(s.paths.runtime))
+
+
+def _cache(s: Session) -> AdapterCache:
+    return AdapterCache(s.paths.cache / "adapters")
+
+
+def _list(s: Session) -> list[dict[str, Any]]:
+    gateway = _gateway(s)
+    if gateway is not None:
+        return list(gateway.call("GET", "/admin/lora")["adapters"])
+    cache = _cache(s)
+    with opened(s.paths.data) as registry:
+        return [r.summary("warm" if cache.is_warm(r) else "cold") for r in registry.records()]
+
+
+@lora_app.command("add")
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The adapter's name (what clients ask for).")],
+    path: Annotated[Path, typer.Argument(help="Folder with adapter_config.json and weights.")],
+    base: Annotated[str, typer.Option("--base", help="The soulstone id serving its base model.")],
+    any_base: Annotated[bool, typer.Option("--any-base", help="Skip the base check.")] = False,
+) -> None:  # fmt: skip
+    """Validate an adapter and store it in the registry (one transaction)."""
+    s = session(ctx)
+    codex = guarded(ctx, s.load)
+    gateway = _gateway(s)
+    if gateway is not None:
+        body = {"name": name, "path": str(path.resolve()), "base": base, "any_base": any_base}
+        record = guarded(ctx, lambda: gateway.call("POST", "/admin/lora/add", body))
+    else:
+
+        def store() -> dict[str, Any]:
+            soulstone = codex.get(base)
+            if soulstone is None:
+                raise UsageError(f"no soulstone named {base!r}")
+            info = inspect_adapter(name, path, soulstone, any_base)
+            with opened(s.paths.data) as registry:
+                return registry.add(info, path).summary("cold")
+
+        record = guarded(ctx, store)
+    s.out.print(f"added {record['name']} (rank {record['rank']}, base {record['base']}, "
+                f"{record['size']} bytes)", highlight=False)  # fmt: skip
+
+
+@lora_app.command("list")
+def list_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Every adapter: base, rank, alpha, target modules, hash, size, created, state."""
+    s = session(ctx)
+    adapters = guarded(ctx, lambda: _list(s))
+    if as_json:
+        typer.echo(orjson.dumps({"adapters": adapters}, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="adapters", title_justify="left")
+    for column in ("name", "base", "rank", "alpha", "modules", "size", "state"):
+        table.add_column(column)
+    for a in adapters:
+        table.add_row(a["name"], a["base"], str(a["rank"]), f"{a['alpha']:g}",
+                      ",".join(a["target_modules"]), str(a["size"]), a["state"])  # fmt: skip
+    s.out.print(table)
+
+
+@lora_app.command("show")
+def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.")]) -> None:
+    """One adapter's record, as JSON."""
+    s = session(ctx)
+    adapters = {a["name"]: a for a in guarded(ctx, lambda: _list(s))}
+    if name not in adapters:
+        s.err.print(f"no adapter named {name!r}", style="red")
+        raise typer.Exit(1)
+    typer.echo(orjson.dumps(adapters[name], option=orjson.OPT_INDENT_2).decode())
+
+
+@lora_app.command("rm")
+def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.")]) -> None:
+    """Remove an adapter (and its warm copy; unloaded first when hot)."""
+    s = session(ctx)
+    gateway = _gateway(s)
+    if gateway is not None:
+        guarded(ctx, lambda: gateway.call("POST", "/admin/lora/rm", {"name": name}))
+    else:
+
+        def remove() -> None:
+            with opened(s.paths.data) as registry:
+                _cache(s).remove(registry.remove(name))
+
+        guarded(ctx, remove)
+    s.out.print(f"removed {name}")
+
+
+def _through_gateway(ctx: typer.Context, path: str, name: str) -> dict[str, Any]:
+    s = session(ctx)
+
+    def call() -> dict[str, Any]:
+        gateway = _gateway(s)
+        if gateway is None:
+            raise SoulstoneError("no gateway runs: adapters are hot only in a gateway's engines")
+        return gateway.call("POST", path, {"name": name})
+
+    return guarded(ctx, call)
+
+
+@lora_app.command("load")
+def load(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.")]) -> None:
+    """Make an adapter hot now (through the running gateway)."""
+    _through_gateway(ctx, "/admin/lora/load", name)
+    session(ctx).out.print(f"{name} is hot")
+
+
+@lora_app.command("unload")
+def unload(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.")]) -> None:
+    """Unload an idle adapter (through the running gateway)."""
+    answer = _through_gateway(ctx, "/admin/lora/unload", name)
+    session(ctx).out.print(f"{name} {'unloaded' if answer['unloaded'] else 'was not hot'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command group of this module to the application."""
+    app.add_typer(lora_app, name="lora")
