@@ -126,6 +126,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         environ |= {
             "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_RUNTIME_DIR": str(runtime),
             "XDG_CONFIG_HOME": str(tmp_path / "config"), "SOULSTONE_DEFAULT_RUNTIME": "process",
+            "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
             "SOULSTONE_TEST_SESSION": os.environ.get("SOULSTONE_TEST_SESSION", ""),
         }  # fmt: skip
         environ |= env or {}

@@ -101,6 +101,9 @@ def inspect_adapter(
             f"{config_path}: base model {base_model!r} is not [{soulstone.id}]'s model "
             "(its model_path or a served name); --any-base overrides"
         )
+    if any(m in FORBIDDEN_TENSORS for m in targets):
+        raise AdapterRefused(f"{config_path}: targets embed_tokens or lm_head: adapters that "
+                             "change embed_tokens or lm_head are refused")  # fmt: skip
     unsupported = [m for m in targets if m not in SUPPORTED_MODULES]
     if unsupported:
         raise AdapterRefused(f"{config_path}: target modules {unsupported} are not ones "

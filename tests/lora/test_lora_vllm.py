@@ -1,0 +1,131 @@
+"""Adapters cold -> warm -> hot by name on a real vLLM CPU engine, through the gateway."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import httpx2
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from gateway_harness import RunningGateway, StartGateway
+from helpers import write
+from lora_helpers import write_adapter
+from real_engines import tiny_hf_model, vllm_python
+
+pytestmark = pytest.mark.engine
+
+MESSAGES: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Tell me a story about a stone."}
+]
+
+
+def vllm_codex(tmp_path: Path) -> Path:
+    python, model = vllm_python(), tiny_hf_model()
+    scratch = tmp_path / "vllm-tmp"
+    scratch.mkdir()
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+        "--served-model-name", "tiny", "--max-model-len", "512", "--dtype", "float32",
+        "--kv-cache-memory-bytes", "64M", "--enable-lora", "--max-loras", "1",
+        "--max-lora-rank", "16",
+    ]  # fmt: skip
+    return write(tmp_path / "codex", {"v.toml": (
+        f'[tiny]\nexec = {json.dumps(command)}\nsocket = "{tmp_path / "v.sock"}"\n'
+        f'model_path = "{model}"\nlora = {{ max_loras = 1, max_lora_rank = 16 }}\n'
+        f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
+        f'TMPDIR = "{scratch}", VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True" }}\n'
+        "health = { start_timeout = 300, interval = 1 }\n"
+    )})  # fmt: skip
+
+
+def engine_adapters(tmp_path: Path) -> list[str]:
+    engine = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(tmp_path / "v.sock")))
+    models = engine.get("http://localhost/v1/models").json()["data"]
+    return [m["id"] for m in models if m["id"] != "tiny"]
+
+
+def greedy(gateway: RunningGateway, model: str) -> str:
+    reply = gateway.uds_client().chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=8,
+        temperature=0,
+    )
+    return reply.choices[0].message.content or ""
+
+
+def test_adapters_by_name_evicted_lru_never_breaking_a_stream(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    adapters = tiny_hf_model().parent
+    gateway = start_gateway(vllm_codex(tmp_path))
+    for name, folder in (("story-a", "lora-a"), ("story-b", "lora-b")):
+        added = gateway.cli("lora", "add", name, str(adapters / folder), "--base", "tiny")
+        assert added.returncode == 0, added.stderr
+    listed = {m["id"]: m for m in gateway.http().get("/v1/models").json()["data"]}
+    assert listed["story-a"]["parent"] == "tiny" and listed["story-a"]["state"] == "cold"
+
+    base, first, second = (
+        greedy(gateway, "tiny"),
+        greedy(gateway, "story-a"),
+        greedy(gateway, "story-b"),
+    )
+    assert len({base, first, second}) == 3, (base, first, second)
+    assert engine_adapters(tmp_path) == ["story-b"]  # max_loras = 1: story-a was evicted
+    for name in ("story-a", "story-b", "story-a"):
+        assert greedy(gateway, name) == (first if name == "story-a" else second)
+        assert engine_adapters(tmp_path) == [name]
+    states = json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"]
+    assert {a["name"]: a["state"] for a in states} == {"story-a": "hot", "story-b": "warm"}
+
+    # An in-flight stream on story-a is never broken by a request for story-b.
+    streamed: list[str] = []
+
+    def stream() -> None:
+        body = {"model": "story-a", "messages": MESSAGES, "max_tokens": 120, "stream": True,
+                "temperature": 0}  # fmt: skip
+        with gateway.http().stream("POST", "/v1/chat/completions", json=body) as response:
+            streamed.extend(line for line in response.iter_lines() if line)
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    while not streamed and reader.is_alive():
+        reader.join(0.01)
+    body = {"model": "story-b", "messages": MESSAGES, "max_tokens": 2}
+    other = gateway.http().post("/v1/chat/completions", json=body)
+    reader.join(120)
+    assert streamed[-1] == "data: [DONE]"
+    assert not any('"error"' in line for line in streamed)
+    assert other.status_code in (200, 503)
+    if other.status_code == 503:
+        assert other.json()["error"] == "ADAPTER_SLOTS_BUSY" and other.headers["Retry-After"]
+
+
+def test_bad_adapters_never_reach_the_engine(tmp_path: Path, start_gateway: StartGateway) -> None:
+    gateway = start_gateway(vllm_codex(tmp_path))
+    http = gateway.http()
+    assert http.post("/admin/up", json={"name": "tiny"}).status_code == 200
+    model = tiny_hf_model()
+    truncated = write_adapter(tmp_path / "truncated", base=model.name)
+    weights = truncated / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    no_config = write_adapter(tmp_path / "no-config", base=model.name)
+    (no_config / "adapter_config.json").unlink()
+    cases = {
+        "rank": (write_adapter(tmp_path / "rank", rank=32, base=model.name), "rank 32"),
+        "embed": (model.parent / "lora-embed", "embed_tokens"),
+        "base": (write_adapter(tmp_path / "base", base="someone/else"), "base model"),
+        "truncated": (truncated, "not a readable safetensors file"),
+        "config": (no_config, "adapter_config.json: missing"),
+    }
+    for name, (folder, words) in cases.items():
+        answer = http.post("/admin/lora/add",
+                           json={"name": name, "path": str(folder), "base": "tiny"})  # fmt: skip
+        assert answer.status_code == 400, name
+        assert answer.json()["error"] == "ADAPTER_REFUSED" and words in answer.json()["message"]
+        health = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(tmp_path / "v.sock")))
+        assert health.get("http://localhost/health").status_code == 200
+    assert json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"] == []
