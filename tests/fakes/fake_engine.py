@@ -71,6 +71,8 @@ class Engine:
         self.args = args
         self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0}
         self.last: dict[str, Any] = {}
+        self.adapters: dict[str, str] = {}
+        self.loads = 0
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
@@ -85,6 +87,24 @@ class Engine:
 
     async def last_view(self, _request: web.Request) -> web.Response:
         return web.json_response(self.last)
+
+    async def load_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body["lora_name"] in self.adapters:
+            return web.json_response({"error": "already loaded"}, status=400)
+        await asyncio.sleep(0.2)  # loading takes a moment: concurrent first requests overlap
+        self.adapters[body["lora_name"]] = body["lora_path"]
+        self.loads += 1
+        return web.Response(text="Success: LoRA adapter loaded")
+
+    async def unload_lora(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.adapters.pop(body["lora_name"], None) is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.Response(text="Success: LoRA adapter unloaded")
+
+    async def lora_view(self, _request: web.Request) -> web.Response:
+        return web.json_response({"adapters": sorted(self.adapters), "loads": self.loads})
 
     async def tokenize(self, request: web.Request) -> web.Response:
         """vLLM's shape: words of the prompt, plus 4 per chat message."""
@@ -172,6 +192,9 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/completions", engine.generate)
     app.router.add_post("/v1/embeddings", engine.embeddings)
     app.router.add_post("/tokenize", engine.tokenize)
+    app.router.add_post("/v1/load_lora_adapter", engine.load_lora)
+    app.router.add_post("/v1/unload_lora_adapter", engine.unload_lora)
+    app.router.add_get("/fake/lora", engine.lora_view)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     if args.uds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from soulstone.errors import SoulstoneError, UsageError
 from soulstone.lora.adapter import inspect_adapter
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.registry import opened
+from soulstone.lora.watch import Watcher
 
 lora_app = typer.Typer(help="LoRA adapters: cold in the registry, warm on disk, hot in vLLM.",
                        no_args_is_help=True)  # fmt: skip
@@ -140,6 +142,57 @@ def unload(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adap
     """Unload an idle adapter (through the running gateway)."""
     answer = _through_gateway(ctx, "/admin/lora/unload", name)
     session(ctx).out.print(f"{name} {'unloaded' if answer['unloaded'] else 'was not hot'}")
+
+
+@lora_app.command("watch")
+def watch(
+    ctx: typer.Context,
+    folder: Annotated[Path, typer.Argument(help="Where a trainer writes adapter folders.")],
+    base: Annotated[str, typer.Option("--base", help="The soulstone the adapters are for.")],
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between looks.")] = 2.0,
+    any_base: Annotated[bool, typer.Option("--any-base", help="Skip the base check.")] = False,
+) -> None:  # fmt: skip
+    """Ingest adapters a trainer writes into FOLDER (validate, store, make hot), until Ctrl-C.
+
+    A folder is taken once both files exist and nothing changed for one
+    interval; its name is the adapter's name. Bad ones are reported and skipped.
+    """
+    s = session(ctx)
+    watcher = Watcher(folder)
+    s.err.print(f"watching {folder} for adapters of [{base}] (every {interval:g} s)")
+    try:
+        while True:
+            for ready in watcher.ready():
+                try:
+                    _ingest(s, ready, base, any_base)
+                except SoulstoneError as error:
+                    s.err.print(f"[red]skipped {ready.name}:[/red] {error}", highlight=False)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def _ingest(s: Session, folder: Path, base: str, any_base: bool) -> None:
+    name = folder.name
+    gateway = _gateway(s)
+    if gateway is not None:
+        known = {a["name"] for a in gateway.call("GET", "/admin/lora")["adapters"]}
+        if name in known:
+            gateway.call("POST", "/admin/lora/rm", {"name": name})
+        body = {"name": name, "path": str(folder.resolve()), "base": base, "any_base": any_base}
+        gateway.call("POST", "/admin/lora/add", body)
+        gateway.call("POST", "/admin/lora/load", {"name": name})
+        s.out.print(f"ingested {name}: hot in [{base}]", highlight=False)
+        return
+    soulstone = s.load().get(base)
+    if soulstone is None:
+        raise UsageError(f"no soulstone named {base!r}")
+    info = inspect_adapter(name, folder, soulstone, any_base)
+    with opened(s.paths.data) as registry:
+        if registry.get(name) is not None:
+            registry.remove(name)
+        registry.add(info, folder)
+    s.out.print(f"ingested {name}: stored (no gateway runs to make it hot)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -123,6 +123,20 @@ async def hot_adapter(gateway: Gateway, soulstone: Soulstone, adapter: AdapterRe
         raise GatewayError(error.status, error.code, str(error), headers=headers) from None
 
 
+def prefetch_next(gateway: Gateway, soulstone: Soulstone, session: str,
+                  adapter: AdapterRecord) -> None:  # fmt: skip
+    """Count the session's transition; warm (or load) the adapter likely to come next."""
+    hit, following = gateway.transitions.observe(session, adapter.name)
+    gateway.metrics.prefetch.labels("hit" if hit else "miss").inc()
+    record = gateway.adapters.get(following) if following else None
+    if record is None or gateway.hot is None or record.base != soulstone.id:
+        return
+    task = asyncio.create_task(gateway.hot.prefetch(soulstone, record))
+    gateway.background.add(task)
+    task.add_done_callback(gateway.background.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
 def refusal(error: Refused) -> GatewayError:
     """A limit's refusal as an HTTP error with Retry-After."""
     return GatewayError(error.status, error.code, str(error),
@@ -162,6 +176,9 @@ async def generation(request: web.Request) -> web.StreamResponse:
                 try:
                     if adapter is not None:
                         await hot_adapter(gateway, soulstone, adapter)
+                        session = correlation.get(SESSION_ID)
+                        if session:
+                            prefetch_next(gateway, soulstone, session, adapter)
                     if request.path != "/v1/embeddings":
                         prompt_tokens, fitted = await check_budget(gateway, soulstone, client,
                                                                    document)  # fmt: skip

@@ -141,6 +141,8 @@ async def serve(
 
     gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
     gateway.refresh_adapters()
+    if hot is not None:
+        hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
     runner = web.AppRunner(
         make_app(gateway, make_admin_app()), handler_cancellation=True, access_log=None,
         shutdown_timeout=options.shutdown_timeout,

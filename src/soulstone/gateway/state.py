@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -14,6 +15,7 @@ from soulstone.codex.models import Codex, Soulstone
 from soulstone.gateway.errors import REQUEST_ID, SESSION_ID
 from soulstone.guard.guard import Guard
 from soulstone.lora.hot import HotAdapters
+from soulstone.lora.prefetch import Transitions
 from soulstone.lora.registry import AdapterRecord
 from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
@@ -33,6 +35,8 @@ class Gateway:
     requests_log: RequestLog = field(default_factory=RequestLog)
     hot: HotAdapters | None = None
     adapters: dict[str, AdapterRecord] = field(default_factory=dict)
+    transitions: Transitions = field(default_factory=Transitions)
+    background: set[asyncio.Task[None]] = field(default_factory=set)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -47,6 +48,8 @@ class HotAdapters:
         self._engines: dict[str, _Engine] = {}
         self.loads = 0
         self.evictions = 0
+        self.on_load: Callable[[], None] = lambda: None
+        self.on_evict: Callable[[], None] = lambda: None
 
     def hot(self, soulstone_id: str) -> list[str]:
         """The adapters loaded in this soulstone's engine, least recently used first."""
@@ -79,6 +82,16 @@ class HotAdapters:
         engine.loaded[record.name] += 1
         engine.loaded.move_to_end(record.name)
 
+    async def prefetch(self, soulstone: Soulstone, record: AdapterRecord) -> None:
+        """Warm an adapter likely to be asked for next; load it too when a slot is free."""
+        await asyncio.to_thread(self.cache.warm, record, self.registry.blob_paths(record.name))
+        engine = self._engines.setdefault(soulstone.id, _Engine())
+        lora = soulstone.lora
+        free = lora is not None and len(engine.loaded) + len(engine.loading) < lora.max_loras
+        if free and record.name not in engine.loaded and record.name not in engine.loading:
+            await self.acquire(soulstone, record)
+            self.release(soulstone, record.name)
+
     def release(self, soulstone: Soulstone, name: str) -> None:
         """One request on this adapter finished."""
         engine = self._engines.get(soulstone.id)
@@ -100,6 +113,7 @@ class HotAdapters:
                 raise AdapterUnavailable(503, "ADAPTER_SLOTS_BUSY", message, 2)
             await self._unload(soulstone, engine, idle)
             self.evictions += 1
+            self.on_evict()
         folder = self.cache.warm(record, self.registry.blob_paths(record.name))
         body = {"lora_name": record.name, "lora_path": str(folder)}
         status, text = await self._call(soulstone, "/v1/load_lora_adapter", body)
@@ -108,6 +122,7 @@ class HotAdapters:
             raise AdapterUnavailable(502, "ADAPTER_LOAD_FAILED", message)
         engine.loaded[record.name] = 0
         self.loads += 1
+        self.on_load()
 
     async def _unload(self, soulstone: Soulstone, engine: _Engine, name: str) -> None:
         engine.loaded.pop(name, None)

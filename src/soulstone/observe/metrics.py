@@ -40,6 +40,16 @@ class Metrics:
             "soulstone_engine_failures", "Engines that stopped answering mid-request.",
             ["soulstone"], registry=self.registry,
         )  # fmt: skip
+        self.prefetch = Counter(
+            "soulstone_adapter_prefetch", "Adapter requests the prefetcher had predicted (hit) "
+            "or not (miss).", ["result"], registry=self.registry,
+        )  # fmt: skip
+        self.adapter_loads = Counter(
+            "soulstone_adapter_loads", "Adapters loaded into engines.", registry=self.registry
+        )
+        self.adapter_evictions = Counter(
+            "soulstone_adapter_evictions", "Adapters unloaded to make room.", registry=self.registry
+        )
         self.queue_depth = Gauge(
             "soulstone_queue_depth", "Requests waiting for an engine.", registry=self.registry
         )
