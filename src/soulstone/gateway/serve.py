@@ -30,7 +30,7 @@ from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.hot import HotAdapters
-from soulstone.lora.registry import Registry
+from soulstone.lora.registry import Registry, RegistryError
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder, write_json
@@ -116,11 +116,19 @@ async def serve(
     supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
     metrics = Metrics()
     upstreams = Upstreams()
+    overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
+                 "timeout_s": options.timeout}  # fmt: skip
+    guard = Guard.load(options.clients, upstreams, overrides)
+    sockets, owned_path, warnings = _listeners(options)  # refuses a live gateway's socket
     hot: HotAdapters | None = None
     if options.adapters is not None:
-        registry = Registry(options.adapters)
-        cache = AdapterCache(options.adapter_cache or options.adapters / "cache")
-        hot = HotAdapters(upstreams, registry, cache)
+        try:
+            registry = Registry(options.adapters)
+        except RegistryError as error:
+            warnings.append(f"adapters are off in this gateway: {error}")
+        else:
+            cache = AdapterCache(options.adapter_cache or options.adapters / "cache")
+            hot = HotAdapters(upstreams, registry, cache)
 
     def engines_changed(ids: set[str]) -> None:
         for soulstone_id in ids:
@@ -132,9 +140,6 @@ async def serve(
                           on_change=engines_changed)  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
     await scheduler.sync()
-    overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
-                 "timeout_s": options.timeout}  # fmt: skip
-    guard = Guard.load(options.clients, upstreams, overrides)
 
     async def reload() -> dict[str, Any]:
         return await reload_codex(gateway, load, log)
@@ -148,7 +153,6 @@ async def serve(
         shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
-    sockets, owned_path, warnings = _listeners(options)
     sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in sockets]
     if options.tcp:
         host, port = parse_tcp(options.tcp)
