@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,17 +84,23 @@ class RunningGateway:
         return self.process.returncode
 
 
+def _answers(path: Path) -> bool:
+    try:
+        transport = httpx2.HTTPTransport(uds=str(path))
+        with httpx2.Client(transport=transport, timeout=5) as http:
+            return http.get("http://localhost/health").status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
 def wait_for_socket(path: Path, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"the gateway exited {process.returncode}:\n{log.read_text()}")
-        with socket.socket(socket.AF_UNIX) as probe:
-            try:
-                probe.connect(str(path))
-                return
-            except OSError:
-                time.sleep(0.05)
+        if _answers(path):  # the socket is bound before the app serves: wait for an answer
+            return
+        time.sleep(0.05)
     raise AssertionError(f"the gateway did not listen on {path}:\n{log.read_text()}")
 
 

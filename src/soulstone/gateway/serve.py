@@ -157,11 +157,11 @@ async def serve(
     if options.tcp:
         host, port = parse_tcp(options.tcp)
         sites.append(web.TCPSite(runner, host, port, backlog=1024))
+    for warning in warnings:
+        log.warning(warning)
     for site in sites:
         await site.start()
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
-    for warning in warnings:
-        log.warning(warning)
     write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
                                              "strict": options.strict})  # fmt: skip
     log.info("listening", on=addresses, soulstones=len(codex.soulstones),
