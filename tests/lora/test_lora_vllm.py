@@ -129,3 +129,45 @@ def test_bad_adapters_never_reach_the_engine(tmp_path: Path, start_gateway: Star
         health = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(tmp_path / "v.sock")))
         assert health.get("http://localhost/health").status_code == 200
     assert json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"] == []
+
+
+def test_watch_makes_a_slowly_written_adapter_hot(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from gateway_harness import SCRIPT
+
+    gateway = start_gateway(vllm_codex(tmp_path))
+    assert gateway.http().post("/admin/up", json={"name": "tiny"}).status_code == 200
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    log = tmp_path / "watch.log"
+    watcher = subprocess.Popen(
+        [str(SCRIPT), "--codex", str(gateway.codex), "lora", "watch", str(inbox), "--base",
+         "tiny", "--interval", "0.3"], env=gateway.env, stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        source = tiny_hf_model().parent / "lora-b"
+        target = inbox / "fresh"
+        target.mkdir()
+        (target / "adapter_config.json").write_bytes((source / "adapter_config.json").read_bytes())
+        weights = (source / "adapter_model.safetensors").read_bytes()
+        with (target / "adapter_model.safetensors").open("wb") as sink:
+            step = len(weights) // 3
+            for start in range(0, len(weights), step):
+                sink.write(weights[start : start + step])
+                sink.flush()
+                time.sleep(0.6)  # the trainer pauses longer than the watch interval
+        deadline = time.monotonic() + 60
+        while "fresh" not in engine_adapters(tmp_path):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert greedy(gateway, "fresh")  # usable by name, no restart
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        watcher.wait(timeout=30)
+    assert log.read_text().count("ingested fresh") == 1
