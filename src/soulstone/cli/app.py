@@ -120,7 +120,18 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
 
 
 def _register() -> None:
-    from soulstone.cli import audit, check, clients, demo, engines, forge, init, lora, serve
+    from soulstone.cli import (
+        audit,
+        check,
+        clients,
+        demo,
+        engines,
+        forge,
+        init,
+        lora,
+        serve,
+        tools,
+    )
 
     audit.register(app)
     check.register(app)
@@ -131,6 +142,7 @@ def _register() -> None:
     engines.register(app)
     init.register(app)
     lora.register(app)
+    tools.register(app)
 
 
 def main() -> None:

@@ -65,6 +65,15 @@ def serve_command(
             help="The clients file (default: $XDG_CONFIG_HOME/soulstone/clients.yaml).",
         ),
     ] = None,
+    tools: Annotated[
+        Path | None,
+        typer.Option(
+            "--tools",
+            metavar="PATH",
+            help="The tools policy "
+            "(default: $XDG_CONFIG_HOME/soulstone/tools.yaml, else built in).",
+        ),
+    ] = None,
     max_parallel: Annotated[
         int | None, typer.Option("--max-parallel", help="Requests in flight at once (16).")
     ] = None,
@@ -92,6 +101,7 @@ def serve_command(
         clients=clients or s.paths.config / "clients.yaml",
         max_parallel=max_parallel, queue=queue, timeout=timeout,
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",
+        tools=tools or s.paths.config / "tools.yaml",
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
         tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
         idle_check=idle_check,

@@ -29,6 +29,7 @@ from soulstone.guard.tokenize import TokenizeFailed
 from soulstone.lora.hot import AdapterUnavailable
 from soulstone.lora.registry import AdapterRecord
 from soulstone.supervisor.schedule import Unavailable
+from soulstone.tools.policy import ToolSchemaMismatch, check_tools
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -137,6 +138,15 @@ def prefetch_next(gateway: Gateway, soulstone: Soulstone, session: str,
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
+def check_request_tools(gateway: Gateway, document: dict[str, Any], model: str) -> None:
+    """The request's tools must be the policy's, exactly; 400 TOOL_SCHEMA_MISMATCH otherwise."""
+    try:
+        check_tools(document["tools"], gateway.policy, model)
+    except ToolSchemaMismatch as error:
+        raise GatewayError(400, "TOOL_SCHEMA_MISMATCH", str(error), tool=error.tool,
+                           pointer=error.pointer) from None  # fmt: skip
+
+
 def refusal(error: Refused) -> GatewayError:
     """A limit's refusal as an HTTP error with Retry-After."""
     return GatewayError(error.status, error.code, str(error),
@@ -165,6 +175,8 @@ async def generation(request: web.Request) -> web.StreamResponse:
         if not client.may_use(model):
             raise GatewayError(403, "MODEL_FORBIDDEN", f"{client.name} may not use {model!r}")
         changed = request.path == "/v1/chat/completions" and translate_functions(document)
+        if "tools" in document:
+            check_request_tools(gateway, document, model)
         guard.limiter.admit(client)
         try:
             await guard.slots.acquire()

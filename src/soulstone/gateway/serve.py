@@ -38,6 +38,8 @@ from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
 from soulstone.supervisor.supervisor import Event, Supervisor
+from soulstone.tools.policy import default_policy
+from soulstone.tools.store import PolicyError, load_policy
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,21 @@ class ServeOptions:
     max_parallel: int | None = None
     queue: int | None = None
     timeout: float | None = None
+    tools: Path | None = None  # tools.yaml; None or absent: the built-in policy
     adapters: Path | None = None  # the registry's folder; None: no LoRA adapters
     adapter_cache: Path | None = None
 
 
-async def reload_codex(gateway: Gateway, load: Callable[[], Codex], log: Any) -> dict[str, Any]:
+async def reload_codex(
+    gateway: Gateway, load: Callable[[], Codex], log: Any, tools: Path | None = None
+) -> dict[str, Any]:
     """Load and validate the codex (and clients file) again; restart only what changed."""
     try:
         new = load()
         gateway.guard.reload()
-    except (CodexError, UsageError, ClientsFileError) as error:
+        if tools is not None:
+            gateway.policy = load_policy(tools)
+    except (CodexError, UsageError, ClientsFileError, PolicyError) as error:
         problems = getattr(error, "problems", ())
         log.error("reload refused: the codex is invalid; the running one stays",
                   errors=len(problems) or 1)  # fmt: skip
@@ -119,6 +126,7 @@ async def serve(
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip
     guard = Guard.load(options.clients, upstreams, overrides)
+    policy = load_policy(options.tools) if options.tools is not None else default_policy()
     sockets, owned_path, warnings = _listeners(options)  # refuses a live gateway's socket
     hot: HotAdapters | None = None
     if options.adapters is not None:
@@ -142,10 +150,11 @@ async def serve(
     await scheduler.sync()
 
     async def reload() -> dict[str, Any]:
-        return await reload_codex(gateway, load, log)
+        return await reload_codex(gateway, load, log, options.tools)
 
     gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
     gateway.refresh_adapters()
+    gateway.policy = policy
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
     runner = web.AppRunner(

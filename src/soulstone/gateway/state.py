@@ -21,6 +21,7 @@ from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
+from soulstone.tools.policy import Policy, default_policy
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Gateway:
     hot: HotAdapters | None = None
     adapters: dict[str, AdapterRecord] = field(default_factory=dict)
     transitions: Transitions = field(default_factory=Transitions)
+    policy: Policy = field(default_factory=default_policy)
     background: set[asyncio.Task[None]] = field(default_factory=set)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())

@@ -16,7 +16,15 @@ from aiohttp import WSMsgType, web
 
 from soulstone.codex.models import Soulstone
 from soulstone.gateway.errors import REQUEST_ID, GatewayError, error_response
-from soulstone.gateway.routes import caller, check_budget, engine_failed, parse_body, route
+from soulstone.gateway.legacy import translate_functions
+from soulstone.gateway.routes import (
+    caller,
+    check_budget,
+    check_request_tools,
+    engine_failed,
+    parse_body,
+    route,
+)
 from soulstone.gateway.state import GATEWAY, Gateway
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Refused
@@ -54,6 +62,9 @@ async def _serve_one(
     if not client.may_use(document["model"]):
         raise GatewayError(403, "MODEL_FORBIDDEN",
                            f"{client.name} may not use {document['model']!r}")  # fmt: skip
+    translate_functions(document)
+    if "tools" in document:
+        check_request_tools(gateway, document, document["model"])
     document["stream"] = True
     guard = gateway.guard
     guard.limiter.admit(client)

@@ -1,0 +1,1 @@
+"""The tool-calling contract (SPEC C6): pinned schemas, validated calls."""
