@@ -1,0 +1,98 @@
+"""The tools contract at the door: drift stops the start, mismatched tools are refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gateway_harness import SCRIPT, StartGateway, fake_codex, fake_table
+from helpers import free_port, write
+from soulstone.tools.policy import DEFAULT_FUNCTIONS
+
+
+def tool(index: int) -> dict[str, Any]:
+    return {"type": "function", "function": copy.deepcopy(DEFAULT_FUNCTIONS[index])}
+
+
+def test_drift_refuses_the_start_and_pin_fixes_it(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    codex = fake_codex(tmp_path / "c", fake_table("a", model="m"))
+    reference = start_gateway(codex)
+    policy = tmp_path / "tools.yaml"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPT), "--codex", str(codex), *args], env=reference.env, capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    assert run("tools", "init", "--tools", str(policy)).returncode == 0
+    assert run("tools", "init", "--tools", str(policy)).returncode == 1  # never overwrites
+    assert run("tools", "check", "--tools", str(policy)).returncode == 0
+    policy.write_text(policy.read_text().replace("Search archival memory.", "Search it all."))
+    checked = run("tools", "check", "--tools", str(policy))
+    assert checked.returncode == 1 and "drifted: search_archival" in checked.stderr
+    refused = run("serve", "--tools", str(policy), "--socket", str(tmp_path / "x.sock"))
+    assert refused.returncode == 1
+    assert "search_archival" in refused.stderr and "tools pin" in refused.stderr
+    assert run("tools", "pin", "--tools", str(policy)).returncode == 0
+    assert run("tools", "check", "--tools", str(policy)).returncode == 0
+
+
+def test_requests_with_foreign_or_changed_tools_are_refused(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(fake_codex(tmp_path / "c", fake_table("a", model="m")))
+    http = gateway.http()
+    ok = http.post("/v1/chat/completions",
+                   json={"model": "m", "messages": [], "tools": [tool(0), tool(4)]})  # fmt: skip
+    assert ok.status_code == 200
+    changed = tool(1)
+    changed["function"]["description"] = "Read whatever."
+    refused = http.post("/v1/chat/completions",
+                        json={"model": "m", "messages": [], "tools": [tool(0), changed]},
+                        headers={"X-Request-ID": "tools-1"})  # fmt: skip
+    assert refused.status_code == 400
+    body = refused.json()
+    assert (body["error"], body["tool"], body["pointer"]) == (
+        "TOOL_SCHEMA_MISMATCH", "fetch_core", "/description",
+    )  # fmt: skip
+    assert refused.headers["X-Request-ID"] == "tools-1"
+    legacy = http.post("/v1/chat/completions", json={
+        "model": "m", "messages": [], "functions": [{"name": "format_disk", "parameters": {}}],
+    })  # fmt: skip
+    assert legacy.status_code == 400 and legacy.json()["tool"] == "format_disk"
+
+
+@pytest.mark.engine
+def test_openai_client_with_tools_against_llama_server(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    from real_engines import llama_server, tiny_gguf
+
+    command = [str(llama_server()), "-m", str(tiny_gguf()), "-c", "512", "-t", "1", "--no-warmup",
+               "--jinja"]  # fmt: skip
+    codex = write(tmp_path / "codex", {"l.toml": (
+        f"[tiny]\nport = {free_port()}\nexec = {json.dumps(command)}\n"
+        "health = { start_timeout = 60, interval = 0.1 }\n"
+    )})  # fmt: skip
+    client = start_gateway(codex).uds_client(max_retries=0)
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "remember this"}], max_tokens=4,
+        tools=[tool(0)],  # type: ignore[list-item]
+    )  # fmt: skip
+    assert reply.choices[0].message.role == "assistant"  # passed through to the engine
+    foreign = {"type": "function", "function": {"name": "shell", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=4,
+            tools=[foreign],  # type: ignore[list-item]
+        )  # fmt: skip
+    assert caught.value.response.json()["error"] == "TOOL_SCHEMA_MISMATCH"
