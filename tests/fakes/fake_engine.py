@@ -66,6 +66,26 @@ def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
+CALLS = {
+    "valid": ('{"label": "name", "value": "Ada"}', "store_core"),
+    "badjson": ('{"label": "name", "value": ', "store_core"),
+    "schema": ('{"label": 7}', "fetch_core"),
+}
+
+
+def _tool_answer(kind: str) -> dict[str, Any]:
+    """A canned answer with tool calls, for the tools contract tests."""
+    if kind == "hermes":
+        text = 'Sure. <tool_call>{"name": "fetch_core", "arguments": {"label": "x"}}</tool_call>'
+        return {"message": {"role": "assistant", "content": text}}
+    arguments, name = CALLS[kind]
+    call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}
+    return {
+        "finish_reason": "tool_calls",
+        "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+    }
+
+
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -148,6 +168,9 @@ class Engine:
                 choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
                 if kind == "chat":
                     choice["message"] = {"role": "assistant", "content": text}
+                    asked = str((body.get("messages") or [{}])[-1].get("content", ""))
+                    if asked.startswith("CALL:"):
+                        choice.update(_tool_answer(asked.removeprefix("CALL:")))
                 else:
                     choice["text"] = text
                 usage = {"prompt_tokens": 4, "completion_tokens": tokens,

@@ -96,3 +96,34 @@ def test_openai_client_with_tools_against_llama_server(
             tools=[foreign],  # type: ignore[list-item]
         )  # fmt: skip
     assert caught.value.response.json()["error"] == "TOOL_SCHEMA_MISMATCH"
+
+
+def test_answers_tool_calls_are_validated(tmp_path: Path, start_gateway: StartGateway) -> None:
+    hermes = fake_table("h", model="hermes-model", extra='tool_parser = "hermes"')
+    codex = fake_codex(tmp_path / "c", fake_table("a", model="m"), hermes)
+    http = start_gateway(codex).http()
+
+    def ask(kind: str, model: str = "m", **headers: str) -> Any:
+        body = {"model": model, "messages": [{"role": "user", "content": f"CALL:{kind}"}],
+                "tools": [tool(0), tool(1)]}  # fmt: skip
+        return http.post("/v1/chat/completions", json=body, headers=headers)
+
+    valid = ask("valid")
+    assert valid.status_code == 200
+    assert valid.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == (
+        "store_core"
+    )
+    for kind, words in (("badjson", "not JSON"), ("schema", "is not of type 'string'")):
+        refused = ask(kind)
+        assert refused.status_code == 502, kind
+        assert refused.json()["error"] == "TOOL_CALL_INVALID"
+        assert words in refused.json()["message"]
+    flagged = ask("schema", **{"X-Soulstone-Tool-Validation": "pass"})
+    assert flagged.status_code == 200
+    problems = flagged.json()["soulstone_invalid_tool_calls"]
+    assert problems[0]["name"] == "fetch_core" and "/label" in problems[0]["message"]
+    parsed = ask("hermes", model="hermes-model").json()["choices"][0]
+    assert parsed["finish_reason"] == "tool_calls"
+    assert parsed["message"]["content"] == "Sure."
+    call = parsed["message"]["tool_calls"][0]["function"]
+    assert call["name"] == "fetch_core" and json.loads(call["arguments"]) == {"label": "x"}

@@ -29,6 +29,7 @@ from soulstone.guard.tokenize import TokenizeFailed
 from soulstone.lora.hot import AdapterUnavailable
 from soulstone.lora.registry import AdapterRecord
 from soulstone.supervisor.schedule import Unavailable
+from soulstone.tools.calls import ToolCallInvalid, checked_answer
 from soulstone.tools.policy import ToolSchemaMismatch, check_tools
 
 
@@ -147,6 +148,23 @@ def check_request_tools(gateway: Gateway, document: dict[str, Any], model: str) 
                            pointer=error.pointer) from None  # fmt: skip
 
 
+def checked_tool_calls(
+    gateway: Gateway, request: web.Request, soulstone: Soulstone, response: web.Response
+) -> web.Response:
+    """Parse Hermes-style calls and validate every call's arguments; 502 when one is bad."""
+    body = response.body
+    assert isinstance(body, bytes)
+    passthrough = request.headers.get("X-Soulstone-Tool-Validation", "").lower() == "pass"
+    try:
+        checked = checked_answer(body, gateway.validators, soulstone.tool_parser == "hermes",
+                                 passthrough)  # fmt: skip
+    except ToolCallInvalid as error:
+        raise GatewayError(502, "TOOL_CALL_INVALID", str(error), problems=error.problems) from None
+    if checked is body:
+        return response
+    return web.Response(body=checked, status=200, headers=response.headers)
+
+
 def refusal(error: Refused) -> GatewayError:
     """A limit's refusal as an HTTP error with Retry-After."""
     return GatewayError(error.status, error.code, str(error),
@@ -206,6 +224,12 @@ async def generation(request: web.Request) -> web.StreamResponse:
                         lambda: engine_failed(gateway, soulstone), guard.gateway.timeout_s,
                         exchange,
                     )  # fmt: skip
+                    if (
+                        response.status == 200 and isinstance(response, web.Response)
+                        and request.path == "/v1/chat/completions" and not document.get("stream")
+                        and ("tools" in document or soulstone.tool_parser == "hermes")
+                    ):  # fmt: skip
+                        response = checked_tool_calls(gateway, request, soulstone, response)
                 finally:
                     scheduler.release(soulstone)
                     if adapter is not None and gateway.hot is not None:

@@ -71,7 +71,7 @@ async def reload_codex(
         new = load()
         gateway.guard.reload()
         if tools is not None:
-            gateway.policy = load_policy(tools)
+            gateway.use_policy(load_policy(tools))
     except (CodexError, UsageError, ClientsFileError, PolicyError) as error:
         problems = getattr(error, "problems", ())
         log.error("reload refused: the codex is invalid; the running one stays",
@@ -154,7 +154,7 @@ async def serve(
 
     gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
     gateway.refresh_adapters()
-    gateway.policy = policy
+    gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
     runner = web.AppRunner(

@@ -21,6 +21,7 @@ from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
+from soulstone.tools.calls import Validators
 from soulstone.tools.policy import Policy, default_policy
 
 
@@ -38,6 +39,12 @@ class Gateway:
     adapters: dict[str, AdapterRecord] = field(default_factory=dict)
     transitions: Transitions = field(default_factory=Transitions)
     policy: Policy = field(default_factory=default_policy)
+    validators: Validators = field(default_factory=lambda: Validators(default_policy()))
+
+    def use_policy(self, policy: Policy) -> None:
+        """Check tools against this policy from now on."""
+        self.policy, self.validators = policy, Validators(policy)
+
     background: set[asyncio.Task[None]] = field(default_factory=set)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
