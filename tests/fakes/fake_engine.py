@@ -86,6 +86,47 @@ def _tool_answer(kind: str) -> dict[str, Any]:
     }
 
 
+def _tool_call_chunks(model: str) -> list[bytes]:
+    """Two tool calls streamed a character at a time, interleaved; the second invalid."""
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {"id": "fake", "object": "chat.completion.chunk", "model": model,
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    texts = ['{"label": "name", "value": "Ada"}', '{"label": 7}']
+    chunks = [event({"role": "assistant", "content": "Working"})]
+    for index, name in enumerate(("store_core", "fetch_core")):
+        chunks.append(
+            event(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": f"call_{index}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+    for position in range(max(map(len, texts))):
+        for index, text in enumerate(texts):
+            if position < len(text):
+                chunks.append(
+                    event(
+                        {
+                            "tool_calls": [
+                                {"index": index, "function": {"arguments": text[position]}}
+                            ]
+                        }
+                    )
+                )
+    chunks.append(event({}, finish="tool_calls"))
+    return chunks
+
+
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -182,6 +223,13 @@ class Engine:
                 )  # fmt: skip
             response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
             await response.prepare(request)
+            asked = str((body.get("messages") or [{}])[-1].get("content", ""))
+            if kind == "chat" and asked == "CALL:stream":
+                for chunk in _tool_call_chunks(model):
+                    await response.write(chunk)
+                await response.write(b"data: [DONE]\n\n")
+                await response.write_eof()
+                return response
             chunks = [_chunk(kind, model, f" {w}" if i else w, None) for i, w in enumerate(words)]
             chunks.append(_chunk(kind, model, None, "stop"))
             for number, chunk in enumerate(chunks):

@@ -127,3 +127,21 @@ def test_answers_tool_calls_are_validated(tmp_path: Path, start_gateway: StartGa
     assert parsed["message"]["content"] == "Sure."
     call = parsed["message"]["tool_calls"][0]["function"]
     assert call["name"] == "fetch_core" and json.loads(call["arguments"]) == {"label": "x"}
+
+
+def test_streamed_tool_calls_arrive_whole(tmp_path: Path, start_gateway: StartGateway) -> None:
+    http = start_gateway(fake_codex(tmp_path / "c", fake_table("a", model="m"))).http()
+    body = {"model": "m", "stream": True, "tools": [tool(0), tool(1)],
+            "messages": [{"role": "user", "content": "CALL:stream"}]}  # fmt: skip
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert events[-1] == "[DONE]"
+    parsed = [json.loads(e) for e in events[:-1]]
+    calls = [p["choices"][0]["delta"]["tool_calls"] for p in parsed
+             if "choices" in p and p["choices"][0]["delta"].get("tool_calls")]  # fmt: skip
+    assert len(calls) == 1 and calls[0][0]["function"]["name"] == "store_core"
+    assert json.loads(calls[0][0]["function"]["arguments"]) == {"label": "name", "value": "Ada"}
+    errors = [p for p in parsed if "error" in p]
+    assert len(errors) == 1 and errors[0]["error"] == "TOOL_CALL_INVALID"
+    assert errors[0]["index"] == 1
+    assert parsed[0]["choices"][0]["delta"]["content"] == "Working"

@@ -11,6 +11,7 @@ from aiohttp import web
 from yarl import URL
 
 from soulstone.gateway.errors import GatewayError
+from soulstone.tools.stream import ToolStream
 
 STREAM_FAILED = (
     b'data: {"error":"ENGINE_FAILED","message":"the engine stopped in the middle of the '
@@ -100,6 +101,7 @@ async def forward(
     engine_failed: Callable[[], None],
     timeout: float,
     exchange: Exchange,
+    transform: ToolStream | None = None,
 ) -> web.StreamResponse:
     """Send the body to the engine and pass its answer back without re-encoding it.
 
@@ -168,7 +170,13 @@ async def forward(
                 watchdog.last = watchdog.loop.time()
                 exchange.events += chunk.count(b"data:")
                 tail = (tail + chunk)[-_TAIL_BYTES:]
+                if transform is not None:  # tool calls are held until whole
+                    chunk = transform.feed(chunk)
+                    if not chunk:
+                        continue
                 await response.write(chunk)  # a client gone away raises: nothing to tell
+            if transform is not None and (rest := transform.finish()):
+                await response.write(rest)
         finally:
             watchdog.stop()
         exchange.tokens = total_tokens(tail)

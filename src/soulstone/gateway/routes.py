@@ -31,6 +31,7 @@ from soulstone.lora.registry import AdapterRecord
 from soulstone.supervisor.schedule import Unavailable
 from soulstone.tools.calls import ToolCallInvalid, checked_answer
 from soulstone.tools.policy import ToolSchemaMismatch, check_tools
+from soulstone.tools.stream import ToolStream
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -148,6 +149,16 @@ def check_request_tools(gateway: Gateway, document: dict[str, Any], model: str) 
                            pointer=error.pointer) from None  # fmt: skip
 
 
+def tool_stream(
+    gateway: Gateway, request: web.Request, document: dict[str, Any]
+) -> ToolStream | None:
+    """A whole-calls-only rewriter for a streamed chat request with tools, else None."""
+    wanted = document.get("stream") is True and "tools" in document
+    if wanted and request.path == "/v1/chat/completions":
+        return ToolStream(gateway.validators)
+    return None
+
+
 def checked_tool_calls(
     gateway: Gateway, request: web.Request, soulstone: Soulstone, response: web.Response
 ) -> web.Response:
@@ -222,7 +233,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
                         gateway.upstreams.url(soulstone, request.path), body, headers,
                         document.get("stream") is True, correlation,
                         lambda: engine_failed(gateway, soulstone), guard.gateway.timeout_s,
-                        exchange,
+                        exchange, tool_stream(gateway, request, document),
                     )  # fmt: skip
                     if (
                         response.status == 200 and isinstance(response, web.Response)

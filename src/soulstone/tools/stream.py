@@ -1,0 +1,120 @@
+"""Whole tool calls only, in streams (pure): hold each call's deltas until its JSON is complete.
+
+Content deltas pass through at once; tool-call deltas are gathered per index
+and sent as one chunk once the arguments parse and fit the tool's schema; a
+call that ends invalid (or incomplete) becomes an error event before
+`data: [DONE]`. Events without tool calls pass through byte for byte, in
+order, finish and usage chunks included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from soulstone.tools.calls import Validators
+
+DONE = b"[DONE]"
+
+
+@dataclass
+class _Call:
+    index: int
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+    sent: bool = False
+    problem: str | None = None
+
+
+@dataclass
+class ToolStream:
+    """Rewrites one SSE stream so that tool calls arrive whole, validated."""
+
+    validators: Validators
+    calls: dict[int, _Call] = field(default_factory=dict)
+    pending: bytes = b""
+    template: dict[str, Any] = field(default_factory=dict)  # id/model/created of the stream
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Bytes to send for this chunk of the engine's stream (maybe none yet)."""
+        self.pending += chunk
+        *events, self.pending = self.pending.split(b"\n\n")
+        return b"".join(self._event(event) for event in events)
+
+    def _event(self, raw: bytes) -> bytes:
+        data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            return raw + b"\n\n" if raw.strip() else b""
+        if data == DONE:
+            return self._errors() + b"data: [DONE]\n\n"
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return raw + b"\n\n"
+        choices = event.get("choices") if isinstance(event, dict) else None
+        deltas = [
+            c.get("delta", {}).get("tool_calls") for c in choices or [] if isinstance(c, dict)
+        ]
+        if not any(deltas):
+            return raw + b"\n\n"
+        self.template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
+        out = b""
+        for choice in choices or []:
+            delta = choice.get("delta", {})
+            for part in delta.pop("tool_calls", None) or []:
+                out += self._gather(part, choice.get("index", 0))
+        keeps = any(
+            c.get("delta") or c.get("finish_reason") is not None for c in choices or []
+        ) or event.get("usage")
+        if keeps:  # what is left (content, finish reason, usage) goes on at once
+            out = b"data: " + orjson.dumps(event) + b"\n\n" + out
+        return out
+
+    def _gather(self, part: dict[str, Any], choice_index: int) -> bytes:
+        index = int(part.get("index", 0))
+        call = self.calls.setdefault(index, _Call(index))
+        call.id = part.get("id") or call.id
+        function = part.get("function") or {}
+        call.name += function.get("name") or ""
+        call.arguments += function.get("arguments") or ""
+        if call.sent or call.problem is not None:
+            if call.sent:
+                call.problem = "more arguments came after the call was complete"
+            return b""
+        try:
+            orjson.loads(call.arguments)
+        except orjson.JSONDecodeError:
+            return b""  # not complete yet
+        call.problem = self.validators.problem(call.name, call.arguments)
+        if call.problem is not None:
+            return b""
+        call.sent = True
+        whole = {"index": index, "id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
+        chunk = {**self.template, "choices": [{"index": choice_index, "finish_reason": None,
+                                                "delta": {"tool_calls": [whole]}}]}  # fmt: skip
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _errors(self) -> bytes:
+        out = b""
+        for call in sorted(self.calls.values(), key=lambda c: c.index):
+            if call.sent and call.problem is None:
+                continue
+            problem = call.problem or "the arguments never became complete JSON"
+            message = f"tool call {call.index} ({call.name or '?'}): {problem}"
+            out += (
+                b"data: "
+                + orjson.dumps(
+                    {"error": "TOOL_CALL_INVALID", "message": message, "index": call.index}
+                )
+                + b"\n\n"
+            )
+        return out
+
+    def finish(self) -> bytes:
+        """What is still to send when the engine's stream ended (its last bytes)."""
+        rest, self.pending = self.pending, b""
+        return self._event(rest) if rest.strip() else b""

@@ -1,0 +1,107 @@
+"""Streams carry whole tool calls only: deltas held per index, sent once complete and valid."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from soulstone.tools.calls import Validators
+from soulstone.tools.policy import default_policy
+from soulstone.tools.stream import ToolStream
+
+
+def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "m",
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+def call_delta(index: int, text: str, name: str | None = None) -> bytes:
+    part: dict[str, Any] = {"index": index, "function": {"arguments": text}}
+    if name:
+        part |= {"id": f"call_{index}", "type": "function"}
+        part["function"]["name"] = name
+    return event({"tool_calls": [part]})
+
+
+def run(stream: ToolStream, pieces: list[bytes], cut: int = 7) -> list[dict[str, Any]]:
+    raw = b"".join(pieces) + b"data: [DONE]\n\n"
+    out = b""
+    for start in range(0, len(raw), cut):  # arbitrary network chunking
+        out += stream.feed(raw[start : start + cut])
+    out += stream.finish()
+    events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
+    return [{"done": True} if e == b"[DONE]" else json.loads(e) for e in events]
+
+
+def test_interleaved_calls_one_char_at_a_time_one_invalid() -> None:
+    valid_a = json.dumps({"label": "name", "value": "Ada"})
+    valid_b = json.dumps({"label": "x"})
+    invalid = json.dumps({"label": 7})
+    pieces = [event({"role": "assistant"}), event({"content": "Let me "})]
+    pieces += [call_delta(0, "", "store_core"), call_delta(1, "", "fetch_core"),
+               call_delta(2, "", "fetch_core")]  # fmt: skip
+    for position in range(max(len(valid_a), len(valid_b), len(invalid))):
+        for index, text in enumerate((valid_a, valid_b, invalid)):
+            if position < len(text):
+                pieces.append(call_delta(index, text[position]))
+        if position == 3:
+            pieces.append(event({"content": "check."}))
+    pieces.append(event({}, finish="tool_calls"))
+    events = run(ToolStream(Validators(default_policy())), pieces)
+    contents = [e["choices"][0]["delta"].get("content") for e in events
+                if "choices" in e and e["choices"][0]["delta"].get("content")]  # fmt: skip
+    assert contents == ["Let me ", "check."]  # unchanged and in order
+    calls = [e["choices"][0]["delta"]["tool_calls"] for e in events
+             if "choices" in e and e["choices"][0]["delta"].get("tool_calls")]  # fmt: skip
+    assert [c[0]["index"] for c in calls] == [1, 0] or [c[0]["index"] for c in calls] == [0, 1]
+    for sent in calls:
+        assert len(sent) == 1
+        json.loads(sent[0]["function"]["arguments"])  # complete JSON, in one chunk
+    assert {c[0]["function"]["arguments"] for c in calls} == {valid_a, valid_b}
+    errors = [e for e in events if "error" in e]
+    assert len(errors) == 1 and errors[0]["index"] == 2
+    assert errors[0]["error"] == "TOOL_CALL_INVALID"
+    finish = [i for i, e in enumerate(events) if "choices" in e
+              and e["choices"][0]["finish_reason"] == "tool_calls"]  # fmt: skip
+    assert finish and finish[0] < events.index(errors[0]) < len(events) - 1
+    assert events[-1] == {"done": True}
+
+
+def test_an_incomplete_call_is_an_error_before_done() -> None:
+    pieces = [call_delta(0, '{"label": "unfinished', "fetch_core")]
+    events = run(ToolStream(Validators(default_policy())), pieces)
+    assert (
+        events[0]["error"] == "TOOL_CALL_INVALID"
+        and "never became complete" in (events[0]["message"])
+    )
+    assert events[-1] == {"done": True}
+
+
+ARGUMENTS = st.fixed_dictionaries(
+    {"label": st.text(max_size=20), "value": st.text(max_size=40)},
+    optional={"request_heartbeat": st.booleans()},
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ARGUMENTS, st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=20),
+       st.integers(min_value=1, max_value=50))  # fmt: skip
+def test_random_splits_reassemble_the_same_call(
+    arguments: dict[str, Any], sizes: list[int], cut: int
+) -> None:
+    text = json.dumps(arguments, ensure_ascii=False)
+    pieces, position = [call_delta(0, "", "store_core")], 0
+    for size in sizes * (len(text) // max(1, sum(sizes)) + 1):
+        if position >= len(text):
+            break
+        pieces.append(call_delta(0, text[position : position + size]))
+        position += size
+    events = run(ToolStream(Validators(default_policy())), pieces, cut=cut)
+    [sent] = [e for e in events if "choices" in e]
+    call = sent["choices"][0]["delta"]["tool_calls"][0]
+    assert json.loads(call["function"]["arguments"]) == arguments
+    assert call["function"]["name"] == "store_core" and call["id"] == "call_0"
