@@ -68,6 +68,7 @@ def _chunk(kind: str, model: str, text: str | None, finish: str | None) -> bytes
 
 CALLS = {
     "valid": ('{"label": "name", "value": "Ada"}', "store_core"),
+    "heartbeat": ('{"label": "a", "value": "b", "request_heartbeat": true}', "store_core"),
     "badjson": ('{"label": "name", "value": ', "store_core"),
     "schema": ('{"label": 7}', "fetch_core"),
 }

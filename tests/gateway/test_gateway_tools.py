@@ -145,3 +145,26 @@ def test_streamed_tool_calls_arrive_whole(tmp_path: Path, start_gateway: StartGa
     assert len(errors) == 1 and errors[0]["error"] == "TOOL_CALL_INVALID"
     assert errors[0]["index"] == 1
     assert parsed[0]["choices"][0]["delta"]["content"] == "Working"
+
+
+def test_heartbeat_chains_are_limited_per_session(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(fake_codex(tmp_path / "c", fake_table("a", model="m")))
+    http = gateway.http()
+
+    def beat(session: str, kind: str = "heartbeat") -> Any:
+        body = {"model": "m", "tools": [tool(0)],
+                "messages": [{"role": "user", "content": f"CALL:{kind}"}]}  # fmt: skip
+        return http.post("/v1/chat/completions", json=body,
+                         headers={"X-Conveyance-Session-ID": session})  # fmt: skip
+
+    assert beat("s1").status_code == 200  # opens the chain
+    assert [beat("s1").status_code for _ in range(3)] == [200, 200, 200]
+    limited = beat("s1")
+    assert limited.status_code == 429 and limited.json()["error"] == "HEARTBEAT_RATE_LIMITED"
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert beat("s1").json()["error"] == "HEARTBEAT_COOLDOWN"
+    assert beat("s2").status_code == 200  # another session is unaffected
+    metrics = http.get("/metrics").text
+    assert 'soulstone_heartbeat_refusals_total{code="HEARTBEAT_RATE_LIMITED"} 1.0' in metrics

@@ -29,7 +29,8 @@ from soulstone.guard.tokenize import TokenizeFailed
 from soulstone.lora.hot import AdapterUnavailable
 from soulstone.lora.registry import AdapterRecord
 from soulstone.supervisor.schedule import Unavailable
-from soulstone.tools.calls import ToolCallInvalid, checked_answer
+from soulstone.tools.calls import ToolCallInvalid, asks_heartbeat, checked_answer
+from soulstone.tools.heartbeat import HeartbeatRefused
 from soulstone.tools.policy import ToolSchemaMismatch, check_tools
 from soulstone.tools.stream import ToolStream
 
@@ -149,6 +150,27 @@ def check_request_tools(gateway: Gateway, document: dict[str, Any], model: str) 
                            pointer=error.pointer) from None  # fmt: skip
 
 
+def heartbeat_asked(
+    response: web.StreamResponse, transform: ToolStream | None, document: dict[str, Any]
+) -> bool:
+    """True when the answer carries a tool call with `request_heartbeat: true`."""
+    if transform is not None:
+        return transform.heartbeat
+    answer = response.body if isinstance(response, web.Response) else None
+    return isinstance(answer, bytes) and "tools" in document and asks_heartbeat(answer)
+
+
+def admit_heartbeat(gateway: Gateway, session: str, client: Client) -> None:
+    """Count a heartbeat request of the session's chain; 429 when it breaks a limit."""
+    limits = gateway.policy.clients.get(client.name, gateway.policy.heartbeat)
+    try:
+        gateway.heartbeats.admit(session, limits)
+    except HeartbeatRefused as error:
+        gateway.metrics.heartbeat_refusals.labels(error.code).inc()
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        raise GatewayError(429, error.code, str(error), headers=headers) from None
+
+
 def tool_stream(
     gateway: Gateway, request: web.Request, document: dict[str, Any]
 ) -> ToolStream | None:
@@ -206,6 +228,10 @@ async def generation(request: web.Request) -> web.StreamResponse:
         changed = request.path == "/v1/chat/completions" and translate_functions(document)
         if "tools" in document:
             check_request_tools(gateway, document, model)
+        session = correlation.get(SESSION_ID)
+        if session:
+            admit_heartbeat(gateway, session, client)
+        transform = tool_stream(gateway, request, document)
         guard.limiter.admit(client)
         try:
             await guard.slots.acquire()
@@ -233,7 +259,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
                         gateway.upstreams.url(soulstone, request.path), body, headers,
                         document.get("stream") is True, correlation,
                         lambda: engine_failed(gateway, soulstone), guard.gateway.timeout_s,
-                        exchange, tool_stream(gateway, request, document),
+                        exchange, transform,
                     )  # fmt: skip
                     if (
                         response.status == 200 and isinstance(response, web.Response)
@@ -253,6 +279,8 @@ async def generation(request: web.Request) -> web.StreamResponse:
                 used = (prompt_tokens or 0) + exchange.events
             guard.limiter.finish(client, used or 0)
         status = response.status
+        if session and status == 200 and request.path == "/v1/chat/completions":
+            gateway.heartbeats.answered(session, heartbeat_asked(response, transform, document))
         return response
     except GatewayError as error:
         status = error.status

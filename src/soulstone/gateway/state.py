@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.schedule import Scheduler
 from soulstone.tools.calls import Validators
+from soulstone.tools.heartbeat import Heartbeats
 from soulstone.tools.policy import Policy, default_policy
 
 
@@ -40,6 +42,7 @@ class Gateway:
     transitions: Transitions = field(default_factory=Transitions)
     policy: Policy = field(default_factory=default_policy)
     validators: Validators = field(default_factory=lambda: Validators(default_policy()))
+    heartbeats: Heartbeats = field(default_factory=lambda: Heartbeats(time.monotonic))
 
     def use_policy(self, policy: Policy) -> None:
         """Check tools against this policy from now on."""

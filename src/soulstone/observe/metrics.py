@@ -50,6 +50,10 @@ class Metrics:
         self.adapter_evictions = Counter(
             "soulstone_adapter_evictions", "Adapters unloaded to make room.", registry=self.registry
         )
+        self.heartbeat_refusals = Counter(
+            "soulstone_heartbeat_refusals", "Heartbeat requests refused, by limit.", ["code"],
+            registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "soulstone_queue_depth", "Requests waiting for an engine.", registry=self.registry
         )

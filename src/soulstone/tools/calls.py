@@ -15,6 +15,12 @@ from soulstone.errors import SoulstoneError
 from soulstone.tools.policy import Policy
 
 HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_HEARTBEAT = re.compile(rb'request_heartbeat\\?"\s*:\s*true')
+
+
+def asks_heartbeat(data: bytes) -> bool:
+    """True when a tool call in this body sets `request_heartbeat: true`."""
+    return _HEARTBEAT.search(data) is not None
 
 
 class ToolCallInvalid(SoulstoneError):

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from soulstone.tools.calls import Validators
+from soulstone.tools.calls import Validators, asks_heartbeat
 
 DONE = b"[DONE]"
 
@@ -37,6 +37,7 @@ class ToolStream:
     calls: dict[int, _Call] = field(default_factory=dict)
     pending: bytes = b""
     template: dict[str, Any] = field(default_factory=dict)  # id/model/created of the stream
+    heartbeat: bool = False  # a whole call asked for a heartbeat
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to send for this chunk of the engine's stream (maybe none yet)."""
@@ -92,6 +93,7 @@ class ToolStream:
         if call.problem is not None:
             return b""
         call.sent = True
+        self.heartbeat = self.heartbeat or asks_heartbeat(call.arguments.encode())
         whole = {"index": index, "id": call.id, "type": "function",
                  "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
         chunk = {**self.template, "choices": [{"index": choice_index, "finish_reason": None,
