@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from gateway_harness import RunningGateway, StartGateway, fake_codex, fake_table
+from soulstone.tools.policy import DEFAULT_FUNCTIONS
 
 
 @pytest.fixture
@@ -114,14 +115,14 @@ def test_legacy_functions_become_tools(tmp_path: Path, start_gateway: StartGatew
     http = gateway.http()
     body: dict[str, Any] = {
         "model": "m", "messages": [{"role": "user", "content": "x"}],
-        "functions": [{"name": "f", "parameters": {"type": "object"}}],
-        "function_call": {"name": "f"},
+        "functions": [DEFAULT_FUNCTIONS[1]],
+        "function_call": {"name": "fetch_core"},
     }  # fmt: skip
     assert http.post("/v1/chat/completions", json=body).status_code == 200
     last = _last_upstream_body(gateway)
     assert "functions" not in last and "function_call" not in last
     assert last["tools"] == [{"type": "function", "function": body["functions"][0]}]
-    assert last["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert last["tool_choice"] == {"type": "function", "function": {"name": "fetch_core"}}
 
 
 def _last_upstream_body(gateway: RunningGateway) -> dict[str, object]:

@@ -54,3 +54,34 @@ def test_websocket_streams_like_sse(tmp_path: Path, start_gateway: StartGateway)
     assert json.loads(broken[0])["error"] == "INVALID_JSON"
     assert json.loads(unknown[0])["error"] == "MODEL_NOT_FOUND"
     assert request_id
+
+
+def test_websocket_carries_whole_tool_calls(tmp_path: Path, start_gateway: StartGateway) -> None:
+    from soulstone.tools.policy import DEFAULT_FUNCTIONS
+
+    gateway = start_gateway(fake_codex(tmp_path / "c", fake_table("a", model="m")))
+    tools = [{"type": "function", "function": f} for f in DEFAULT_FUNCTIONS[:2]]
+
+    async def run() -> list[str]:
+        connector = aiohttp.UnixConnector(path=str(gateway.socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.ws_connect("http://localhost/v1/stream") as ws,
+        ):
+            await ws.send_str(json.dumps({"model": "m", "tools": tools, "messages": [
+                {"role": "user", "content": "CALL:stream"}]}))  # fmt: skip
+            frames = []
+            while True:
+                message = await asyncio.wait_for(ws.receive(), 30)
+                frames.append(message.data)
+                if message.data == "[DONE]":
+                    return frames
+
+    frames = asyncio.run(run())
+    parsed = [json.loads(f) for f in frames[:-1]]
+    calls = [p for p in parsed if "choices" in p and p["choices"][0]["delta"].get("tool_calls")]
+    assert len(calls) == 1
+    arguments = calls[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+    assert json.loads(arguments) == {"label": "name", "value": "Ada"}
+    errors = [p for p in parsed if "error" in p]
+    assert [(e["error"], e["index"]) for e in errors] == [("TOOL_CALL_INVALID", 1)]

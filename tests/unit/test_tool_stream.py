@@ -105,3 +105,26 @@ def test_random_splits_reassemble_the_same_call(
     call = sent["choices"][0]["delta"]["tool_calls"][0]
     assert json.loads(call["function"]["arguments"]) == arguments
     assert call["function"]["name"] == "store_core" and call["id"] == "call_0"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=30))
+def test_hermes_text_becomes_whole_calls_at_any_split(sizes: list[int]) -> None:
+    text = ('Sure. <tool_call>{"name": "fetch_core", "arguments": {"label": "x"}}</tool_call>'
+            " and <tool_call>not json</tool_call> done <tool")  # fmt: skip
+    pieces, position = [], 0
+    for size in sizes * (len(text) // sum(sizes) + 1):
+        if position >= len(text):
+            break
+        pieces.append(event({"content": text[position : position + size]}))
+        position += size
+    events = run(ToolStream(Validators(default_policy()), hermes=True), pieces, cut=11)
+    content = "".join(e["choices"][0]["delta"].get("content") or "" for e in events
+                      if "choices" in e)  # fmt: skip
+    assert content == "Sure.  and  done <tool"  # the held-back "<tool" goes out at the end
+    calls = [e["choices"][0]["delta"]["tool_calls"][0] for e in events
+             if "choices" in e and e["choices"][0]["delta"].get("tool_calls")]  # fmt: skip
+    assert len(calls) == 1 and calls[0]["function"]["name"] == "fetch_core"
+    assert json.loads(calls[0]["function"]["arguments"]) == {"label": "x"}
+    errors = [e for e in events if "error" in e]
+    assert len(errors) == 1 and "not a tool call" in errors[0]["message"]

@@ -172,12 +172,13 @@ def admit_heartbeat(gateway: Gateway, session: str, client: Client) -> None:
 
 
 def tool_stream(
-    gateway: Gateway, request: web.Request, document: dict[str, Any]
+    gateway: Gateway, request: web.Request, document: dict[str, Any], soulstone: Soulstone
 ) -> ToolStream | None:
     """A whole-calls-only rewriter for a streamed chat request with tools, else None."""
-    wanted = document.get("stream") is True and "tools" in document
+    hermes = soulstone.tool_parser == "hermes"
+    wanted = document.get("stream") is True and ("tools" in document or hermes)
     if wanted and request.path == "/v1/chat/completions":
-        return ToolStream(gateway.validators)
+        return ToolStream(gateway.validators, hermes=hermes)
     return None
 
 
@@ -231,7 +232,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
         session = correlation.get(SESSION_ID)
         if session:
             admit_heartbeat(gateway, session, client)
-        transform = tool_stream(gateway, request, document)
+        transform = tool_stream(gateway, request, document, soulstone)
         guard.limiter.admit(client)
         try:
             await guard.slots.acquire()

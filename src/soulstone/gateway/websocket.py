@@ -15,9 +15,10 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from soulstone.codex.models import Soulstone
-from soulstone.gateway.errors import REQUEST_ID, GatewayError, error_response
+from soulstone.gateway.errors import REQUEST_ID, SESSION_ID, GatewayError, error_response
 from soulstone.gateway.legacy import translate_functions
 from soulstone.gateway.routes import (
+    admit_heartbeat,
     caller,
     check_budget,
     check_request_tools,
@@ -29,6 +30,7 @@ from soulstone.gateway.state import GATEWAY, Gateway
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Refused
 from soulstone.supervisor.schedule import Unavailable
+from soulstone.tools.stream import ToolStream
 
 DONE = "[DONE]"
 CHAT_PATH = "/v1/chat/completions"
@@ -38,25 +40,38 @@ def _frame(code: str, message: str, **extra: Any) -> str:
     return orjson.dumps({"error": code, "message": message, **extra}).decode()
 
 
-async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientResponse) -> bool:
-    """Send each SSE `data:` payload as a frame; False when the engine failed mid-stream."""
+async def _frames(ws: web.WebSocketResponse, data: bytes) -> bytes:
+    """Send every whole SSE event's `data:` payload as a frame; return what is left over."""
+    *events, rest = data.split(b"\n\n")
+    for event in events:
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                await ws.send_str(line[5:].strip().decode())
+    return rest
+
+
+async def _relay(
+    ws: web.WebSocketResponse, upstream: aiohttp.ClientResponse, transform: ToolStream | None
+) -> bool:
+    """Send each SSE `data:` payload as a frame (tool calls whole, as on SSE).
+
+    False when the engine failed mid-stream.
+    """
     pending = b""
     try:
         while chunk := await upstream.content.readany():
-            pending += chunk
-            *events, pending = pending.split(b"\n\n")
-            for event in events:
-                for line in event.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        await ws.send_str(line[5:].strip().decode())
+            pending = await _frames(ws, pending + (transform.feed(chunk) if transform else chunk))
     except (aiohttp.ClientError, OSError):
         return False
+    if transform is not None:
+        await _frames(ws, pending + transform.finish())
     return True
 
 
 async def _serve_one(
-    ws: web.WebSocketResponse, gateway: Gateway, client: Client, raw: str, request_id: str
-) -> None:
+    ws: web.WebSocketResponse, gateway: Gateway, client: Client, raw: str, request_id: str,
+    session: str | None,
+) -> None:  # fmt: skip
     document = parse_body(raw.encode())
     soulstone = route(gateway, document)
     if not client.may_use(document["model"]):
@@ -66,12 +81,20 @@ async def _serve_one(
     if "tools" in document:
         check_request_tools(gateway, document, document["model"])
     document["stream"] = True
+    if session:
+        admit_heartbeat(gateway, session, client)
     guard = gateway.guard
     guard.limiter.admit(client)
     try:
         await guard.slots.acquire()
         try:
-            await _admitted(ws, gateway, client, soulstone, document, request_id)
+            hermes = soulstone.tool_parser == "hermes"
+            wanted = "tools" in document or hermes
+            transform = ToolStream(gateway.validators, hermes=hermes) if wanted else None
+            await _admitted(ws, gateway, client, soulstone, document, request_id, transform)
+            if session:
+                asked = transform is not None and transform.heartbeat
+                gateway.heartbeats.answered(session, asked)
         finally:
             guard.slots.release()
     finally:
@@ -80,7 +103,7 @@ async def _serve_one(
 
 async def _admitted(
     ws: web.WebSocketResponse, gateway: Gateway, client: Client, soulstone: Soulstone,
-    document: dict[str, Any], request_id: str,
+    document: dict[str, Any], request_id: str, transform: ToolStream | None,
 ) -> None:  # fmt: skip
     scheduler = gateway.scheduler
     if not scheduler.admit_now(soulstone):
@@ -101,7 +124,7 @@ async def _admitted(
             if upstream.status != 200:
                 body = await upstream.read()
                 raise GatewayError(upstream.status, "ENGINE_ERROR", body.decode(errors="replace"))
-            if not await _relay(ws, upstream):
+            if not await _relay(ws, upstream, transform):
                 engine_failed(gateway, soulstone)
                 await ws.send_str(_frame("ENGINE_FAILED", "the engine stopped mid-stream"))
                 await ws.send_str(DONE)
@@ -128,7 +151,8 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
                 await ws.send_str(_frame("BAD_FRAME", "send each request as a JSON text frame"))
             continue
         try:
-            await _serve_one(ws, gateway, client, message.data, correlation[REQUEST_ID])
+            await _serve_one(ws, gateway, client, message.data, correlation[REQUEST_ID],
+                             correlation.get(SESSION_ID))  # fmt: skip
             gateway.metrics.request_done("-", 200, None)
         except GatewayError as error:
             gateway.metrics.request_done("-", error.status, None)

@@ -17,6 +17,36 @@ import orjson
 from soulstone.tools.calls import Validators, asks_heartbeat
 
 DONE = b"[DONE]"
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+
+
+@dataclass
+class _HermesText:
+    """Splits streamed content into plain text and `<tool_call>...</tool_call>` bodies."""
+
+    buffer: str = ""
+    inside: bool = False
+
+    def feed(self, text: str) -> tuple[str, list[str]]:
+        self.buffer += text
+        out, calls = "", list[str]()
+        while True:
+            if not self.inside:
+                start = self.buffer.find(OPEN)
+                if start >= 0:
+                    out += self.buffer[:start]
+                    self.buffer, self.inside = self.buffer[start + len(OPEN) :], True
+                    continue
+                keep = next((n for n in range(len(OPEN) - 1, 0, -1)
+                             if self.buffer.endswith(OPEN[:n])), 0)  # fmt: skip
+                out += self.buffer[: len(self.buffer) - keep]
+                self.buffer = self.buffer[len(self.buffer) - keep :]
+                return out, calls
+            end = self.buffer.find(CLOSE)
+            if end < 0:
+                return out, calls
+            calls.append(self.buffer[:end])
+            self.buffer, self.inside = self.buffer[end + len(CLOSE) :], False
 
 
 @dataclass
@@ -38,6 +68,8 @@ class ToolStream:
     pending: bytes = b""
     template: dict[str, Any] = field(default_factory=dict)  # id/model/created of the stream
     heartbeat: bool = False  # a whole call asked for a heartbeat
+    hermes: bool = False  # calls come as `<tool_call>` text in the content
+    text: _HermesText = field(default_factory=_HermesText)
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to send for this chunk of the engine's stream (maybe none yet)."""
@@ -50,12 +82,16 @@ class ToolStream:
         if not data:
             return raw + b"\n\n" if raw.strip() else b""
         if data == DONE:
-            return self._errors() + b"data: [DONE]\n\n"
+            return self._leftover() + self._errors() + b"data: [DONE]\n\n"
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
             return raw + b"\n\n"
         choices = event.get("choices") if isinstance(event, dict) else None
+        if self.hermes and choices and isinstance(choices[0], dict):
+            rewritten = self._hermes(event, choices[0])
+            if rewritten is not None:
+                return rewritten
         deltas = [
             c.get("delta", {}).get("tool_calls") for c in choices or [] if isinstance(c, dict)
         ]
@@ -98,6 +134,50 @@ class ToolStream:
                  "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
         chunk = {**self.template, "choices": [{"index": choice_index, "finish_reason": None,
                                                 "delta": {"tool_calls": [whole]}}]}  # fmt: skip
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def _hermes(self, event: dict[str, Any], choice: dict[str, Any]) -> bytes | None:
+        """Rewrite content that carries `<tool_call>` text; None when there is none at stake."""
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if not isinstance(content, str) or not (content or self.text.buffer):
+            return None
+        text, bodies = self.text.feed(content)
+        self.template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
+        out = b""
+        delta["content"] = text
+        if text or len(delta) > 1 or choice.get("finish_reason") is not None:
+            if not text:
+                delta.pop("content")
+            out += b"data: " + orjson.dumps(event) + b"\n\n"
+        for body in bodies:
+            index = len(self.calls)
+            try:
+                call = orjson.loads(body)
+                name, arguments = str(call["name"]), call.get("arguments", {})
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                self.calls[index] = _Call(index, problem=f"not a tool call: {body[:80]!r}")
+                continue
+            text_arguments = arguments if isinstance(arguments, str) else orjson.dumps(
+                arguments).decode()  # fmt: skip
+            out += self._gather({"index": index, "id": f"call_{index}",
+                                 "function": {"name": name, "arguments": text_arguments}},
+                                choice.get("index", 0))  # fmt: skip
+        return out
+
+    def _leftover(self) -> bytes:
+        """At the end: text held back as a possible tag goes out; an open call is an error."""
+        if not self.hermes:
+            return b""
+        if self.text.inside:
+            index = len(self.calls)
+            self.calls[index] = _Call(index, problem="the <tool_call> text never closed")
+            return b""
+        if not self.text.buffer:
+            return b""
+        delta = {"content": self.text.buffer}
+        chunk = {**self.template, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
+        self.text.buffer = ""
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def _errors(self) -> bytes:
