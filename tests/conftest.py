@@ -88,3 +88,14 @@ def make_supervisor(tmp_path: Path) -> Iterator[MakeSupervisor]:
             if soulstone.runtime == "process":
                 supervisor.runtime(soulstone).stop(soulstone)
     kill_recorded(state)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A scratch folder with a short path (vLLM puts IPC sockets in its TMPDIR: 107 bytes max)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -19,11 +19,12 @@ from soulstone.supervisor.plan import Target
 pytestmark = pytest.mark.engine
 
 
-async def test_vllm_on_a_unix_socket(tmp_path: Path, make_supervisor: MakeSupervisor) -> None:
+async def test_vllm_on_a_unix_socket(
+    tmp_path: Path, make_supervisor: MakeSupervisor, short_tmp: Path
+) -> None:
     python, model = vllm_python(), tiny_hf_model()
     socket = tmp_path / "run" / "vllm.sock"
-    scratch = tmp_path / "vllm-tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",

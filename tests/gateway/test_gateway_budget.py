@@ -64,12 +64,11 @@ def test_a_prompt_that_fits_by_one_token_passes_and_one_over_fails(
 
 
 def test_vllm_counts_chat_prompts_with_its_template(
-    tmp_path: Path, start_gateway: StartGateway
+    tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
 ) -> None:
     python, model = vllm_python(), tiny_hf_model()
     socket = tmp_path / "v.sock"
-    scratch = tmp_path / "vllm-tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",

@@ -22,10 +22,9 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 ]
 
 
-def vllm_codex(tmp_path: Path) -> Path:
+def vllm_codex(tmp_path: Path, short_tmp: Path) -> Path:
     python, model = vllm_python(), tiny_hf_model()
-    scratch = tmp_path / "vllm-tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--served-model-name", "tiny", "--max-model-len", "512", "--dtype", "float32",
@@ -58,10 +57,10 @@ def greedy(gateway: RunningGateway, model: str) -> str:
 
 
 def test_adapters_by_name_evicted_lru_never_breaking_a_stream(
-    tmp_path: Path, start_gateway: StartGateway
+    tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
 ) -> None:
     adapters = tiny_hf_model().parent
-    gateway = start_gateway(vllm_codex(tmp_path))
+    gateway = start_gateway(vllm_codex(tmp_path, short_tmp))
     for name, folder in (("story-a", "lora-a"), ("story-b", "lora-b")):
         added = gateway.cli("lora", "add", name, str(adapters / folder), "--base", "tiny")
         assert added.returncode == 0, added.stderr
@@ -104,8 +103,10 @@ def test_adapters_by_name_evicted_lru_never_breaking_a_stream(
         assert other.json()["error"] == "ADAPTER_SLOTS_BUSY" and other.headers["Retry-After"]
 
 
-def test_bad_adapters_never_reach_the_engine(tmp_path: Path, start_gateway: StartGateway) -> None:
-    gateway = start_gateway(vllm_codex(tmp_path))
+def test_bad_adapters_never_reach_the_engine(
+    tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
+) -> None:
+    gateway = start_gateway(vllm_codex(tmp_path, short_tmp))
     http = gateway.http()
     assert http.post("/admin/up", json={"name": "tiny"}).status_code == 200
     model = tiny_hf_model()
@@ -132,7 +133,7 @@ def test_bad_adapters_never_reach_the_engine(tmp_path: Path, start_gateway: Star
 
 
 def test_watch_makes_a_slowly_written_adapter_hot(
-    tmp_path: Path, start_gateway: StartGateway
+    tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
 ) -> None:
     import signal
     import subprocess
@@ -140,7 +141,7 @@ def test_watch_makes_a_slowly_written_adapter_hot(
 
     from gateway_harness import SCRIPT
 
-    gateway = start_gateway(vllm_codex(tmp_path))
+    gateway = start_gateway(vllm_codex(tmp_path, short_tmp))
     assert gateway.http().post("/admin/up", json={"name": "tiny"}).status_code == 200
     inbox = tmp_path / "inbox"
     inbox.mkdir()
