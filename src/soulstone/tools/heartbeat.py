@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from soulstone.tools.policy import HeartbeatLimits
 
 WINDOW_S = 1.0
+MAX_CHAINS = 10_000
 
 
 class HeartbeatRefused(Exception):
@@ -71,6 +72,9 @@ class Heartbeats:
     def answered(self, session: str, requested: bool) -> None:
         """A response went out: it continues (or opens) the chain, or ends it."""
         if requested:
+            if session not in self.chains and len(self.chains) >= MAX_CHAINS:
+                oldest = min(self.chains, key=lambda s: self.chains[s].started)
+                del self.chains[oldest]  # abandoned chains do not pile up
             self.chains.setdefault(session, _Chain(started=self.clock()))
         else:
             self.chains.pop(session, None)
