@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "soulstone"
 
 # Lower number = lower layer; a module may import only its own layer or lower.
 LAYERS = {
-    "errors": 0, "paths": 0, "codex": 0,
+    "errors": 0, "paths": 0, "codex": 0, "files": 0,
     "host": 1, "demo": 1,
     "forge": 2, "runtimes": 2,
     "supervisor": 3,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from soulstone.errors import SoulstoneError
+from soulstone.files import replace_file
 from soulstone.forge.units import MARKER
 
 OWNED_SUFFIXES = (".container", ".service", ".socket")
@@ -49,18 +48,7 @@ def _ours(folder: Path) -> Iterable[Path]:
 
 
 def _replace(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, text.encode("utf-8"), mode=0o644, folder_mode=0o755)
 
 
 def plan(files: Mapping[Path, str], folders: Iterable[Path]) -> ForgeReport:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from soulstone.files import replace_file
 from soulstone.guard.clients import ClientsDecl, ClientsFileError, parse_clients
 
 MAX_MODE = 0o640
@@ -53,18 +53,7 @@ def load_clients(path: Path) -> ClientsDecl | None:
 
 def save_clients(path: Path, clients: ClientsDecl) -> None:
     """Write the clients file atomically with mode 0600."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = "# soulstone clients (SPEC C5). Keys are stored as scrypt hashes.\n" + yaml.safe_dump(
         clients.model_dump(mode="json", exclude_defaults=True), sort_keys=False
     )
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, text.encode("utf-8"))

@@ -45,7 +45,8 @@ class AdapterInfo:
         return hashlib.sha256(joined.encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -112,6 +113,6 @@ def inspect_adapter(
     if touched:
         raise AdapterRefused(f"{weights_path}: holds weights for {touched[0]!r}: adapters that "
                              "change embed_tokens or lm_head are refused")  # fmt: skip
-    files = {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
     return AdapterInfo(name, soulstone.id, rank, alpha, targets, base_model, files, size)

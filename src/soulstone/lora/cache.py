@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
+from soulstone.lora.adapter import sha256_file
 from soulstone.lora.registry import AdapterRecord
 
 COMPLETE = ".complete"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class AdapterCache:
@@ -38,7 +30,7 @@ class AdapterCache:
         """True when every file is there with its recorded hash."""
         folder = self.folder(record)
         return self.is_warm(record) and all(
-            (folder / name).is_file() and _sha256(folder / name) == sha
+            (folder / name).is_file() and sha256_file(folder / name) == sha
             for name, sha in record.files.items()
         )
 

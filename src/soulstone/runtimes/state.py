@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from soulstone.files import replace_file
+
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Replace a JSON file atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(orjson.dumps(document, option=orjson.OPT_INDENT_2))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, orjson.dumps(document, option=orjson.OPT_INDENT_2), mode=0o644)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

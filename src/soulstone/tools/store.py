@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
 from soulstone.errors import SoulstoneError
+from soulstone.files import replace_file
 from soulstone.tools.policy import Policy, default_policy, drifted
 
 
@@ -41,15 +40,6 @@ def load_policy(path: Path, check_pins: bool = True) -> Policy:
 
 def save_policy(path: Path, policy: Policy) -> None:
     """Write tools.yaml atomically (mode 0600)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = "# soulstone tools policy (SPEC C6). Edit, then run `soulstone tools pin`.\n"
     text += yaml.safe_dump(policy.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, text.encode("utf-8"))
