@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -44,3 +45,21 @@ def tiny_hf_model() -> Path:
     models = build_cache() / "tiny-hf-llama-v1"
     require(models / ".complete", "scripts/build-vllm-cpu")
     return models / "tiny-llama"
+
+
+def vllm_table(
+    table: str, served: str, socket: Path, scratch: Path, extra_args: tuple[str, ...] = (),
+    extra_env: str = "", extra_lines: str = "",
+) -> str:  # fmt: skip
+    """A codex table for the tiny vLLM CPU engine on a Unix socket."""
+    command = [
+        str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model",
+        str(tiny_hf_model()), "--served-model-name", served, "--max-model-len", "512",
+        "--dtype", "float32", "--kv-cache-memory-bytes", "64M", *extra_args,
+    ]  # fmt: skip
+    env = (f'VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
+           f'TMPDIR = "{scratch}"{extra_env}')  # fmt: skip
+    return (
+        f'[{table}]\nexec = {json.dumps(command)}\nsocket = "{socket}"\n{extra_lines}'
+        f"env = {{ {env} }}\nhealth = {{ start_timeout = 300, interval = 1 }}\n"
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx2
@@ -11,7 +10,7 @@ import pytest
 
 from conftest import MakeSupervisor
 from helpers import load, write
-from real_engines import tiny_hf_model, vllm_python
+from real_engines import vllm_table
 from soulstone.runtimes import procfs
 from soulstone.runtimes.state import read_json
 from soulstone.supervisor.plan import Target
@@ -22,21 +21,8 @@ pytestmark = pytest.mark.engine
 async def test_vllm_on_a_unix_socket(
     tmp_path: Path, make_supervisor: MakeSupervisor, short_tmp: Path
 ) -> None:
-    python, model = vllm_python(), tiny_hf_model()
     socket = tmp_path / "run" / "vllm.sock"
-    scratch = short_tmp
-    command = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",
-        "--kv-cache-memory-bytes", "64M",
-    ]  # fmt: skip
-    text = f"""
-[tiny-vllm]
-exec = {json.dumps(command)}
-socket = "{socket}"
-env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", TMPDIR = "{scratch}" }}
-health = {{ start_timeout = 300, interval = 1 }}
-"""
+    text = vllm_table("tiny-vllm", "tiny-vllm", socket, short_tmp)
     codex = load(write(tmp_path / "codex", {"v.toml": text}))
     [soulstone] = codex.soulstones
     assert soulstone.engine == "vllm"

@@ -10,7 +10,7 @@ import pytest
 
 from gateway_harness import StartGateway
 from helpers import free_port, write
-from real_engines import llama_server, tiny_gguf, tiny_hf_model, vllm_python
+from real_engines import llama_server, tiny_gguf, vllm_table
 
 pytestmark = pytest.mark.engine
 
@@ -66,19 +66,9 @@ def test_a_prompt_that_fits_by_one_token_passes_and_one_over_fails(
 def test_vllm_counts_chat_prompts_with_its_template(
     tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
 ) -> None:
-    python, model = vllm_python(), tiny_hf_model()
     socket = tmp_path / "v.sock"
-    scratch = short_tmp
-    command = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",
-        "--kv-cache-memory-bytes", "64M",
-    ]  # fmt: skip
-    codex = write(tmp_path / "codex", {"v.toml": (
-        f'[tiny-vllm]\nexec = {json.dumps(command)}\nsocket = "{socket}"\n'
-        f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
-        f'TMPDIR = "{scratch}" }}\nhealth = {{ start_timeout = 300, interval = 1 }}\n'
-    )})  # fmt: skip
+    codex = write(tmp_path / "codex", {"v.toml": vllm_table("tiny-vllm", "tiny-vllm", socket,
+                                                           short_tmp)})  # fmt: skip
     budget = {"max_context_tokens": 100, "max_output_tokens": 80}
     gateway = start_gateway(codex, clients={"gateway": budget, "clients": {}})
     http = gateway.http()

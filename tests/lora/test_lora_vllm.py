@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from gateway_harness import RunningGateway, StartGateway
 from helpers import write
 from lora_helpers import write_adapter
-from real_engines import tiny_hf_model, vllm_python
+from real_engines import tiny_hf_model, vllm_table
 
 pytestmark = pytest.mark.engine
 
@@ -23,21 +23,14 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 
 def vllm_codex(tmp_path: Path, short_tmp: Path) -> Path:
-    python, model = vllm_python(), tiny_hf_model()
-    scratch = short_tmp
-    command = [
-        str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-        "--served-model-name", "tiny", "--max-model-len", "512", "--dtype", "float32",
-        "--kv-cache-memory-bytes", "64M", "--enable-lora", "--max-loras", "1",
-        "--max-lora-rank", "16",
-    ]  # fmt: skip
-    return write(tmp_path / "codex", {"v.toml": (
-        f'[tiny]\nexec = {json.dumps(command)}\nsocket = "{tmp_path / "v.sock"}"\n'
-        f'model_path = "{model}"\nlora = {{ max_loras = 1, max_lora_rank = 16 }}\n'
-        f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
-        f'TMPDIR = "{scratch}", VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True" }}\n'
-        "health = { start_timeout = 300, interval = 1 }\n"
-    )})  # fmt: skip
+    table = vllm_table(
+        "tiny", "tiny", tmp_path / "v.sock", short_tmp,
+        extra_args=("--enable-lora", "--max-loras", "1", "--max-lora-rank", "16"),
+        extra_env=', VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True"',
+        extra_lines=f'model_path = "{tiny_hf_model()}"\n'
+        "lora = { max_loras = 1, max_lora_rank = 16 }\n",
+    )  # fmt: skip
+    return write(tmp_path / "codex", {"v.toml": table})
 
 
 def engine_adapters(tmp_path: Path) -> list[str]:
