@@ -133,12 +133,17 @@ def _hot(gateway: Gateway) -> HotAdapters:
     return gateway.hot
 
 
-def _adapter(gateway: Gateway, body: dict[str, Any]) -> AdapterRecord:
-    name = str(body.get("name") or "")
+async def _named_adapter(
+    request: web.Request,
+) -> tuple[Gateway, HotAdapters, AdapterRecord, Soulstone | None]:
+    """The gateway, its hot adapters, the adapter the body names, and its base (None when gone)."""
+    gateway = request.config_dict[GATEWAY]
+    hot = _hot(gateway)
+    name = str((await _body(request)).get("name") or "")
     record = gateway.adapters.get(name)
     if record is None:
         raise GatewayError(404, "UNKNOWN_ADAPTER", f"no adapter named {name!r}")
-    return record
+    return gateway, hot, record, gateway.codex.get(record.base)
 
 
 @routes.get("/lora")
@@ -173,10 +178,7 @@ async def lora_add(request: web.Request) -> web.Response:
 @routes.post("/lora/rm")
 async def lora_rm(request: web.Request) -> web.Response:
     """Unload (when idle) and delete an adapter, and its warm copy."""
-    gateway = request.config_dict[GATEWAY]
-    hot = _hot(gateway)
-    record = _adapter(gateway, await _body(request))
-    base = gateway.codex.get(record.base)
+    gateway, hot, record, base = await _named_adapter(request)
     if base is not None:
         await _unload(hot, base, record.name)
     await asyncio.to_thread(hot.registry.remove, record.name)
@@ -188,10 +190,7 @@ async def lora_rm(request: web.Request) -> web.Response:
 @routes.post("/lora/load")
 async def lora_load(request: web.Request) -> web.Response:
     """Make an adapter hot now (its base soulstone is brought up first)."""
-    gateway = request.config_dict[GATEWAY]
-    hot = _hot(gateway)
-    record = _adapter(gateway, await _body(request))
-    base = gateway.codex.get(record.base)
+    gateway, hot, record, base = await _named_adapter(request)
     if base is None:
         raise GatewayError(409, "UNKNOWN_TARGET", f"{record.name}'s soulstone is gone")
     await gateway.scheduler.manifest((base,))
@@ -206,10 +205,7 @@ async def lora_load(request: web.Request) -> web.Response:
 @routes.post("/lora/unload")
 async def lora_unload(request: web.Request) -> web.Response:
     """Unload an adapter no request uses."""
-    gateway = request.config_dict[GATEWAY]
-    hot = _hot(gateway)
-    record = _adapter(gateway, await _body(request))
-    base = gateway.codex.get(record.base)
+    gateway, hot, record, base = await _named_adapter(request)
     unloaded = base is not None and await _unload(hot, base, record.name)
     return _json(gateway, request, {"unloaded": unloaded})
 

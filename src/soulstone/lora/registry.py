@@ -22,7 +22,7 @@ from persistent import Persistent
 from ZODB.blob import Blob
 
 from soulstone.errors import SoulstoneError
-from soulstone.lora.adapter import AdapterInfo
+from soulstone.lora.adapter import AdapterInfo, files_digest
 
 
 class RegistryError(SoulstoneError):
@@ -62,8 +62,7 @@ class AdapterRecord:
     @property
     def digest(self) -> str:
         """The adapter's content hash (names the warm cache folder)."""
-        return AdapterInfo(self.name, self.base, self.rank, self.alpha, self.target_modules,
-                           self.base_model, self.files, self.size).digest  # fmt: skip
+        return files_digest(self.files)
 
     def summary(self, state: str) -> dict[str, Any]:
         """The `lora list --json` record."""
