@@ -41,13 +41,8 @@ class AdapterInfo:
     @property
     def digest(self) -> str:
         """One hash for the whole adapter (names and contents of its files)."""
-        return files_digest(self.files)
-
-
-def files_digest(files: dict[str, str]) -> str:
-    """One hash over an adapter's file names and their sha256 sums."""
-    joined = "".join(f"{name}\0{sha}\n" for name, sha in sorted(files.items()))
-    return hashlib.sha256(joined.encode()).hexdigest()
+        joined = "".join(f"{name}\0{sha}\n" for name, sha in sorted(self.files.items()))
+        return hashlib.sha256(joined.encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from persistent import Persistent
 from ZODB.blob import Blob
 
 from soulstone.errors import SoulstoneError
-from soulstone.lora.adapter import AdapterInfo, files_digest
+from soulstone.lora.adapter import AdapterInfo
 
 
 class RegistryError(SoulstoneError):
@@ -46,23 +46,10 @@ class StoredAdapter(Persistent):  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
-class AdapterRecord:
+class AdapterRecord(AdapterInfo):
     """A stored adapter's metadata, detached from the database."""
 
-    name: str
-    base: str
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
-    base_model: str
-    files: dict[str, str]
-    size: int
-    created: float
-
-    @property
-    def digest(self) -> str:
-        """The adapter's content hash (names the warm cache folder)."""
-        return files_digest(self.files)
+    created: float = field(kw_only=True)
 
     def summary(self, state: str) -> dict[str, Any]:
         """The `lora list --json` record."""
@@ -78,7 +65,7 @@ class AdapterRecord:
 def _record(stored: StoredAdapter) -> AdapterRecord:
     return AdapterRecord(stored.name, stored.base, stored.rank, stored.alpha,
                          tuple(stored.target_modules), stored.base_model, dict(stored.files),
-                         stored.size, stored.created)  # fmt: skip
+                         stored.size, created=stored.created)  # fmt: skip
 
 
 class Registry:
