@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
@@ -49,3 +52,29 @@ class CodexError(SoulstoneError):
         count = len(problems)
         lines = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"the codex has {count} error{'s' if count != 1 else ''}:\n{lines}")
+
+
+class Refusal(SoulstoneError):
+    """A request refused: HTTP status, error code, message, Retry-After and extra body fields.
+
+    Every way in (HTTP, WebSocket, council, admin) renders it through one table
+    (`soulstone.dispatch.refusals`); `extra` lands in the error body as is.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = max(1, math.ceil(retry_after)) if retry_after else None
+        self.headers = dict(headers or {})
+        self.extra = extra

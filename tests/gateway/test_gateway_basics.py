@@ -72,12 +72,12 @@ def test_errors_are_json_with_correlation_headers(pair: RunningGateway) -> None:
                                 headers={"X-Conveyance-Session-ID": "sess-1"})  # fmt: skip
         assert response.status_code == status, (path, response.text)
         document = response.json()
-        assert document["error"] == code and document["message"]
+        assert document["error"]["code"] == code and document["error"]["message"]
         assert len(response.headers["X-Request-ID"]) >= 16
         assert response.headers["X-Conveyance-Session-ID"] == "sess-1"
     missing = http.post("/v1/chat/completions", content=b'{"model": "nope"}').json()
-    assert missing["models"] == ["model-a", "model-b"]
-    assert "valid models: model-a, model-b" in missing["message"]
+    assert missing["error"]["models"] == ["model-a", "model-b"]
+    assert "valid models: model-a, model-b" in missing["error"]["message"]
     ok = http.post("/v1/chat/completions", json={"model": "model-a", "messages": []},
                    headers={"X-Request-ID": "req-42"})  # fmt: skip
     assert ok.headers["X-Request-ID"] == "req-42"
@@ -105,7 +105,7 @@ def test_admin_api_and_cli_through_the_gateway(pair: RunningGateway) -> None:
     assert down.returncode == 0 and "stopped b" in down.stdout
     anonymous = httpx2.get(f"http://127.0.0.1:{pair.tcp_port}/admin/status")
     assert anonymous.status_code == 401
-    assert anonymous.json()["error"] == "UNAUTHORIZED"
+    assert anonymous.json()["error"]["code"] == "UNAUTHORIZED"
     with_key = pair.tcp().get("/admin/status")  # the harness's key is an admin's
     assert with_key.status_code == 200
 
@@ -166,8 +166,8 @@ def test_unavailable_engine_is_503_with_retry_after(
     gateway = start_gateway(codex)
     response = gateway.http().post("/v1/chat/completions", json={"model": "m"})
     assert response.status_code == 503
-    assert response.json()["error"] == "ENGINE_UNAVAILABLE"
+    assert response.json()["error"]["code"] == "ENGINE_UNAVAILABLE"
     assert int(response.headers["Retry-After"]) > 0
-    assert "exit 2" in response.json()["message"]
+    assert "exit 2" in response.json()["error"]["message"]
     with pytest.raises(openai.APIStatusError):
         gateway.uds_client(max_retries=0).chat.completions.create(model="m", messages=[])

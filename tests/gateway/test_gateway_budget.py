@@ -37,15 +37,15 @@ def test_a_prompt_that_fits_by_one_token_passes_and_one_over_fails(
     assert 20 < tokens < 60
     headers = {"X-Request-ID": "budget-1", "X-Conveyance-Session-ID": "s-1"}
 
-    def chat(max_tokens: int) -> httpx2.Response:
+    def chat(max_tokens: int, **more: str) -> httpx2.Response:
         body = {"model": "tiny", "messages": MESSAGES, "max_tokens": max_tokens}
-        return http.post("/v1/chat/completions", headers=headers, json=body)
+        return http.post("/v1/chat/completions", headers={**headers, **more}, json=body)
 
     fits = chat(100 - tokens)
     assert fits.status_code == 200, fits.text
     assert fits.json()["usage"]["prompt_tokens"] == tokens  # the engine counts the same way
 
-    over = chat(101 - tokens)
+    over = chat(101 - tokens, **{"X-Soulstone-Errors": "flat"})  # SPEC C5's flat shape
     assert over.status_code == 400
     assert over.headers["X-Request-ID"] == "budget-1"
     assert over.headers["X-Conveyance-Session-ID"] == "s-1"
@@ -54,9 +54,13 @@ def test_a_prompt_that_fits_by_one_token_passes_and_one_over_fails(
     assert (body["error"], body["prompt_tokens"], body["max_tokens"], body["limit"]) == (
         "TOKEN_BUDGET_EXCEEDED", tokens, 101 - tokens, 100,
     )  # fmt: skip
+    error = chat(101 - tokens).json()["error"]  # OpenAI's shape by default, same fields
+    assert (error["code"], error["type"], error["prompt_tokens"], error["limit"]) == (
+        "TOKEN_BUDGET_EXCEEDED", "invalid_request_error", tokens, 100,
+    )  # fmt: skip
 
     too_long = chat(81)
-    assert too_long.status_code == 400 and too_long.json()["limit"] == 80
+    assert too_long.status_code == 400 and too_long.json()["error"]["limit"] == 80
 
     filled = http.post("/v1/chat/completions", json={"model": "tiny", "messages": MESSAGES})
     assert filled.status_code == 200  # a missing max_tokens is set within the budget

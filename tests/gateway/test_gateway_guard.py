@@ -45,7 +45,7 @@ def test_keys_access_and_admin(tmp_path: Path, start_gateway: StartGateway) -> N
                       (unix_only, "UNAUTHORIZED")):  # fmt: skip
         refused = ask(tcp(gateway, key))
         assert refused.status_code == 401, key
-        assert refused.json()["error"] == code
+        assert refused.json()["error"]["code"] == code
         assert refused.headers["X-Request-ID"]
     uds = gateway.http()
     on_socket = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(gateway.socket)),
@@ -53,7 +53,7 @@ def test_keys_access_and_admin(tmp_path: Path, start_gateway: StartGateway) -> N
                               headers={"Authorization": f"Bearer {unix_only}"})  # fmt: skip
     assert ask(on_socket).status_code == 200  # the unix-only key works on the socket
     forbidden = ask(tcp(gateway, good), model="n")
-    assert forbidden.status_code == 403 and forbidden.json()["error"] == "MODEL_FORBIDDEN"
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "MODEL_FORBIDDEN"
     listed = tcp(gateway, good).get("/v1/models").json()["data"]
     assert [m["id"] for m in listed] == ["m"]
     assert tcp(gateway, good).get("/metrics").status_code == 403
@@ -118,15 +118,15 @@ def test_rate_token_and_concurrency_limits(tmp_path: Path, start_gateway: StartG
     statuses = sorted(status for status, _, _ in results)
     assert statuses == [200] * 5 + [429] * 5
     refused = next(r for r in results if r[0] == 429)
-    assert refused[2]["error"] == "RATE_LIMITED" and int(refused[1]["Retry-After"]) >= 1
+    assert refused[2]["error"]["code"] == "RATE_LIMITED" and int(refused[1]["Retry-After"]) >= 1
     results = burst(gateway, conc, 6, max_tokens=4)
     assert sorted(s for s, _, _ in results) == [200] * 2 + [429] * 4
-    assert {r[2]["error"] for r in results if r[0] == 429} == {"CONCURRENCY_LIMITED"}
+    assert {r[2]["error"]["code"] for r in results if r[0] == 429} == {"CONCURRENCY_LIMITED"}
     first = ask(tcp(gateway, tpm), max_tokens=8)  # 8 tokens + 4 prompt (fake usage): 12
     second = ask(tcp(gateway, tpm), max_tokens=8)  # 24 used: over 20 from now on
     third = ask(tcp(gateway, tpm), max_tokens=8)
     assert (first.status_code, second.status_code, third.status_code) == (200, 200, 429)
-    assert third.json()["error"] == "TOKEN_RATE_LIMITED"
+    assert third.json()["error"]["code"] == "TOKEN_RATE_LIMITED"
 
 
 def test_global_queue_answers_503_when_full_and_serves_what_it_took(
@@ -138,7 +138,7 @@ def test_global_queue_answers_503_when_full_and_serves_what_it_took(
     results = burst(gateway, gateway.key, 8, max_tokens=2)
     assert sorted(s for s, _, _ in results) == [200] * 4 + [503] * 4
     busy = next(r for r in results if r[0] == 503)
-    assert busy[2]["error"] == "GATEWAY_BUSY" and int(busy[1]["Retry-After"]) >= 1
+    assert busy[2]["error"]["code"] == "GATEWAY_BUSY" and int(busy[1]["Retry-After"]) >= 1
 
 
 def test_completion_timeout_is_504_and_cancels_upstream(
@@ -149,7 +149,7 @@ def test_completion_timeout_is_504_and_cancels_upstream(
     gateway.http().post("/admin/up", json={"name": "a"})
     began = time.monotonic()
     answer = ask(gateway.http())
-    assert answer.status_code == 504 and answer.json()["error"] == "COMPLETION_TIMEOUT"
+    assert answer.status_code == 504 and answer.json()["error"]["code"] == "COMPLETION_TIMEOUT"
     assert time.monotonic() - began < 4
     text = gateway.codex.joinpath("fake.toml").read_text()
     port = int(text.split("\nport = ")[1].split("\n")[0])
@@ -219,11 +219,11 @@ def test_fuzzed_bodies_always_get_json_errors(tmp_path: Path, start_gateway: Sta
         response = http.post(path, content=body, headers={"Content-Type": content_type})
         if response.status_code != 200:
             document = response.json()
-            assert isinstance(document["error"], str) and document["message"]
+            assert document["error"]["code"] and document["error"]["message"]
         assert response.headers["X-Request-ID"]
 
     check()
     huge = http.post("/v1/chat/completions", content=b"x" * (33 * 2**20))
-    assert huge.status_code == 413 and huge.json()["error"] == "PAYLOAD_TOO_LARGE"
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     assert http.get("/health").status_code == 200
     assert gateway.process.poll() is None

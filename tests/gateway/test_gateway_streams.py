@@ -35,7 +35,7 @@ def test_engine_dying_mid_stream_ends_with_an_error_event_and_done(
     lines = stream_lines(gateway, "m")
     assert len([line for line in lines if '"delta"' in line]) == 3
     error = json.loads(lines[-2].removeprefix("data: "))
-    assert error["error"] == "ENGINE_FAILED"
+    assert error["error"]["code"] == "ENGINE_FAILED"
     assert lines[-1] == "data: [DONE]"
     first_pid = json.loads(gateway.state.keeper("a").read_text())["pid"]
     # The soulstone was marked failed: the next request restarts it.

@@ -61,14 +61,22 @@ def test_requests_with_foreign_or_changed_tools_are_refused(
                         headers={"X-Request-ID": "tools-1"})  # fmt: skip
     assert refused.status_code == 400
     body = refused.json()
-    assert (body["error"], body["tool"], body["pointer"]) == (
+    assert (body["error"]["code"], body["error"]["tool"], body["error"]["pointer"]) == (
         "TOOL_SCHEMA_MISMATCH", "fetch_core", "/description",
     )  # fmt: skip
     assert refused.headers["X-Request-ID"] == "tools-1"
-    legacy = http.post("/v1/chat/completions", json={
-        "model": "m", "messages": [], "functions": [{"name": "format_disk", "parameters": {}}],
-    })  # fmt: skip
-    assert legacy.status_code == 400 and legacy.json()["tool"] == "format_disk"
+    legacy = {"model": "m", "messages": [],
+              "functions": [{"name": "format_disk", "parameters": {}}]}  # fmt: skip
+    # A tool the policy does not name passes by default (ordinary agent tools work) ...
+    assert http.post("/v1/chat/completions", json=legacy).status_code == 200
+    # ... and is refused under --strict.
+    strict = start_gateway(fake_codex(tmp_path / "s", fake_table("a", model="m")), "--strict",
+                           tcp=False)  # fmt: skip
+    refused = strict.http().post("/v1/chat/completions", json=legacy)
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["code"], refused.json()["error"]["tool"]) == (
+        "TOOL_SCHEMA_MISMATCH", "format_disk",
+    )  # fmt: skip
 
 
 @pytest.mark.engine
@@ -95,7 +103,7 @@ def test_openai_client_with_tools_against_llama_server(
             model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=4,
             tools=[foreign],  # type: ignore[list-item]
         )  # fmt: skip
-    assert caught.value.response.json()["error"] == "TOOL_SCHEMA_MISMATCH"
+    assert caught.value.response.json()["error"]["code"] == "TOOL_SCHEMA_MISMATCH"
 
 
 def test_answers_tool_calls_are_validated(tmp_path: Path, start_gateway: StartGateway) -> None:
@@ -116,8 +124,8 @@ def test_answers_tool_calls_are_validated(tmp_path: Path, start_gateway: StartGa
     for kind, words in (("badjson", "not JSON"), ("schema", "is not of type 'string'")):
         refused = ask(kind)
         assert refused.status_code == 502, kind
-        assert refused.json()["error"] == "TOOL_CALL_INVALID"
-        assert words in refused.json()["message"]
+        assert refused.json()["error"]["code"] == "TOOL_CALL_INVALID"
+        assert words in refused.json()["error"]["message"]
     flagged = ask("schema", **{"X-Soulstone-Tool-Validation": "pass"})
     assert flagged.status_code == 200
     problems = flagged.json()["soulstone_invalid_tool_calls"]
@@ -142,8 +150,8 @@ def test_streamed_tool_calls_arrive_whole(tmp_path: Path, start_gateway: StartGa
     assert len(calls) == 1 and calls[0][0]["function"]["name"] == "store_core"
     assert json.loads(calls[0][0]["function"]["arguments"]) == {"label": "name", "value": "Ada"}
     errors = [p for p in parsed if "error" in p]
-    assert len(errors) == 1 and errors[0]["error"] == "TOOL_CALL_INVALID"
-    assert errors[0]["index"] == 1
+    assert len(errors) == 1 and errors[0]["error"]["code"] == "TOOL_CALL_INVALID"
+    assert errors[0]["error"]["index"] == 1
     assert parsed[0]["choices"][0]["delta"]["content"] == "Working"
 
 
@@ -162,9 +170,11 @@ def test_heartbeat_chains_are_limited_per_session(
     assert beat("s1").status_code == 200  # opens the chain
     assert [beat("s1").status_code for _ in range(3)] == [200, 200, 200]
     limited = beat("s1")
-    assert limited.status_code == 429 and limited.json()["error"] == "HEARTBEAT_RATE_LIMITED"
+    assert (
+        limited.status_code == 429 and limited.json()["error"]["code"] == "HEARTBEAT_RATE_LIMITED"
+    )
     assert int(limited.headers["Retry-After"]) >= 1
-    assert beat("s1").json()["error"] == "HEARTBEAT_COOLDOWN"
+    assert beat("s1").json()["error"]["code"] == "HEARTBEAT_COOLDOWN"
     assert beat("s2").status_code == 200  # another session is unaffected
     metrics = http.get("/metrics").text
     assert 'soulstone_heartbeat_refusals_total{code="HEARTBEAT_RATE_LIMITED"} 1.0' in metrics

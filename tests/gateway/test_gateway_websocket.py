@@ -17,7 +17,7 @@ async def frames_until_done(ws: aiohttp.ClientWebSocketResponse) -> list[str]:
         message = await asyncio.wait_for(ws.receive(), 30)
         assert message.type == aiohttp.WSMsgType.TEXT
         frames.append(message.data)
-        if message.data == "[DONE]" or message.data.startswith('{"error"'):
+        if message.data == "[DONE]":  # every request's frames end with it, errors included
             return frames
 
 
@@ -51,8 +51,9 @@ def test_websocket_streams_like_sse(tmp_path: Path, start_gateway: StartGateway)
     assert [json.loads(f)["choices"][0]["delta"].get("content") for f in second[:-2]] == [
         "tok0", " tok1",
     ]  # fmt: skip
-    assert json.loads(broken[0])["error"] == "INVALID_JSON"
-    assert json.loads(unknown[0])["error"] == "MODEL_NOT_FOUND"
+    assert json.loads(broken[0])["error"]["code"] == "INVALID_JSON" and broken[1:] == ["[DONE]"]
+    assert json.loads(unknown[0])["error"]["code"] == "MODEL_NOT_FOUND"
+    assert unknown[1:] == ["[DONE]"]
     assert request_id
 
 
@@ -84,4 +85,4 @@ def test_websocket_carries_whole_tool_calls(tmp_path: Path, start_gateway: Start
     arguments = calls[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
     assert json.loads(arguments) == {"label": "name", "value": "Ada"}
     errors = [p for p in parsed if "error" in p]
-    assert [(e["error"], e["index"]) for e in errors] == [("TOOL_CALL_INVALID", 1)]
+    assert [(e["error"]["code"], e["error"]["index"]) for e in errors] == [("TOOL_CALL_INVALID", 1)]

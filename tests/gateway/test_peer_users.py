@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -120,23 +121,24 @@ def gateway_as_user(shared_python: Path, users: None) -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def call(user: str, socket_path: Path, model: str) -> tuple[int, dict[str, object]]:
+def call(user: str, socket_path: Path, model: str) -> tuple[int, dict[str, Any]]:
     command = as_user(user, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket",
                       str(socket_path), "http://localhost/v1/chat/completions",
                       "-H", "Content-Type: application/json",
                       "-d", json.dumps({"model": model, "messages": []}))  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
     body, _, status = result.stdout.rpartition("\n")
-    return int(status), json.loads(body)
+    document: dict[str, Any] = json.loads(body)
+    return int(status), document
 
 
 def test_peer_credentials_map_real_users_to_clients(gateway_as_user: Path) -> None:
     status, body = call(CLIENT_USER, gateway_as_user, "m")
     assert status == 200, body
     status, body = call(CLIENT_USER, gateway_as_user, "n")
-    assert (status, body["error"]) == (403, "MODEL_FORBIDDEN")
+    assert (status, body["error"]["code"]) == (403, "MODEL_FORBIDDEN")
     status, body = call(STRANGER, gateway_as_user, "m")
-    assert (status, body["error"]) == (401, "UNAUTHORIZED")
+    assert (status, body["error"]["code"]) == (401, "UNAUTHORIZED")
     status, body = call(GATEWAY_USER, gateway_as_user, "n")
     assert status == 200, body  # the gateway's own user is its owner
     assert sys.platform == "linux"

@@ -119,7 +119,10 @@ def test_bad_adapters_never_reach_the_engine(
         answer = http.post("/admin/lora/add",
                            json={"name": name, "path": str(folder), "base": "tiny"})  # fmt: skip
         assert answer.status_code == 400, name
-        assert answer.json()["error"] == "ADAPTER_REFUSED" and words in answer.json()["message"]
+        assert (
+            answer.json()["error"]["code"] == "ADAPTER_REFUSED"
+            and words in answer.json()["error"]["message"]
+        )
         health = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(tmp_path / "v.sock")))
         assert health.get("http://localhost/health").status_code == 200
     assert json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"] == []

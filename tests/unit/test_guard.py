@@ -11,7 +11,7 @@ import pytest
 
 from helpers import load, write
 from soulstone.guard.audit import audit_caches, audit_clients, audit_codex, audit_socket
-from soulstone.guard.budget import Budget, BudgetExceeded, budget_for, fit
+from soulstone.guard.budget import Budget, BudgetExceeded, OutputAsk, budget_for, fit
 from soulstone.guard.clients import (
     OWNER,
     ClientDecl,
@@ -115,23 +115,19 @@ def test_client_limits_refuse_with_retry_after() -> None:
     limiter = ClientLimiter(clock=lambda: now[0])
     limits = LimitsDecl(requests_per_minute=3, tokens_per_minute=100, concurrent=2)
     client = client_of("c", ClientDecl(limits=limits))
-    limiter.admit(client)
-    limiter.admit(client)
+    first = limiter.admit(client)
+    second = limiter.admit(client)
     with pytest.raises(Refused) as caught:
         limiter.admit(client)
     assert (caught.value.status, caught.value.code) == (429, "CONCURRENCY_LIMITED")
-    limiter.finish(client, 60)
-    limiter.finish(client, 50)
+    limiter.settle(client, first, 60)
+    limiter.settle(client, second, 50)
     with pytest.raises(Refused) as caught:
         limiter.admit(client)
     assert caught.value.code == "TOKEN_RATE_LIMITED" and caught.value.retry_after == 60
     now[0] = 61.0  # the window moved on
-    limiter.admit(client)
-    limiter.finish(client, 0)
-    limiter.admit(client)
-    limiter.finish(client, 0)
-    limiter.admit(client)
-    limiter.finish(client, 0)
+    for _ in range(3):
+        limiter.settle(client, limiter.admit(client), 0)
     with pytest.raises(Refused) as caught:
         limiter.admit(client)
     assert caught.value.code == "RATE_LIMITED"
@@ -154,22 +150,22 @@ async def test_slots_queue_then_refuse() -> None:
 
 def test_budget_boundaries() -> None:
     budget = Budget(max_context_tokens=100, max_output_tokens=40)
-    assert fit(60, 40, budget) is None  # fits exactly
+    assert fit(60, OutputAsk(40), budget) == 40  # fits exactly
     with pytest.raises(BudgetExceeded) as caught:
-        fit(61, 40, budget)
+        fit(61, OutputAsk(40), budget)
     assert (caught.value.prompt_tokens, caught.value.max_tokens, caught.value.limit) == (
         61,
         40,
         100,
     )
     with pytest.raises(BudgetExceeded) as caught:
-        fit(1, 41, budget)
+        fit(1, OutputAsk(41), budget)
     assert caught.value.limit == 40
-    assert fit(90, None, budget) == 10  # a missing max_tokens gets what remains
-    assert fit(10, None, budget) == 40
+    assert fit(90, OutputAsk(None), budget) == 10  # a missing max_tokens gets what remains
+    assert fit(10, OutputAsk(None), budget) == 40
     with pytest.raises(BudgetExceeded):
-        fit(100, None, budget)
-    assert fit(None, 5, budget) is None
+        fit(100, OutputAsk(None), budget)
+    assert fit(None, OutputAsk(5), budget) == 5
     tight = budget_for(GatewayDecl(), LimitsDecl(max_context_tokens=512), None,
                        LimitsDecl(max_output_tokens=64))  # fmt: skip
     assert tight == Budget(512, 64)

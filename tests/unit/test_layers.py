@@ -14,13 +14,16 @@ LAYERS = {
     "host": 1, "demo": 1,
     "forge": 2, "runtimes": 2,
     "supervisor": 3,
-    "guard": 4, "tools": 4, "lora": 4, "council": 4, "observe": 4,
-    "gateway": 5,
-    "cli": 6, "__main__": 6,
+    "guard": 4, "tools": 4, "lora": 4, "observe": 4,
+    "dispatch": 5,
+    "council": 6,
+    "gateway": 7,
+    "cli": 8, "__main__": 8,
 }  # fmt: skip
 PURE_CORE = {"errors", "codex"}
 IMPURE_IN_CORE = {"soulstone.codex.load"}
-PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting"}
+PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting",
+                  "soulstone.dispatch.refusals"}  # fmt: skip
 PURE_THIRD_PARTY = {"pydantic", "jsonschema", "orjson"}
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "aiohttp.web": {"gateway"}}
 

@@ -66,20 +66,25 @@ def test_first_difference_is_none_only_for_equal_values(value: object) -> None:
 def test_requests_must_use_the_pinned_schemas_exactly() -> None:
     policy = default_policy()
     tools = [{"type": "function", "function": copy.deepcopy(f)} for f in DEFAULT_FUNCTIONS[:2]]
-    check_tools(tools, policy, "any-model")
+    check_tools(tools, policy, ["any-model"], "refuse")
     changed = copy.deepcopy(tools)
     changed[1]["function"]["parameters"]["properties"]["label"]["type"] = "integer"
     with pytest.raises(ToolSchemaMismatch) as caught:
-        check_tools(changed, policy, "m")
+        check_tools(changed, policy, ["m"], "pass")
     assert (caught.value.tool, caught.value.pointer) == (
         "fetch_core", "/parameters/properties/label/type",
     )  # fmt: skip
     unknown = [{"type": "function", "function": {"name": "rm_rf", "parameters": {}}}]
     with pytest.raises(ToolSchemaMismatch, match="not in the tools policy"):
-        check_tools(unknown, policy, "m")
+        check_tools(unknown, policy, ["m"], "refuse")
+    check_tools(unknown, policy, ["m"], "pass")  # unknown tools pass by default
     narrowed = policy.model_copy(update={"models": {"small": ["store_core"]}})
     with pytest.raises(ToolSchemaMismatch, match="for small"):
-        check_tools(tools, narrowed, "small")
+        check_tools(tools, narrowed, ["small"], "pass")
+    # An adapter of the base `small` does not skip the base's rule.
+    with pytest.raises(ToolSchemaMismatch, match="for small"):
+        check_tools(tools, narrowed, ["small-adapter", "small"], "pass")
+    check_tools(tools[:1], narrowed, ["small-adapter", "small"], "pass")
 
 
 def test_drift_is_refused_and_pin_fixes_it(tmp_path: Path) -> None:

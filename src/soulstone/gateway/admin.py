@@ -10,23 +10,26 @@ import orjson
 from aiohttp import web
 
 from soulstone.codex.models import Soulstone
-from soulstone.errors import SoulstoneError, UsageError
-from soulstone.gateway.errors import GatewayError, error_response
+from soulstone.dispatch.call import wants_flat_errors
+from soulstone.dispatch.services import Services
+from soulstone.errors import Refusal, SoulstoneError, UsageError
+from soulstone.gateway.errors import error_response
 from soulstone.gateway.routes import caller
-from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.gateway.state import GATEWAY, correlation
 from soulstone.lora.adapter import AdapterRefused, inspect_adapter
-from soulstone.lora.hot import AdapterUnavailable, HotAdapters
+from soulstone.lora.hot import HotAdapters
 from soulstone.lora.registry import AdapterRecord, RegistryError
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
-from soulstone.supervisor.schedule import Unavailable
 
 routes = web.RouteTableDef()
 
 
-def _json(gateway: Gateway, request: web.Request, document: Any, status: int = 200) -> web.Response:
+def _json(
+    gateway: Services, request: web.Request, document: Any, status: int = 200
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(document), status=status, content_type="application/json",
-        headers=gateway.correlation(request),
+        headers=correlation(gateway, request),
     )  # fmt: skip
 
 
@@ -37,40 +40,42 @@ async def _body(request: web.Request) -> dict[str, Any]:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise GatewayError(400, "INVALID_JSON", "the body is not JSON") from None
+        raise Refusal(400, "INVALID_JSON", "the body is not JSON") from None
     if not isinstance(document, dict):
-        raise GatewayError(400, "INVALID_JSON", "the body must be a JSON object")
+        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
     return document
 
 
-def _target(gateway: Gateway, body: dict[str, Any]) -> Target:
+def _target(gateway: Services, body: dict[str, Any]) -> Target:
     name, capability = body.get("name"), body.get("capability")
     if (name is None) == (capability is None):
-        raise GatewayError(400, "BAD_TARGET", "give exactly one of `name` or `capability`")
+        raise Refusal(400, "BAD_TARGET", "give exactly one of `name` or `capability`")
     if capability is not None:
         return Target("capability", str(capability))
     try:
         return name_target(gateway.codex, str(name))
     except UsageError as error:
-        raise GatewayError(404, "UNKNOWN_TARGET", str(error)) from None
+        raise Refusal(404, "UNKNOWN_TARGET", str(error)) from None
 
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
     """Only admin clients may use the admin API; map refusals onto the error table."""
     gateway = request.config_dict[GATEWAY]
+    client = None
     try:
         client = await caller(gateway, request)
         if not client.admin:
-            raise GatewayError(403, "ADMIN_ONLY", f"{client.name} is not an admin client")
+            raise Refusal(403, "ADMIN_ONLY", f"{client.name} is not an admin client")
         response: web.StreamResponse = await handler(request)
         return response
-    except GatewayError as error:
-        return error_response(error, gateway.correlation(request))
-    except (UsageError, Unavailable, SoulstoneError) as error:
-        status = 503 if isinstance(error, Unavailable) else 409
-        refusal = GatewayError(status, "ADMIN_FAILED", str(error))
-        return error_response(refusal, gateway.correlation(request))
+    except Refusal as refusal:
+        failed = refusal
+    except SoulstoneError as error:  # usage errors, manifest failures: one row of the table
+        failed = Refusal(409, "ADMIN_FAILED", str(error))
+    gateway.metrics.refused(failed.code)
+    flat = wants_flat_errors(request.headers, client)
+    return error_response(failed, correlation(gateway, request), flat)
 
 
 @routes.get("/status")
@@ -91,7 +96,7 @@ async def up(request: web.Request) -> web.Response:
     try:
         targets = resolve(gateway.codex, target, scheduler.running)
     except UsageError as error:
-        raise GatewayError(404, "UNKNOWN_TARGET", str(error)) from None
+        raise Refusal(404, "UNKNOWN_TARGET", str(error)) from None
     running = [s for s in gateway.codex.soulstones if s.id in scheduler.running]
     plan = make_plan(targets, running)
     document = {
@@ -127,22 +132,22 @@ async def reload(request: web.Request) -> web.Response:
     return _json(gateway, request, report, status=200 if report.get("reloaded") else 422)
 
 
-def _hot(gateway: Gateway) -> HotAdapters:
+def _hot(gateway: Services) -> HotAdapters:
     if gateway.hot is None:
-        raise GatewayError(409, "NO_ADAPTERS", "this gateway runs without an adapter registry")
+        raise Refusal(409, "NO_ADAPTERS", "this gateway runs without an adapter registry")
     return gateway.hot
 
 
 async def _named_adapter(
     request: web.Request,
-) -> tuple[Gateway, HotAdapters, AdapterRecord, Soulstone | None]:
+) -> tuple[Services, HotAdapters, AdapterRecord, Soulstone | None]:
     """The gateway, its hot adapters, the adapter the body names, and its base (None when gone)."""
     gateway = request.config_dict[GATEWAY]
     hot = _hot(gateway)
     name = str((await _body(request)).get("name") or "")
     record = gateway.adapters.get(name)
     if record is None:
-        raise GatewayError(404, "UNKNOWN_ADAPTER", f"no adapter named {name!r}")
+        raise Refusal(404, "UNKNOWN_ADAPTER", f"no adapter named {name!r}")
     return gateway, hot, record, gateway.codex.get(record.base)
 
 
@@ -164,13 +169,13 @@ async def lora_add(request: web.Request) -> web.Response:
     body = await _body(request)
     base = gateway.codex.get(str(body.get("base") or ""))
     if base is None:
-        raise GatewayError(404, "UNKNOWN_TARGET", f"no soulstone named {body.get('base')!r}")
+        raise Refusal(404, "UNKNOWN_TARGET", f"no soulstone named {body.get('base')!r}")
     try:
         info = inspect_adapter(str(body.get("name")), Path(str(body.get("path"))), base,
                                any_base=bool(body.get("any_base")))  # fmt: skip
         record = await asyncio.to_thread(hot.registry.add, info, Path(str(body.get("path"))))
     except (AdapterRefused, RegistryError) as error:
-        raise GatewayError(400, "ADAPTER_REFUSED", str(error)) from None
+        raise Refusal(400, "ADAPTER_REFUSED", str(error)) from None
     gateway.refresh_adapters()
     return _json(gateway, request, record.summary(gateway.adapter_state(record)))
 
@@ -192,12 +197,9 @@ async def lora_load(request: web.Request) -> web.Response:
     """Make an adapter hot now (its base soulstone is brought up first)."""
     gateway, hot, record, base = await _named_adapter(request)
     if base is None:
-        raise GatewayError(409, "UNKNOWN_TARGET", f"{record.name}'s soulstone is gone")
+        raise Refusal(409, "UNKNOWN_TARGET", f"{record.name}'s soulstone is gone")
     await gateway.scheduler.manifest((base,))
-    try:
-        await hot.acquire(base, record)
-    except AdapterUnavailable as error:
-        raise GatewayError(error.status, error.code, str(error)) from None
+    await hot.acquire(base, record)
     hot.release(base, record.name)
     return _json(gateway, request, record.summary("hot"))
 
@@ -211,10 +213,7 @@ async def lora_unload(request: web.Request) -> web.Response:
 
 
 async def _unload(hot: HotAdapters, base: Soulstone, name: str) -> bool:
-    try:
-        return await hot.unload(base, name)
-    except AdapterUnavailable as error:
-        raise GatewayError(error.status, error.code, str(error)) from None
+    return await hot.unload(base, name)
 
 
 def make_admin_app() -> web.Application:

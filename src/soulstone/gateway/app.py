@@ -7,20 +7,22 @@ import dataclasses
 from aiohttp import web
 
 from soulstone.codex.models import Codex, Soulstone
+from soulstone.dispatch.call import ENDPOINTS
+from soulstone.dispatch.path import RequestPath
 from soulstone.gateway.routes import generation, health, metrics, models, not_found
-from soulstone.gateway.state import GATEWAY, Gateway
+from soulstone.gateway.state import GATEWAY, REQUEST_PATH
 from soulstone.gateway.websocket import stream_socket
 
-MAX_BODY_BYTES = 32 * 2**20
-GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+MAX_BODY_BYTES = 8 * 2**20  # decompressed: a gzip bomb stops here
 
 
-def make_app(gateway: Gateway, admin: web.Application | None = None) -> web.Application:
+def make_app(path: RequestPath, admin: web.Application | None = None) -> web.Application:
     """The aiohttp application serving this gateway (the admin API mounted at /admin/)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app[GATEWAY] = gateway
-    for path in GENERATION_PATHS:
-        app.router.add_post(path, generation)
+    app[GATEWAY] = path.services
+    app[REQUEST_PATH] = path
+    for route in ENDPOINTS:
+        app.router.add_post(route, generation)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/stream", stream_socket)
     app.router.add_get("/health", health)

@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from soulstone.codex.models import Codex
+from soulstone.dispatch.path import RequestPath
+from soulstone.dispatch.services import Services
 from soulstone.errors import CodexError, UsageError
 from soulstone.gateway.admin import make_admin_app
 from soulstone.gateway.app import changed_soulstones, make_app
@@ -26,7 +28,6 @@ from soulstone.gateway.listen import (
     parse_tcp,
     prepare_socket,
 )
-from soulstone.gateway.state import Gateway
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
@@ -67,7 +68,7 @@ class ServeOptions:
 
 
 async def reload_codex(
-    gateway: Gateway, load: Callable[[], Codex], log: Any, tools: Path | None = None
+    gateway: Services, load: Callable[[], Codex], log: Any, tools: Path | None = None
 ) -> dict[str, Any]:
     """Load and validate the codex (and clients file) again; restart only what changed."""
     try:
@@ -155,14 +156,15 @@ async def serve(
     async def reload() -> dict[str, Any]:
         return await reload_codex(gateway, load, log, options.tools)
 
-    gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
+    gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
+                       strict=options.strict)  # fmt: skip
     gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
     runner = web.AppRunner(
-        make_app(gateway, make_admin_app()), handler_cancellation=True, access_log=None,
-        shutdown_timeout=options.shutdown_timeout,
+        make_app(RequestPath(gateway, log), make_admin_app()), handler_cancellation=True,
+        access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
     sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in sockets]

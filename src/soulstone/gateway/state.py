@@ -1,95 +1,21 @@
-"""The gateway's state: what the request path needs, owned by one gateway process."""
+"""Where the gateway keeps its services in the aiohttp application, and correlation ids."""
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import os
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
-
 from aiohttp import web
 
-from soulstone.codex.models import Codex, Soulstone
-from soulstone.gateway.errors import REQUEST_ID, SESSION_ID
-from soulstone.guard.guard import Guard
-from soulstone.lora.hot import HotAdapters
-from soulstone.lora.prefetch import Transitions
-from soulstone.lora.registry import AdapterRecord
-from soulstone.observe.logging import RequestLog
-from soulstone.observe.metrics import Metrics
-from soulstone.runtimes.upstream import Upstreams
-from soulstone.supervisor.schedule import Scheduler
-from soulstone.tools.calls import Validators
-from soulstone.tools.heartbeat import Heartbeats
-from soulstone.tools.policy import Policy, default_policy
+from soulstone.dispatch.call import REQUEST_ID, SESSION_ID
+from soulstone.dispatch.path import RequestPath
+from soulstone.dispatch.services import Services
+
+GATEWAY = web.AppKey("gateway", Services)
+REQUEST_PATH = web.AppKey("request_path", RequestPath)
 
 
-@dataclass
-class Gateway:
-    """Everything the request path needs, owned by one gateway process."""
-
-    scheduler: Scheduler
-    upstreams: Upstreams
-    metrics: Metrics
-    reload: Callable[[], Awaitable[dict[str, Any]]]
-    guard: Guard
-    requests_log: RequestLog = field(default_factory=RequestLog)
-    hot: HotAdapters | None = None
-    adapters: dict[str, AdapterRecord] = field(default_factory=dict)
-    transitions: Transitions = field(default_factory=Transitions)
-    policy: Policy = field(default_factory=default_policy)
-    validators: Validators = field(default_factory=lambda: Validators(default_policy()))
-    heartbeats: Heartbeats = field(default_factory=lambda: Heartbeats(time.monotonic))
-
-    def use_policy(self, policy: Policy) -> None:
-        """Check tools against this policy from now on."""
-        self.policy, self.validators = policy, Validators(policy)
-
-    background: set[asyncio.Task[None]] = field(default_factory=set)
-    routes: dict[str, Soulstone] = field(default_factory=dict)
-    _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
-    _ids: Iterator[int] = field(default_factory=itertools.count)
-
-    def __post_init__(self) -> None:
-        self.use(self.scheduler.codex)
-
-    @property
-    def codex(self) -> Codex:
-        """The codex in force."""
-        return self.scheduler.codex
-
-    def refresh_adapters(self) -> None:
-        """Re-read the registry's adapter names (after an add or a removal)."""
-        if self.hot is not None:
-            self.adapters = {r.name: r for r in self.hot.registry.records()}
-
-    def adapter_state(self, record: AdapterRecord) -> str:
-        """cold (only in the database), warm (on disk) or hot (loaded in its engine)."""
-        if self.hot is None:
-            return "cold"
-        if record.name in self.hot.hot(record.base):
-            return "hot"
-        return "warm" if self.hot.cache.is_warm(record) else "cold"
-
-    def use(self, codex: Codex) -> None:
-        """Route by this codex from now on."""
-        self.scheduler.supervisor.codex = codex
-        self.routes = {model: s for s in codex.soulstones for model in s.models}
-        self.upstreams.forget()
-
-    def correlation(self, request: web.Request) -> dict[str, str]:
-        """The correlation headers of a response: the request id (generated when missing)."""
-        request_id = request.headers.get(REQUEST_ID)
-        if not request_id:
-            request_id = f"{self._id_prefix}{next(self._ids):08x}"
-            self.metrics.generated_ids.inc()
-        session_id = request.headers.get(SESSION_ID)
-        if session_id:
-            return {REQUEST_ID: request_id, SESSION_ID: session_id}
-        return {REQUEST_ID: request_id}
-
-
-GATEWAY = web.AppKey("gateway", Gateway)
+def correlation(services: Services, request: web.Request) -> dict[str, str]:
+    """The correlation headers of a response: the request id (generated when missing)."""
+    request_id = request.headers.get(REQUEST_ID) or services.new_request_id()
+    session_id = request.headers.get(SESSION_ID)
+    if session_id:
+        return {REQUEST_ID: request_id, SESSION_ID: session_id}
+    return {REQUEST_ID: request_id}

@@ -45,6 +45,8 @@ class ClientDecl(_Strict):
     admin: bool = False
     limits: LimitsDecl = LimitsDecl()
     log_content: bool = False
+    errors: Literal["openai", "flat"] = "openai"  # the error body shape (SPEC C4a)
+    unknown_tools: Literal["pass", "refuse"] | None = None  # None: the tools policy decides
 
 
 class GatewayDecl(_Strict):
@@ -79,6 +81,8 @@ class Client:
     admin: bool
     limits: LimitsDecl
     log_content: bool = False
+    flat_errors: bool = False
+    unknown_tools: Literal["pass", "refuse"] | None = None
 
     def may_use(self, model: str) -> bool:
         """True when the client may ask for this model."""
@@ -105,4 +109,5 @@ def parse_clients(document: Any, where: str) -> ClientsDecl:
 def client_of(name: str, declaration: ClientDecl) -> Client:
     """The resolved client for one declaration."""
     models = frozenset(declaration.models) if declaration.models is not None else None
-    return Client(name, models, declaration.admin, declaration.limits, declaration.log_content)
+    return Client(name, models, declaration.admin, declaration.limits, declaration.log_content,
+                  declaration.errors == "flat", declaration.unknown_tools)  # fmt: skip

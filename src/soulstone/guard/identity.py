@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+from soulstone.errors import Refusal
 from soulstone.guard.clients import OWNER, Client, ClientsDecl, client_of
 from soulstone.guard.keys import key_id, verify_key
 
@@ -29,8 +30,11 @@ class Peer:
     gid: int
 
 
-class Unknown(Exception):
-    """The caller maps to no client (HTTP 401)."""
+class Unknown(Refusal):
+    """The caller maps to no client (401 UNAUTHORIZED)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(401, "UNAUTHORIZED", message, headers={"WWW-Authenticate": "Bearer"})
 
 
 def peer_of(sock: socket.socket | None) -> Peer | None:

@@ -3,51 +3,70 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from soulstone.errors import Refusal
 from soulstone.guard.clients import Client
 
 WINDOW_S = 60.0
 
 
-class Refused(Exception):
+class Refused(Refusal):
     """A limit says no: HTTP status, error code, message, and seconds worth waiting."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(status, code, message, retry_after=max(1.0, retry_after))
+
+
+class Spend:
+    """Tokens charged to a client at one moment: a reservation until settled."""
+
+    __slots__ = ("at", "counted", "tokens")
+
+    def __init__(self, at: float, tokens: int) -> None:
+        self.at, self.tokens = at, tokens
+        self.counted = True  # still inside the client's one-minute window
 
 
 @dataclass
 class _Usage:
     requests: deque[float] = field(default_factory=deque)
-    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    spends: deque[Spend] = field(default_factory=deque)
     token_total: int = 0
     in_flight: int = 0
 
     def trim(self, now: float) -> None:
         while self.requests and now - self.requests[0] >= WINDOW_S:
             self.requests.popleft()
-        while self.tokens and now - self.tokens[0][0] >= WINDOW_S:
-            self.token_total -= self.tokens.popleft()[1]
+        while self.spends and now - self.spends[0].at >= WINDOW_S:
+            spend = self.spends.popleft()
+            spend.counted = False
+            self.token_total -= spend.tokens
 
 
 class ClientLimiter:
-    """Sliding one-minute windows and an in-flight count, per client."""
+    """Sliding one-minute windows and an in-flight count, per client.
+
+    Tokens per minute hold under concurrency: `admit` reserves a request's
+    worst case at once, `settle` corrects it to what the engine reported.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._usage: dict[str, _Usage] = {}
 
-    def admit(self, client: Client) -> None:
-        """Count a new request, or raise Refused (429) naming the limit it breaks."""
+    def check(self, client: Client) -> None:
+        """Raise Refused (429) when a new request of this client would break a limit now."""
         limits = client.limits
+        if (
+            limits.concurrent is None
+            and limits.requests_per_minute is None
+            and (limits.tokens_per_minute is None)
+        ):
+            return
         usage = self._usage.setdefault(client.name, _Usage())
         now = self.clock()
         usage.trim(now)
@@ -64,21 +83,37 @@ class ClientLimiter:
             raise Refused(429, "RATE_LIMITED", message, WINDOW_S - (now - usage.requests[0]))
         tpm = limits.tokens_per_minute
         if tpm is not None and usage.token_total >= tpm:
-            wait = WINDOW_S - (now - usage.tokens[0][0]) if usage.tokens else WINDOW_S
-            message = (
-                f"{client.name} used {usage.token_total} tokens in the last minute (limit {tpm})"
-            )
+            wait = WINDOW_S - (now - usage.spends[0].at) if usage.spends else WINDOW_S
+            message = (f"{client.name} used or reserved {usage.token_total} tokens in the last "
+                       f"minute (limit {tpm})")  # fmt: skip
             raise Refused(429, "TOKEN_RATE_LIMITED", message, wait)
+
+    def admit(self, client: Client, reserve: int = 0) -> Spend:
+        """Count a new request and reserve its worst-case tokens, or raise Refused (429)."""
+        self.check(client)
+        usage = self._usage.setdefault(client.name, _Usage())
+        now = self.clock()
         usage.requests.append(now)
         usage.in_flight += 1
+        spend = Spend(now, max(0, reserve))
+        usage.spends.append(spend)
+        usage.token_total += spend.tokens
+        return spend
 
-    def finish(self, client: Client, tokens: int) -> None:
-        """A request of this client ended, having used this many tokens."""
+    def adjust(self, client: Client, spend: Spend, tokens: int) -> None:
+        """Change a reservation (or a spend still in the window) to this many tokens."""
+        usage = self._usage.get(client.name)
+        tokens = max(0, tokens)
+        if usage is not None and spend.counted:
+            usage.token_total += tokens - spend.tokens
+        spend.tokens = tokens
+
+    def settle(self, client: Client, spend: Spend, tokens: int | None) -> None:
+        """A request ended: free its concurrency slot; charge what it used (None: as reserved)."""
         usage = self._usage.setdefault(client.name, _Usage())
         usage.in_flight = max(0, usage.in_flight - 1)
-        if tokens > 0:
-            usage.tokens.append((self.clock(), tokens))
-            usage.token_total += tokens
+        if tokens is not None:
+            self.adjust(client, spend, tokens)
 
 
 class Slots:

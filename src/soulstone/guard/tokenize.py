@@ -10,14 +10,20 @@ import aiohttp
 import orjson
 
 from soulstone.codex.models import Soulstone
+from soulstone.errors import Refusal
 from soulstone.runtimes.upstream import Upstreams
 
 CACHE_SIZE = 4096
 TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-class TokenizeFailed(Exception):
-    """The engine could not count the prompt."""
+class TokenizeFailed(Refusal):
+    """The engine could not count the prompt (502 TOKENIZE_FAILED)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            502, "TOKENIZE_FAILED", f"the engine could not count the prompt: {message}"
+        )
 
 
 class TokenCounter:

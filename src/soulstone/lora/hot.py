@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from soulstone.codex.models import Soulstone
-from soulstone.errors import SoulstoneError
+from soulstone.errors import Refusal
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.registry import AdapterRecord, Registry
 from soulstone.runtimes.upstream import Upstreams
@@ -24,12 +24,11 @@ from soulstone.runtimes.upstream import Upstreams
 TIMEOUT = aiohttp.ClientTimeout(total=120)
 
 
-class AdapterUnavailable(SoulstoneError):
+class AdapterUnavailable(Refusal):
     """The adapter cannot be made hot now: HTTP status, code, and seconds worth waiting."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: int = 0) -> None:
-        super().__init__(message)
-        self.status, self.code, self.retry_after = status, code, retry_after
+        super().__init__(status, code, message, retry_after=retry_after or None)
 
 
 @dataclass

@@ -54,6 +54,10 @@ class Metrics:
             "soulstone_heartbeat_refusals", "Heartbeat requests refused, by limit.", ["code"],
             registry=self.registry,
         )  # fmt: skip
+        self.refusals = Counter(
+            "soulstone_refusals", "Requests refused (or streams ended by an error), by code.",
+            ["code"], registry=self.registry,
+        )  # fmt: skip
         self.queue_depth = Gauge(
             "soulstone_queue_depth", "Requests waiting for an engine.", registry=self.registry
         )
@@ -63,6 +67,7 @@ class Metrics:
         # labels() takes a lock and builds a key on every call: keep the children.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self._refusal_children: dict[str, Any] = {}
 
     def request_done(self, model: str, status: int, seconds: float | None) -> None:
         """Count one request (and its latency when it reached an engine)."""
@@ -76,6 +81,13 @@ class Metrics:
             if histogram is None:
                 histogram = self._latency_children[model] = self.latency.labels(model)
             histogram.observe(seconds)
+
+    def refused(self, code: str) -> None:
+        """Count one refusal by its error code."""
+        counter = self._refusal_children.get(code)
+        if counter is None:
+            counter = self._refusal_children[code] = self.refusals.labels(code)
+        counter.inc()
 
     def watch(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Read the queue depth and in-flight count from these functions at scrape time."""

@@ -29,18 +29,17 @@ from dataclasses import dataclass, field
 
 from soulstone.codex.conflicts import in_conflict
 from soulstone.codex.models import Codex, Soulstone
-from soulstone.errors import SoulstoneError
+from soulstone.errors import Refusal, SoulstoneError
 from soulstone.supervisor.supervisor import ManifestError, Supervisor
 
 RETRY_AFTER_S = 5
 
 
-class Unavailable(SoulstoneError):
-    """A request's engine could not be brought up in time (HTTP 503 with Retry-After)."""
+class Unavailable(Refusal):
+    """A request's engine could not be brought up in time (503 ENGINE_UNAVAILABLE)."""
 
     def __init__(self, message: str, retry_after: int = RETRY_AFTER_S) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(503, "ENGINE_UNAVAILABLE", message, retry_after=retry_after)
 
 
 @dataclass(eq=False)

@@ -11,7 +11,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from soulstone.errors import SoulstoneError
+from soulstone.errors import Refusal
 from soulstone.tools.policy import Policy
 
 HERMES = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -23,12 +23,12 @@ def asks_heartbeat(data: bytes) -> bool:
     return _HEARTBEAT.search(data) is not None
 
 
-class ToolCallInvalid(SoulstoneError):
-    """An answer's tool call does not parse or does not fit its schema."""
+class ToolCallInvalid(Refusal):
+    """An answer's tool call does not parse or does not fit its schema (502)."""
 
     def __init__(self, problems: list[dict[str, Any]]) -> None:
-        super().__init__("; ".join(f"call {p['index']} ({p['name']}): {p['message']}"
-                                   for p in problems))  # fmt: skip
+        message = "; ".join(f"call {p['index']} ({p['name']}): {p['message']}" for p in problems)
+        super().__init__(502, "TOOL_CALL_INVALID", message, problems=problems)
         self.problems = problems
 
 
@@ -39,10 +39,14 @@ class Validators:
     policy: Policy
     compiled: dict[str, Draft202012Validator] = field(default_factory=dict)
 
-    def problem(self, name: str, arguments: Any) -> str | None:
-        """Why these arguments do not fit the tool, or None."""
+    def problem(self, name: str, arguments: Any, unknown: str = "refuse") -> str | None:
+        """Why these arguments do not fit the tool, or None.
+
+        A tool the policy does not name is a problem when `unknown` is
+        "refuse"; when it is "pass", its arguments need only be JSON.
+        """
         tool = self.policy.by_name().get(name)
-        if tool is None:
+        if tool is None and unknown != "pass":
             return f"{name!r} is not a tool of the policy"
         if not isinstance(arguments, str):
             return "arguments must be a JSON string"
@@ -50,6 +54,8 @@ class Validators:
             value = orjson.loads(arguments)
         except orjson.JSONDecodeError as error:
             return f"arguments are not JSON: {error}"
+        if tool is None:
+            return None
         validator = self.compiled.get(name)
         if validator is None:
             try:
@@ -83,7 +89,9 @@ def hermes_calls(message: dict[str, Any]) -> None:
     message["content"] = HERMES.sub("", content).strip() or None
 
 
-def checked_answer(data: bytes, validators: Validators, hermes: bool, passthrough: bool) -> bytes:
+def checked_answer(
+    data: bytes, validators: Validators, hermes: bool, passthrough: bool, unknown: str = "refuse"
+) -> bytes:
     """The answer, its tool calls parsed and validated; ToolCallInvalid unless passed through."""
     try:
         document = orjson.loads(data)
@@ -104,7 +112,7 @@ def checked_answer(data: bytes, validators: Validators, hermes: bool, passthroug
         for index, call in enumerate(message.get("tool_calls") or []):
             function = call.get("function") if isinstance(call, dict) else None
             name = str((function or {}).get("name", ""))
-            reason = validators.problem(name, (function or {}).get("arguments"))
+            reason = validators.problem(name, (function or {}).get("arguments"), unknown)
             if reason is not None:
                 problems.append({"index": index, "name": name, "message": reason})
     if problems and not passthrough:

@@ -7,24 +7,22 @@ heartbeat request of that chain; a response without such a call ends it.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from soulstone.errors import Refusal
 from soulstone.tools.policy import HeartbeatLimits
 
 WINDOW_S = 1.0
 MAX_CHAINS = 10_000
 
 
-class HeartbeatRefused(Exception):
-    """A heartbeat request over a limit: its code, message, and seconds worth waiting (or 0)."""
+class HeartbeatRefused(Refusal):
+    """A heartbeat request over a limit (429): its code, message, and seconds worth waiting."""
 
     def __init__(self, code: str, message: str, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.code = code
-        self.retry_after = math.ceil(retry_after) if retry_after > 0 else 0
+        super().__init__(429, code, message, retry_after=retry_after if retry_after > 0 else None)
 
 
 @dataclass

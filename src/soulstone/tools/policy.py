@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from soulstone.errors import SoulstoneError
+from soulstone.errors import Refusal
 
 
 class HeartbeatLimits(BaseModel):
@@ -47,17 +48,20 @@ class Policy(BaseModel):
     clients: dict[str, HeartbeatLimits] = {}
     models: dict[str, list[str]] = {}
     tools: list[PinnedTool] = []
+    # Tools the policy does not name: passed unvalidated, or refused. None: pass, except
+    # under `serve --strict`, where the gateway makes it `refuse`.
+    unknown_tools: Literal["pass", "refuse"] | None = None
 
     def by_name(self) -> dict[str, PinnedTool]:
         """The tools by name."""
         return {tool.name: tool for tool in self.tools}
 
 
-class ToolSchemaMismatch(SoulstoneError):
-    """A request's tool is not the policy's: names the tool and the first difference."""
+class ToolSchemaMismatch(Refusal):
+    """A request's tool is not the policy's (400): names the tool and the first difference."""
 
     def __init__(self, tool: str, pointer: str, message: str) -> None:
-        super().__init__(message)
+        super().__init__(400, "TOOL_SCHEMA_MISMATCH", message, tool=tool, pointer=pointer)
         self.tool, self.pointer = tool, pointer
 
 
@@ -107,23 +111,35 @@ def first_difference(expected: Any, got: Any, at: str = "") -> str | None:
     return None
 
 
-def check_tools(tools: Any, policy: Policy, model: str) -> None:
-    """Every requested tool must equal one of the policy's (for this model); else raise."""
+def check_tools(
+    tools: Any, policy: Policy, models: Sequence[str], unknown: Literal["pass", "refuse"]
+) -> None:
+    """Every requested tool the policy names must equal its pinned schema; else raise.
+
+    `models` are the requested model and its soulstone's served names: a
+    per-model rule of any of them applies (an adapter does not skip its base's
+    rules), and under a rule only the tools it lists are allowed. A tool the
+    policy does not name passes when `unknown` is "pass".
+    """
     if not isinstance(tools, list):
         raise ToolSchemaMismatch("", "/tools", "`tools` must be a list")
-    allowed = policy.by_name()
-    if model in policy.models:
-        allowed = {n: t for n, t in allowed.items() if n in policy.models[model]}
+    pinned_tools = policy.by_name()
+    rules = [(m, set(policy.models[m])) for m in dict.fromkeys(models) if m in policy.models]
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or tool.get("type", "function") != "function":
             raise ToolSchemaMismatch("", f"/tools/{index}", f"tool {index} is not a function")
         name = str(function.get("name", ""))
-        pinned = allowed.get(name)
+        for model, allowed in rules:
+            if name not in allowed:
+                message = f"tool {name!r} is not allowed for {model} by the tools policy"
+                raise ToolSchemaMismatch(name, "/name", message)
+        pinned = pinned_tools.get(name)
         if pinned is None:
-            scope = f" for {model}" if model in policy.models else ""
-            message = f"tool {name!r} is not in the tools policy{scope}"
-            raise ToolSchemaMismatch(name, "/name", message)
+            if unknown == "pass":
+                continue
+            raise ToolSchemaMismatch(name, "/name", f"tool {name!r} is not in the tools policy "
+                                     "(unknown tools are refused here)")  # fmt: skip
         if canonical(function) != canonical(pinned.function):
             pointer = first_difference(pinned.function, function) or "/"
             raise ToolSchemaMismatch(name, pointer, f"tool {name!r} differs from the pinned "

@@ -9,11 +9,13 @@ order, finish and usage chunks included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from soulstone.errors import Refusal
 from soulstone.tools.calls import Validators, asks_heartbeat
 
 DONE = b"[DONE]"
@@ -70,6 +72,8 @@ class ToolStream:
     heartbeat: bool = False  # a whole call asked for a heartbeat
     hermes: bool = False  # calls come as `<tool_call>` text in the content
     text: _HermesText = field(default_factory=_HermesText)
+    unknown: str = "refuse"  # tools the policy does not name: "pass" checks only their JSON
+    render_error: Callable[[Refusal], bytes] | None = None  # the caller's error shape
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to send for this chunk of the engine's stream (maybe none yet)."""
@@ -125,7 +129,7 @@ class ToolStream:
             orjson.loads(call.arguments)
         except orjson.JSONDecodeError:
             return b""  # not complete yet
-        call.problem = self.validators.problem(call.name, call.arguments)
+        call.problem = self.validators.problem(call.name, call.arguments, self.unknown)
         if call.problem is not None:
             return b""
         call.sent = True
@@ -187,13 +191,13 @@ class ToolStream:
                 continue
             problem = call.problem or "the arguments never became complete JSON"
             message = f"tool call {call.index} ({call.name or '?'}): {problem}"
-            out += (
-                b"data: "
-                + orjson.dumps(
-                    {"error": "TOOL_CALL_INVALID", "message": message, "index": call.index}
-                )
-                + b"\n\n"
-            )
+            refusal = Refusal(502, "TOOL_CALL_INVALID", message, index=call.index)
+            if self.render_error is not None:
+                document = self.render_error(refusal)
+            else:
+                document = orjson.dumps({"error": refusal.code, "message": message,
+                                         "index": call.index})  # fmt: skip
+            out += b"data: " + document + b"\n\n"
         return out
 
     def finish(self) -> bytes:

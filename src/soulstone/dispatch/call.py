@@ -1,0 +1,90 @@
+"""One request free of any transport: the frozen Call, the Entry it comes from, outcomes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from soulstone.errors import Refusal
+from soulstone.guard.clients import Client
+from soulstone.guard.identity import Peer
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+ENDPOINT_PATHS: dict[Endpoint, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "embeddings": "/v1/embeddings",
+}
+ENDPOINTS: dict[str, Endpoint] = {path: name for name, path in ENDPOINT_PATHS.items()}
+
+REQUEST_ID = "X-Request-ID"
+SESSION_ID = "X-Conveyance-Session-ID"
+ERRORS_HEADER = "X-Soulstone-Errors"
+TOOL_VALIDATION_HEADER = "X-Soulstone-Tool-Validation"
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request to an engine, identified and parsed: what every guard rail decides on.
+
+    `body` is the request's bytes as received (forwarded unchanged unless a
+    field must change), or None when the caller built `document` itself (a
+    council persona).
+    """
+
+    endpoint: Endpoint
+    document: dict[str, Any]
+    client: Client
+    request_id: str
+    session_id: str | None = None
+    stream: bool = False
+    tool_validation: Literal["refuse", "pass"] = "refuse"
+    flat_errors: bool = False
+    body: bytes | None = None
+    way: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A request as a transport hands it over, before identity and body are known.
+
+    `read_body` is called only after the caller was identified and its limits
+    checked; it raises Refusal for a body too large or malformed. `client` is
+    set when the transport identified the caller already (a WebSocket).
+    """
+
+    endpoint: Endpoint
+    headers: Mapping[str, str]
+    peer: Peer | None
+    read_body: Callable[[], Awaitable[bytes]]
+    request_id: str
+    session_id: str | None = None
+    way: str = "http"
+    client: Client | None = None
+    force_stream: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer from the engine (any status it gave), forwarded as bytes."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused request and how this caller wants errors shaped."""
+
+    refusal: Refusal
+    flat: bool = False
+
+
+def wants_flat_errors(headers: Mapping[str, str], client: Client | None) -> bool:
+    """True when the caller asked for the flat error shape (header or clients.yaml)."""
+    asked = headers.get(ERRORS_HEADER)
+    if asked:
+        return asked.strip().lower() == "flat"
+    return client is not None and client.flat_errors

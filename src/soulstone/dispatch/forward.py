@@ -1,0 +1,174 @@
+"""Send a call to its engine and bring the answer back: whole, or as a stream of events.
+
+Bytes are forwarded as the engine sent them; only usage is read (from the
+tail, without parsing the JSON). A completion timeout bounds a whole answer,
+the wait for a stream's first byte, and then each gap between chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import aiohttp
+from yarl import URL
+
+from soulstone.dispatch.call import Answer
+from soulstone.dispatch.events import Chunk, Done, Event, Failure
+from soulstone.errors import Refusal
+
+UPSTREAM_ERRORS = (aiohttp.ClientError, OSError)
+_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+TAIL_BYTES = 4096
+
+
+def total_tokens(data: bytes) -> int | None:
+    """The last `usage.total_tokens` in a body or stream tail, without parsing the JSON."""
+    matches = _TOTAL_TOKENS.findall(data)
+    return int(matches[-1]) if matches else None
+
+
+def engine_failed_refusal() -> Refusal:
+    """The engine stopped in the middle of an answer."""
+    return Refusal(502, "ENGINE_FAILED", "the engine stopped in the middle of the answer")
+
+
+def timed_out_refusal(timeout: float) -> Refusal:
+    """The engine sent nothing for longer than the completion timeout."""
+    return Refusal(504, "COMPLETION_TIMEOUT", f"the engine sent nothing for {timeout:g} s")
+
+
+class _Deadline:
+    """Cancels the current task once `timeout` seconds pass (one timer, no context object)."""
+
+    __slots__ = ("fired", "handle", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.task = asyncio.current_task()
+        self.fired = False
+        self.handle = loop.call_later(timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
+class _Idle:
+    """Closes the upstream when a stream makes no progress for `timeout` seconds.
+
+    One timer per stream, re-armed only when it fires: each chunk costs a
+    clock read, not a timer reschedule.
+    """
+
+    __slots__ = ("fired", "handle", "last", "loop", "timeout", "upstream")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: aiohttp.ClientResponse
+    ) -> None:
+        self.loop, self.timeout, self.upstream = loop, timeout, upstream
+        self.last = loop.time()
+        self.fired = False
+        self.handle = loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle < self.timeout:
+            self.handle = self.loop.call_later(self.timeout - idle, self._check)
+            return
+        self.fired = True
+        self.upstream.close()  # the pending read fails at once
+
+    def stop(self) -> None:
+        self.handle.cancel()
+
+
+class Upstream:
+    """An engine's streamed answer, once its status was 200: read it with `events`."""
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
+        self.response = response
+        self.timeout = timeout
+        self.content_type = response.headers.get("Content-Type", "text/event-stream")
+        self.events_seen = 0  # `data:` lines passed on (a usage estimate when none is given)
+
+    async def events(
+        self, on_failure: Callable[[], None], rewrite: Callable[[bytes], bytes] | None = None,
+        finish: Callable[[], bytes] | None = None,
+    ) -> AsyncIterator[Event]:  # fmt: skip
+        """The engine's chunks, then Done; a Failure when it dies or goes quiet."""
+        response = self.response
+        loop = asyncio.get_running_loop()
+        watchdog = _Idle(loop, self.timeout, response)
+        content = response.content
+        tail = b""
+        try:
+            while True:
+                try:
+                    chunk = await content.readany()
+                except UPSTREAM_ERRORS:
+                    if watchdog.fired:
+                        yield Failure(timed_out_refusal(self.timeout))
+                    else:
+                        on_failure()
+                        yield Failure(engine_failed_refusal())
+                    return
+                if not chunk:
+                    break
+                watchdog.last = loop.time()
+                self.events_seen += chunk.count(b"data:")
+                tail = (tail + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk
+                if rewrite is not None:  # tool calls are held until whole
+                    chunk = rewrite(chunk)
+                    if not chunk:
+                        continue
+                yield Chunk(chunk)
+            if finish is not None and (rest := finish()):
+                yield Chunk(rest)
+            yield Done(total_tokens(tail[-TAIL_BYTES:]))
+        finally:
+            watchdog.stop()
+            response.release()
+
+
+async def send(
+    session: aiohttp.ClientSession, url: URL, body: bytes, headers: Mapping[str, str],
+    stream: bool, timeout: float, on_failure: Callable[[], None],
+) -> Answer | Upstream:  # fmt: skip
+    """Post the body; a whole Answer (any status), or an Upstream stream when it is one.
+
+    Refusal 502 when the engine cannot be reached or stops before answering,
+    504 when it says nothing within `timeout`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = _Deadline(loop, timeout)
+    try:
+        try:
+            response = await session.post(url, data=body, headers=headers)
+        except UPSTREAM_ERRORS as error:
+            on_failure()
+            raise Refusal(502, "ENGINE_UNREACHABLE", f"the engine did not answer: "
+                          f"{type(error).__name__}") from None  # fmt: skip
+        if stream and response.status == 200:
+            return Upstream(response, timeout)
+        try:
+            data = await response.read()
+        except UPSTREAM_ERRORS:
+            on_failure()
+            raise Refusal(502, "ENGINE_FAILED", "the engine stopped before it answered") from None
+        finally:
+            response.release()
+        content_type = response.headers.get("Content-Type", "application/json")
+        return Answer(response.status, data, content_type)
+    except asyncio.CancelledError:
+        if deadline.fired and deadline.task is not None:
+            deadline.task.uncancel()
+            message = f"the engine did not answer within {timeout:g} s"
+            raise Refusal(504, "COMPLETION_TIMEOUT", message) from None
+        raise
+    finally:
+        deadline.stop()

@@ -1,0 +1,424 @@
+"""The one request path: identify, prepare, admit (a lease), forward, check, settle.
+
+Every way in hands over an Entry (or, for a council persona, a Call) and gets
+an outcome back: an Answer, a Stream of events, or a Rejection. Whatever
+happens, what was acquired is released in reverse order, once, and the
+request is settled once: limits charged with what the engine reported,
+metrics counted, one request-log line written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any
+
+import orjson
+
+from soulstone.codex.models import Soulstone
+from soulstone.dispatch.body import parse_document
+from soulstone.dispatch.call import (
+    ENDPOINT_PATHS,
+    REQUEST_ID,
+    TOOL_VALIDATION_HEADER,
+    Answer,
+    Call,
+    Entry,
+    Rejection,
+    wants_flat_errors,
+)
+from soulstone.dispatch.events import Done, Event, Failure
+from soulstone.dispatch.forward import TAIL_BYTES, Upstream, send, total_tokens
+from soulstone.dispatch.prepare import Prepared, prepare
+from soulstone.dispatch.refusals import error_bytes
+from soulstone.dispatch.services import Services
+from soulstone.errors import Refusal
+from soulstone.guard.budget import bound_output, fit
+from soulstone.guard.clients import Client
+from soulstone.guard.limits import Spend
+from soulstone.lora.registry import AdapterRecord
+from soulstone.tools.calls import asks_heartbeat, checked_answer
+from soulstone.tools.heartbeat import HeartbeatRefused
+from soulstone.tools.stream import ToolStream
+
+CLIENT_GONE = 499  # the status logged for a request whose caller went away
+
+
+class Record:
+    """What settlement needs to know about one request, gathered along the path."""
+
+    __slots__ = (
+        "began", "client", "code", "content", "events", "forwarded", "heartbeat", "model",
+        "prompt_tokens", "request_id", "session_id", "settled", "total_tokens", "way",
+    )  # fmt: skip
+
+    def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
+        self.began = time.perf_counter()
+        self.request_id, self.session_id, self.way = request_id, session_id, way
+        self.client: Client | None = None
+        self.model: str | None = None
+        self.code: str | None = None
+        self.content: Any = None
+        self.prompt_tokens: int | None = None
+        self.total_tokens: int | None = None
+        self.events = 0
+        self.forwarded = False
+        self.heartbeat: str | None = None  # the session's chain key, when it has a session
+        self.settled = False
+
+    def used_tokens(self) -> int:
+        """Tokens to charge: the engine's report, else prompt + streamed events, else none."""
+        if self.total_tokens is not None:
+            return self.total_tokens
+        if self.forwarded:
+            return (self.prompt_tokens or 0) + self.events
+        return 0
+
+
+class Lease:
+    """Everything one call acquired; `release` gives it all back in reverse order, once."""
+
+    __slots__ = ("_releases",)
+
+    def __init__(self) -> None:
+        self._releases: list[Callable[[], None]] = []
+
+    def hold(self, release: Callable[[], None]) -> None:
+        """Remember how to give back what was just acquired."""
+        self._releases.append(release)
+
+    def release(self) -> None:
+        """Give everything back, last acquired first; one failing release stops no other."""
+        releases, self._releases = self._releases, []
+        failed: BaseException | None = None
+        for release in reversed(releases):
+            try:
+                release()
+            except Exception as error:  # every release runs; the first error is raised after
+                failed = failed or error
+        if failed is not None:
+            raise failed
+
+
+class Stream:
+    """A streamed answer: its events in order; closing it releases the lease and settles.
+
+    Use it as `async with stream:` so that a caller that goes away (or never
+    reads) still releases everything.
+    """
+
+    def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
+                 content_type: str, flat: bool = False) -> None:  # fmt: skip
+        self._events = events
+        self._close = close
+        self.content_type = content_type
+        self.flat = flat  # the caller's error shape, for Failure events
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Stop reading the engine; release and settle (once)."""
+        try:
+            await self._events.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._close()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.aclose()
+
+
+Outcome = Answer | Stream | Rejection
+
+
+def _opted_in_content(client: Client, document: dict[str, Any]) -> Any:
+    """The request's text, only for a client that opted in to content logging."""
+    if not client.log_content:
+        return None
+    return document.get("messages") or document.get("prompt") or document.get("input")
+
+
+class RequestPath:
+    """The request path of one gateway, shared by every way in."""
+
+    def __init__(self, services: Services, log: Any) -> None:
+        self.services = services
+        self.log = log
+
+    # -- ways in ------------------------------------------------------------------------
+
+    async def enter(self, entry: Entry) -> Outcome:
+        """Identify the caller, check its limits, read and parse the body, then dispatch."""
+        services = self.services
+        record = Record(entry.request_id, entry.session_id, entry.way)
+        flat = wants_flat_errors(entry.headers, entry.client)
+        try:
+            client = entry.client
+            if client is None:
+                client = await services.guard.identities.identify(entry.headers, entry.peer)
+            record.client = client
+            flat = wants_flat_errors(entry.headers, client)
+            services.guard.limiter.check(client)  # cheap refusals before the body is read
+            body = await entry.read_body()
+            document = await parse_document(body, services.big_parses)
+        except Refusal as refusal:
+            return self._refuse(record, refusal, flat)
+        except Exception as error:
+            return self._refuse(record, self._internal(error), flat)
+        validation = entry.headers.get(TOOL_VALIDATION_HEADER, "").lower()
+        call = Call(
+            entry.endpoint, document, client, entry.request_id, entry.session_id,
+            stream=entry.force_stream or document.get("stream") is True,
+            tool_validation="pass" if validation == "pass" else "refuse",
+            flat_errors=flat, body=body, way=entry.way,
+        )  # fmt: skip
+        return await self._run(call, record)
+
+    async def dispatch(self, call: Call) -> Outcome:
+        """Serve a call whose caller is already identified (a council persona)."""
+        return await self._run(call, Record(call.request_id, call.session_id, call.way))
+
+    # -- the path -----------------------------------------------------------------------
+
+    async def _run(self, call: Call, record: Record) -> Outcome:
+        services = self.services
+        record.client = call.client
+        lease = Lease()
+        try:
+            prepared = prepare(call, services.routes, services.adapters, services.codex,
+                               services.policy, services.strict)  # fmt: skip
+            record.model = prepared.model
+            record.content = _opted_in_content(call.client, call.document)
+            self._heartbeat(call, record)
+            spend = self._reserve(call, prepared, record, lease)
+            await self._admit(call, prepared, lease)
+            document, changed = await self._fit_budget(call, prepared, spend, record)
+            body = call.body if call.body is not None and not changed else orjson.dumps(document)
+            result = await self._send(call, prepared, body, record)
+            if isinstance(result, Upstream):
+                return self._stream(call, prepared, result, record, lease)
+            record.total_tokens = total_tokens(result.body[-TAIL_BYTES:])
+            if result.status == 200 and prepared.tools:
+                result = self._checked_answer(call, prepared, result, record)
+        except Refusal as refusal:
+            self._release(lease, record)
+            return self._refuse(record, refusal, call.flat_errors)
+        except asyncio.CancelledError:
+            self._release(lease, record)
+            self._settle(record, CLIENT_GONE)
+            raise
+        except Exception as error:
+            self._release(lease, record)
+            return self._refuse(record, self._internal(error), call.flat_errors)
+        self._answered(record, result.status, heartbeat=self._asks_heartbeat(result, prepared))
+        self._release(lease, record)
+        self._settle(record, result.status)
+        return result
+
+    def _heartbeat(self, call: Call, record: Record) -> None:
+        """Count a heartbeat request of the session's chain (keyed by client and session)."""
+        if not call.session_id:
+            return
+        services = self.services
+        key = f"{call.client.name}\0{call.session_id}"
+        limits = services.policy.clients.get(call.client.name, services.policy.heartbeat)
+        try:
+            services.heartbeats.admit(key, limits)
+        except HeartbeatRefused as refusal:
+            services.metrics.heartbeat_refusals.labels(refusal.code).inc()
+            raise
+        record.heartbeat = key
+
+    def _reserve(self, call: Call, prepared: Prepared, record: Record, lease: Lease) -> Spend:
+        """Count the request against its client's limits, reserving its worst-case tokens."""
+        guard = self.services.guard
+        client = call.client
+        reserve = 0
+        if client.limits.tokens_per_minute is not None:
+            budget = guard.budget(prepared.soulstone, client.limits)
+            output = prepared.output
+            per_answer = output.max_tokens or budget.max_output_tokens // output.sequences
+            size = len(call.body) if call.body is not None else len(orjson.dumps(call.document))
+            reserve = size // 4 + per_answer * output.sequences  # settled to the real usage
+        spend = guard.limiter.admit(client, reserve)
+        lease.hold(lambda: guard.limiter.settle(client, spend, record.used_tokens()))
+        return spend
+
+    async def _admit(self, call: Call, prepared: Prepared, lease: Lease) -> None:
+        """Take a global slot, the engine (manifested, swapped in) and the adapter (hot)."""
+        services = self.services
+        slots, scheduler, soulstone = services.guard.slots, services.scheduler, prepared.soulstone
+        await slots.acquire()
+        lease.hold(slots.release)
+        if not scheduler.admit_now(soulstone):
+            await scheduler.acquire(soulstone)
+        lease.hold(lambda: scheduler.release(soulstone))
+        adapter = prepared.adapter
+        if adapter is not None:
+            if services.hot is None:
+                raise Refusal(409, "NO_ADAPTERS", "this gateway runs without adapters")
+            hot = services.hot
+            await hot.acquire(soulstone, adapter)
+            lease.hold(lambda: hot.release(soulstone, adapter.name))
+            if call.session_id:
+                self._prefetch_next(soulstone, call.session_id, adapter)
+
+    def _prefetch_next(self, soulstone: Soulstone, session: str, adapter: AdapterRecord) -> None:
+        """Count the session's transition; warm (or load) the adapter likely to come next."""
+        services = self.services
+        hit, following = services.transitions.observe(session, adapter.name)
+        services.metrics.prefetch.labels("hit" if hit else "miss").inc()
+        record = services.adapters.get(following) if following else None
+        if record is None or services.hot is None or record.base != soulstone.id:
+            return
+        task = asyncio.create_task(services.hot.prefetch(soulstone, record))
+        services.background.add(task)
+        task.add_done_callback(services.background.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _fit_budget(
+        self, call: Call, prepared: Prepared, spend: Spend, record: Record
+    ) -> tuple[dict[str, Any], bool]:
+        """Count the prompt, fit the output into the budget; the document to send."""
+        document, changed = prepared.document, prepared.changed
+        if call.endpoint == "embeddings":
+            return document, changed
+        guard, soulstone = self.services.guard, prepared.soulstone
+        counted = document
+        if prepared.adapter is not None:  # an adapter: its base model's tokenizer
+            counted = {**document, "model": soulstone.models[0]}
+        prompt_tokens = await guard.counter.count(soulstone, counted)
+        record.prompt_tokens = prompt_tokens
+        max_tokens = fit(
+            prompt_tokens, prepared.output, guard.budget(soulstone, call.client.limits)
+        )
+        sequences = prepared.output.sequences
+        if call.client.limits.tokens_per_minute is not None:
+            guard.limiter.adjust(call.client, spend, (prompt_tokens or 0) + max_tokens * sequences)
+        bounded = dict(document)
+        if bound_output(bounded, max_tokens):
+            return bounded, True
+        return document, changed
+
+    async def _send(self, call: Call, prepared: Prepared, body: bytes,
+                    record: Record) -> Answer | Upstream:  # fmt: skip
+        services, soulstone = self.services, prepared.soulstone
+        headers = {"Content-Type": "application/json", REQUEST_ID: call.request_id}
+        record.forwarded = True
+        return await send(
+            services.upstreams.session(soulstone),
+            services.upstreams.url(soulstone, ENDPOINT_PATHS[call.endpoint]), body, headers,
+            call.stream, services.guard.gateway.timeout_s,
+            lambda: services.engine_failed(soulstone),
+        )  # fmt: skip
+
+    def _checked_answer(self, call: Call, prepared: Prepared, answer: Answer,
+                        record: Record) -> Answer:  # fmt: skip
+        """Hermes text parsed into tool calls, every call validated (else ToolCallInvalid)."""
+        passthrough = call.tool_validation == "pass"
+        checked = checked_answer(answer.body, self.services.validators, prepared.hermes,
+                                 passthrough, prepared.unknown_tools)  # fmt: skip
+        return answer if checked is answer.body else Answer(200, checked, answer.content_type)
+
+    def _asks_heartbeat(self, answer: Answer, prepared: Prepared) -> bool:
+        return answer.status == 200 and prepared.tools and asks_heartbeat(answer.body)
+
+    def _stream(self, call: Call, prepared: Prepared, upstream: Upstream, record: Record,
+                lease: Lease) -> Stream:  # fmt: skip
+        """The engine's stream as events; closing it settles the request."""
+        services = self.services
+        transform = None
+        if prepared.tools:
+            flat = call.flat_errors
+
+            def render(refusal: Refusal) -> bytes:
+                return error_bytes(refusal, flat)
+
+            transform = ToolStream(services.validators, hermes=prepared.hermes,
+                                   unknown=prepared.unknown_tools, render_error=render)  # fmt: skip
+
+        async def events() -> AsyncIterator[Event]:
+            rewrite = transform.feed if transform is not None else None
+            finish = transform.finish if transform is not None else None
+            on_failure = lambda: services.engine_failed(prepared.soulstone)  # noqa: E731
+            async for event in upstream.events(on_failure, rewrite, finish):
+                if isinstance(event, Done):
+                    record.total_tokens = event.total_tokens
+                elif isinstance(event, Failure):
+                    record.code = event.refusal.code
+                    services.metrics.refused(event.refusal.code)
+                yield event
+
+        closed = False
+
+        def close() -> None:
+            nonlocal closed
+            if closed:
+                return
+            closed = True
+            record.events = upstream.events_seen
+            self._answered(record, 200, heartbeat=transform is not None and transform.heartbeat)
+            self._release(lease, record)
+            self._settle(record, 200)
+
+        return Stream(events(), close, upstream.content_type, call.flat_errors)
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _answered(self, record: Record, status: int, heartbeat: bool) -> None:
+        """The answer went out: it continues (or opens) the session's chain, or ends it."""
+        if record.heartbeat is not None and status == 200:
+            self.services.heartbeats.answered(record.heartbeat, heartbeat)
+
+    def _release(self, lease: Lease, record: Record) -> None:
+        try:
+            lease.release()
+        except Exception as error:
+            self.log.error("releasing a request's lease failed", request_id=record.request_id,
+                           error=type(error).__name__)  # fmt: skip
+
+    def _internal(self, error: Exception) -> Refusal:
+        """An unexpected error: logged by type and place only (never the request's bytes)."""
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        self.log.error("request failed", error=type(error).__name__, where=where)
+        return Refusal(500, "INTERNAL_ERROR", f"the gateway failed on this request "
+                       f"({type(error).__name__}); see its log")  # fmt: skip
+
+    def _refuse(self, record: Record, refusal: Refusal, flat: bool) -> Rejection:
+        record.code = refusal.code
+        self.services.metrics.refused(refusal.code)
+        self._settle(record, refusal.status)
+        return Rejection(refusal, flat)
+
+    def _settle(self, record: Record, status: int) -> None:
+        """Count the request in metrics and write its request-log line (once)."""
+        if record.settled:
+            return
+        record.settled = True
+        services = self.services
+        seconds = time.perf_counter() - record.began
+        model = record.model
+        services.metrics.request_done(model or "-", status, seconds if model else None)
+        client = record.client
+        services.requests_log.write(
+            request_id=record.request_id, session_id=record.session_id,
+            client=client.name if client else None, model=model, status=status,
+            code=record.code, way=record.way, prompt_tokens=record.prompt_tokens,
+            total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
+            content=record.content,
+        )  # fmt: skip
+
+
+def render_error(rejection: Rejection) -> bytes:
+    """A rejection's body in the caller's error shape."""
+    return error_bytes(rejection.refusal, rejection.flat)

@@ -1,0 +1,91 @@
+"""What the request path needs, owned by one gateway process (no transport in here)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from soulstone.codex.models import Codex, Soulstone
+from soulstone.guard.guard import Guard
+from soulstone.lora.hot import HotAdapters
+from soulstone.lora.prefetch import Transitions
+from soulstone.lora.registry import AdapterRecord
+from soulstone.observe.logging import RequestLog
+from soulstone.observe.metrics import Metrics
+from soulstone.runtimes.upstream import Upstreams
+from soulstone.supervisor.schedule import Scheduler
+from soulstone.tools.calls import Validators
+from soulstone.tools.heartbeat import Heartbeats
+from soulstone.tools.policy import Policy, default_policy
+
+BIG_PARSES = 2  # large bodies parsed at once, off the event loop
+
+
+@dataclass
+class Services:
+    """Everything the request path needs, owned by one gateway process."""
+
+    scheduler: Scheduler
+    upstreams: Upstreams
+    metrics: Metrics
+    reload: Callable[[], Awaitable[dict[str, Any]]]
+    guard: Guard
+    requests_log: RequestLog = field(default_factory=RequestLog)
+    hot: HotAdapters | None = None
+    adapters: dict[str, AdapterRecord] = field(default_factory=dict)
+    transitions: Transitions = field(default_factory=Transitions)
+    policy: Policy = field(default_factory=default_policy)
+    validators: Validators = field(default_factory=lambda: Validators(default_policy()))
+    heartbeats: Heartbeats = field(default_factory=lambda: Heartbeats(time.monotonic))
+    strict: bool = False
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+    routes: dict[str, Soulstone] = field(default_factory=dict)
+    big_parses: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BIG_PARSES))
+    _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
+    _ids: Iterator[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.use(self.scheduler.codex)
+
+    def use_policy(self, policy: Policy) -> None:
+        """Check tools against this policy from now on."""
+        self.policy, self.validators = policy, Validators(policy)
+
+    @property
+    def codex(self) -> Codex:
+        """The codex in force."""
+        return self.scheduler.codex
+
+    def refresh_adapters(self) -> None:
+        """Re-read the registry's adapter names (after an add or a removal)."""
+        if self.hot is not None:
+            self.adapters = {r.name: r for r in self.hot.registry.records()}
+
+    def adapter_state(self, record: AdapterRecord) -> str:
+        """cold (only in the database), warm (on disk) or hot (loaded in its engine)."""
+        if self.hot is None:
+            return "cold"
+        if record.name in self.hot.hot(record.base):
+            return "hot"
+        return "warm" if self.hot.cache.is_warm(record) else "cold"
+
+    def use(self, codex: Codex) -> None:
+        """Route by this codex from now on."""
+        self.scheduler.supervisor.codex = codex
+        self.routes = {model: s for s in codex.soulstones for model in s.models}
+        self.upstreams.forget()
+
+    def new_request_id(self) -> str:
+        """A fresh request id (counted: the caller sent none)."""
+        self.metrics.generated_ids.inc()
+        return f"{self._id_prefix}{next(self._ids):08x}"
+
+    def engine_failed(self, soulstone: Soulstone) -> None:
+        """Note an engine that stopped answering: the next request restarts it."""
+        self.scheduler.failed(soulstone)
+        self.metrics.engine_failures.labels(soulstone.id).inc()
