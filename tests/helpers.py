@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from soulstone.codex.conflicts import conflict_pairs
 from soulstone.codex.facts import HostFacts
 from soulstone.codex.load import load_codex
-from soulstone.codex.models import Codex
+from soulstone.codex.models import Codex, Health, Soulstone
 from soulstone.errors import CodexError, Problem
 
 EXAMPLES = Path(__file__).parent / "data" / "examples"
@@ -50,3 +51,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def stone(soulstone_id: str, *groups: str) -> Soulstone:
+    """A generic process soulstone in these groups (none: solitary), serving its id as model."""
+    return Soulstone(id=soulstone_id, file="codex.toml", groups=groups, engine="generic",
+                     runtime="process", argv=("serve",), models=(soulstone_id,),
+                     health=Health(path="/health", start_timeout=10.0, interval=0.5))  # fmt: skip
+
+
+def codex_of(*soulstones: Soulstone) -> Codex:
+    """A codex of these soulstones, sorted by id, with their conflict pairs."""
+    ordered = tuple(sorted(soulstones, key=lambda s: s.id))
+    return Codex(ordered, conflict_pairs(ordered))

@@ -15,7 +15,8 @@ else a new one at the back of the queue. Waves are served in order:
    and every request of the wave is admitted together.
 
 So interleaved requests for two conflicting models cost one swap per wave,
-not one per request.
+not one per request. The decisions (which wave, what it evicts, what next)
+are pure functions in `supervisor/queue.py`; this module only acts on them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from soulstone.codex.conflicts import in_conflict
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import Refusal, SoulstoneError
+from soulstone.supervisor.queue import Drain, Execute, Flow, Rest, WaveState, next_step, pick_wave
 from soulstone.supervisor.supervisor import ManifestError, Supervisor
 
 RETRY_AFTER_S = 5
@@ -56,13 +57,13 @@ class Wave:
     targets: dict[str, Soulstone]
     deadline: float
     tickets: list[_Ticket] = field(default_factory=list)
-    draining: bool = False
+    drain_deadline: float | None = None
     executing: bool = False
 
-    def accepts(self, soulstone: Soulstone) -> bool:
-        """True when the soulstone can run beside every soulstone of this wave."""
-        return not self.executing and not any(
-            in_conflict(soulstone, t) for t in self.targets.values()
+    def state(self) -> WaveState:
+        """This wave as the pure decisions of `queue` see it."""
+        return WaveState(
+            tuple(self.targets.values()), self.deadline, self.drain_deadline, self.executing
         )
 
 
@@ -199,10 +200,11 @@ class Scheduler:
         self.waves.clear()
 
     def _wave_for(self, soulstone: Soulstone) -> Wave:
-        for wave in self.waves:
-            if soulstone.id in wave.targets or wave.accepts(soulstone):
-                wave.targets.setdefault(soulstone.id, soulstone)
-                return wave
+        index = pick_wave([w.state() for w in self.waves], soulstone)
+        if index is not None:
+            wave = self.waves[index]
+            wave.targets.setdefault(soulstone.id, soulstone)
+            return wave
         wave = Wave({soulstone.id: soulstone}, deadline=self.clock() + self.max_wait)
         self.waves.append(wave)
         return wave
@@ -218,20 +220,12 @@ class Scheduler:
         except TimeoutError:
             return
 
-    def _busy(self, ids: set[str]) -> int:
-        return sum(self.inflight[i] for i in ids)
-
-    def _evictions(self, wave: Wave) -> set[str]:
-        return {
-            r
-            for r in self.running
-            if (running := self.codex.get(r)) is not None
-            and any(in_conflict(running, t) for t in wave.targets.values())
-        }
+    def _running_soulstones(self) -> list[Soulstone]:
+        return [s for s in self.codex.soulstones if s.id in self.running]
 
     @asynccontextmanager
     async def paused(self) -> AsyncIterator[None]:
-        """Start no new wave meanwhile (one already swapping finishes first); requests queue."""
+        """Take no wave further meanwhile (one already swapping finishes first); requests queue."""
         self._resumed.clear()
         try:
             while any(w.executing for w in self.waves):
@@ -254,25 +248,29 @@ class Scheduler:
         self.running &= {s.id for s in codex.soulstones}
 
     async def _run_waves(self) -> None:
-        while self.waves:
+        while True:
             await self._resumed.wait()
-            if not self.waves:
+            states = [w.state() for w in self.waves]
+            running = self._running_soulstones()
+            step = next_step(states, running, self.inflight, self.clock(), self.drain_timeout)
+            if isinstance(step, Rest):
                 return
             wave = self.waves[0]
-            evict = self._evictions(wave)
-            while self._busy(evict) and self.clock() < wave.deadline:
-                await self._wait_change(wave.deadline)  # the running group keeps flowing
-            wave.draining = True
-            self._closing = evict
-            drain_deadline = self.clock() + self.drain_timeout
-            while self._busy(evict) and self.clock() < drain_deadline:
-                await self._wait_change(drain_deadline)
-            wave.executing = True
-            await self._execute(wave, evict)
-            self.waves.pop(0)
-            self._closing = set()
+            if isinstance(step, Flow):  # the running group keeps flowing
+                self._closing = set()
+                await self._wait_change(step.until)
+            elif isinstance(step, Drain):
+                wave.drain_deadline = step.until
+                self._closing = set(step.evict)
+                await self._wait_change(step.until)
+            elif isinstance(step, Execute):
+                wave.executing = True
+                self._closing = set(step.evict)
+                await self._execute(wave, step.evict)
+                self.waves.remove(wave)
+                self._closing = set()
 
-    async def _execute(self, wave: Wave, evict: set[str]) -> None:
+    async def _execute(self, wave: Wave, evict: frozenset[str]) -> None:
         began = self.clock()
         self.running -= evict
         targets = tuple(wave.targets.values())
@@ -286,7 +284,7 @@ class Scheduler:
             return
         self.running |= set(wave.targets)
         self.started |= {s.id for s in plan.start}
-        self.on_change(evict | {s.id for s in plan.start})
+        self.on_change(set(evict) | {s.id for s in plan.start})
         now = self.clock()
         for soulstone_id in wave.targets:
             self.last_used[soulstone_id] = now
