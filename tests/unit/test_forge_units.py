@@ -174,7 +174,7 @@ def test_strict_mode_serves_engines_on_sockets(tmp_path: Path) -> None:
     ]
     l_unit = forged["soulstone-l.container"]
     assert split_words(settings_of(l_unit, "Exec")[0]) == [
-        "-m", "/m.gguf", "--host", "/run/soulstone/soulstone-l.sock",
+        "-m", "/m.gguf", "--host", "/run/soulstone/soulstone-l.sock", "--alias", "l",
     ]  # fmt: skip
     assert "--unix-socket /run/soulstone/soulstone-l.sock" in settings_of(l_unit, "HealthCmd")[0]
     s = forged["soulstone-s.container"]
@@ -183,6 +183,21 @@ def test_strict_mode_serves_engines_on_sockets(tmp_path: Path) -> None:
     assert split_words(settings_of(forged["soulstone-gateway.service"], "ExecStart")[0]) == [
         "/usr/bin/soulstone", "serve", "--strict",
     ]  # fmt: skip
+
+
+def test_llama_server_containers_get_the_served_name_as_alias(tmp_path: Path) -> None:
+    image = 'image = "ghcr.io/ggml-org/llama.cpp:server"\nport_expose = true\n'
+    write(tmp_path, {"a.toml": (
+        f'[named]\n{image}port = 8001\nmodels = ["chat"]\nexec = ["-m", "/m.gguf"]\n'
+        f'[own]\n{image}port = 8002\nexec = ["-m", "/m.gguf", "-a", "mine"]\n'
+        f"[bare]\n{image}port = 8003\n"
+    )})  # fmt: skip
+    forged = units(load(tmp_path))
+    exec_of = {name: settings_of(forged[f"soulstone-{name}.container"], "Exec")
+               for name in ("named", "own", "bare")}  # fmt: skip
+    assert split_words(exec_of["named"][0]) == ["-m", "/m.gguf", "--alias", "chat"]
+    assert split_words(exec_of["own"][0]) == ["-m", "/m.gguf", "-a", "mine"]
+    assert exec_of["bare"] == []  # the image's own command runs unchanged
 
 
 def test_strict_mode_refuses_engines_that_cannot_serve_on_a_socket(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "soulstone"
 
 # Lower number = lower layer; a module may import only its own layer or lower.
 LAYERS = {
-    "errors": 0, "paths": 0, "codex": 0, "files": 0,
+    "errors": 0, "paths": 0, "codex": 0, "files": 0, "sse": 0,
     "host": 1, "demo": 1,
     "forge": 2, "runtimes": 2,
     "supervisor": 3,
@@ -20,7 +20,7 @@ LAYERS = {
     "gateway": 7,
     "cli": 8, "__main__": 8,
 }  # fmt: skip
-PURE_CORE = {"errors", "codex"}
+PURE_CORE = {"errors", "codex", "sse"}
 IMPURE_IN_CORE = {"soulstone.codex.load"}
 PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting",
                   "soulstone.dispatch.refusals"}  # fmt: skip

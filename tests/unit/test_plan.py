@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLES, load, write
-from soulstone.codex.engines import launch_argv
+from soulstone.codex.engines import launch_argv, served_argv
 from soulstone.errors import UsageError
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
 
@@ -76,3 +76,23 @@ def test_launch_argv_puts_engines_where_the_codex_says() -> None:
     )  # fmt: skip
     assert launch_argv("generic", ("serve",), 8080, "/s.sock") == ("serve",)
     assert launch_argv("generic", ("serve",), 8080, None) == ("serve",)
+
+
+def test_llama_server_is_told_the_first_served_name_as_its_alias(tmp_path: Path) -> None:
+    write(tmp_path, {"a.toml": (
+        '[plain]\nport = 8080\nexec = ["llama-server", "-m", "/m.gguf"]\nmodels = ["m1", "m2"]\n'
+        '[long]\nport = 8081\nexec = ["llama-server", "--alias", "mine"]\n'
+        '[short]\nport = 8082\nexec = ["llama-server", "-a=mine"]\n'
+        '[env]\nport = 8083\nexec = ["llama-server"]\nenv = {LLAMA_ARG_ALIAS = "mine"}\n'
+        '[py]\nport = 8084\nexec = ["python", "-m", "llama_cpp.server", "--model", "/m.gguf"]\n'
+        '[sock]\nsocket = "/run/s.sock"\nexec = ["llama-server"]\n'
+        '[vllm]\nport = 8000\nexec = ["vllm", "serve", "/m"]\n'
+    )})  # fmt: skip
+    argv = {s.id: served_argv(s) for s in load(tmp_path).soulstones}
+    assert argv["plain"] == ("llama-server", "-m", "/m.gguf", "--port", "8080", "--alias", "m1")
+    assert argv["long"] == ("llama-server", "--alias", "mine", "--port", "8081")
+    assert argv["short"] == ("llama-server", "-a=mine", "--port", "8082")
+    assert argv["env"] == ("llama-server", "--port", "8083")
+    assert argv["py"][-2:] == ("--model_alias", "py")
+    assert argv["sock"] == ("llama-server", "--host", "/run/s.sock", "--alias", "sock")
+    assert "--alias" not in argv["vllm"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,12 +28,21 @@ def call_delta(index: int, text: str, name: str | None = None) -> bytes:
     return event({"tool_calls": [part]})
 
 
-def run(stream: ToolStream, pieces: list[bytes], cut: int = 7) -> list[dict[str, Any]]:
-    raw = b"".join(pieces) + b"data: [DONE]\n\n"
+def feed(stream: ToolStream, pieces: list[bytes], cut: int = 7, ending: bytes = b"\n") -> bytes:
+    """What the stream sends for these events (their line ends made `ending`), fed `cut` bytes
+    at a time."""
+    raw = (b"".join(pieces) + b"data: [DONE]\n\n").replace(b"\n", ending)
     out = b""
     for start in range(0, len(raw), cut):  # arbitrary network chunking
         out += stream.feed(raw[start : start + cut])
-    out += stream.finish()
+    return out + stream.finish()
+
+
+def run(
+    stream: ToolStream, pieces: list[bytes], cut: int = 7, ending: bytes = b"\n"
+) -> list[dict[str, Any]]:
+    """The events the stream sends, decoded."""
+    out = feed(stream, pieces, cut, ending)
     events = [e.removeprefix(b"data: ") for e in out.split(b"\n\n") if e]
     return [{"done": True} if e == b"[DONE]" else json.loads(e) for e in events]
 
@@ -87,11 +97,14 @@ ARGUMENTS = st.fixed_dictionaries(
 )
 
 
+ENDINGS = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
 @settings(max_examples=200, deadline=None)
 @given(ARGUMENTS, st.lists(st.integers(min_value=1, max_value=30), min_size=1, max_size=20),
-       st.integers(min_value=1, max_value=50))  # fmt: skip
+       st.integers(min_value=1, max_value=50), ENDINGS)  # fmt: skip
 def test_random_splits_reassemble_the_same_call(
-    arguments: dict[str, Any], sizes: list[int], cut: int
+    arguments: dict[str, Any], sizes: list[int], cut: int, ending: bytes
 ) -> None:
     text = json.dumps(arguments, ensure_ascii=False)
     pieces, position = [call_delta(0, "", "store_core")], 0
@@ -100,7 +113,7 @@ def test_random_splits_reassemble_the_same_call(
             break
         pieces.append(call_delta(0, text[position : position + size]))
         position += size
-    events = run(ToolStream(Validators(default_policy())), pieces, cut=cut)
+    events = run(ToolStream(Validators(default_policy())), pieces, cut=cut, ending=ending)
     [sent] = [e for e in events if "choices" in e]
     call = sent["choices"][0]["delta"]["tool_calls"][0]
     assert json.loads(call["function"]["arguments"]) == arguments
@@ -128,3 +141,25 @@ def test_hermes_text_becomes_whole_calls_at_any_split(sizes: list[int]) -> None:
     assert json.loads(calls[0]["function"]["arguments"]) == {"label": "x"}
     errors = [e for e in events if "error" in e]
     assert len(errors) == 1 and "not a tool call" in errors[0]["message"]
+
+
+@pytest.mark.parametrize("ending", [b"\r\n", b"\r"])
+@pytest.mark.parametrize("cut", [1, 2, 7, 1000])
+def test_crlf_and_cr_streams_give_the_same_events(ending: bytes, cut: int) -> None:
+    pieces = [event({"role": "assistant"}), event({"content": "Hi"}),
+              call_delta(0, '{"label": ', "fetch_core"), call_delta(0, '"x"}'),
+              b": keep-alive\n\n", event({}, finish="tool_calls")]  # fmt: skip
+    expected = feed(ToolStream(Validators(default_policy())), pieces)
+    assert feed(ToolStream(Validators(default_policy())), pieces, cut, ending) == expected
+    frames = expected.split(b"\n\n")
+    assert frames[3] == b": keep-alive" and frames[-2:] == [b"data: [DONE]", b""]
+    whole = json.loads(frames[2].removeprefix(b"data: "))["choices"][0]["delta"]["tool_calls"]
+    assert whole[0]["function"] == {"name": "fetch_core", "arguments": '{"label": "x"}'}
+
+
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_content_passes_at_once_whatever_the_line_ends(ending: bytes) -> None:
+    stream = ToolStream(Validators(default_policy()))
+    first = event({"content": "Hi"}).replace(b"\n", ending)
+    out = stream.feed(first[:-1]) + stream.feed(first[-1:])
+    assert json.loads(out.removeprefix(b"data: "))["choices"][0]["delta"] == {"content": "Hi"}

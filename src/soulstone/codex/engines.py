@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from soulstone.codex.models import Soulstone
 
 EngineName = Literal["vllm", "sglang", "llamacpp", "exllamav2", "tabbyapi", "generic"]
 ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
@@ -161,3 +164,36 @@ def launch_argv(
     if traits.binds_all_interfaces and not _has_option(argv, "--host"):
         extra += ["--host", "127.0.0.1"]
     return (*argv, *extra)
+
+
+def _alias_options(engine: EngineName, argv: tuple[str, ...]) -> tuple[str, ...]:
+    """The options that name the served model (the first derived), or () where none is known."""
+    if engine != "llamacpp":
+        return ()
+    if any(word.lower().startswith("llama_cpp.server") for word in argv):
+        return ("--model_alias",)  # llama-cpp-python's server
+    return ("--alias", "-a")
+
+
+def alias_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """`--alias NAME` (the first served model name) for llama-server, else ().
+
+    llama-server answers with the GGUF path as `model` unless told an alias.
+    Nothing is derived when exec already names one (`--alias`, `-a`;
+    `--model_alias` for llama-cpp-python), when `LLAMA_ARG_ALIAS` is in env,
+    or when there is no exec (the image's own command then runs unchanged).
+    """
+    options = _alias_options(soulstone.engine, soulstone.argv)
+    if not options or not soulstone.argv or not soulstone.models:
+        return ()
+    if any(key == "LLAMA_ARG_ALIAS" for key, _ in soulstone.env):
+        return ()
+    if any(_has_option(soulstone.argv, option) for option in options):
+        return ()
+    return (options[0], soulstone.models[0])
+
+
+def served_argv(soulstone: Soulstone) -> tuple[str, ...]:
+    """The command the process runtime runs: `launch_argv` plus the derived alias."""
+    argv = launch_argv(soulstone.engine, soulstone.argv, soulstone.port, soulstone.socket)
+    return (*argv, *alias_arguments(soulstone))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from soulstone.codex.engines import launch_argv
+from soulstone.codex.engines import served_argv
 from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.runtimes import procfs
 from soulstone.runtimes.base import EngineState, EngineStatus, StartError
@@ -85,7 +85,7 @@ class ProcessRuntime:
             raise StartError(f"port {soulstone.port} is already in use by another process")
         if soulstone.socket is not None:
             _prepare_socket(Path(soulstone.socket))
-        argv = launch_argv(soulstone.engine, soulstone.argv, soulstone.port, soulstone.socket)
+        argv = served_argv(soulstone)
         record = self.state.record(soulstone.id)
         write_json(record, {
             "id": soulstone.id, "runtime": self.name, "argv": list(argv),

@@ -3,8 +3,9 @@
 Content deltas pass through at once; tool-call deltas are gathered per index
 and sent as one chunk once the arguments parse and fit the tool's schema; a
 call that ends invalid (or incomplete) becomes an error event before
-`data: [DONE]`. Events without tool calls pass through byte for byte, in
-order, finish and usage chunks included.
+`data: [DONE]`. Events without tool calls pass through byte for byte (closed
+by `\n\n`), in order, finish and usage chunks included. `soulstone.sse` cuts
+the stream, so events may end their lines with `\n`, `\r\n` or `\r`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from soulstone.errors import Refusal
+from soulstone.sse import Event, SSEReader, encode_data
 from soulstone.tools.calls import Validators, asks_heartbeat
 
 DONE = b"[DONE]"
@@ -67,7 +69,7 @@ class ToolStream:
 
     validators: Validators
     calls: dict[int, _Call] = field(default_factory=dict)
-    pending: bytes = b""
+    reader: SSEReader = field(default_factory=SSEReader)
     template: dict[str, Any] = field(default_factory=dict)  # id/model/created of the stream
     heartbeat: bool = False  # a whole call asked for a heartbeat
     hermes: bool = False  # calls come as `<tool_call>` text in the content
@@ -77,20 +79,18 @@ class ToolStream:
 
     def feed(self, chunk: bytes) -> bytes:
         """Bytes to send for this chunk of the engine's stream (maybe none yet)."""
-        self.pending += chunk
-        *events, self.pending = self.pending.split(b"\n\n")
-        return b"".join(self._event(event) for event in events)
+        return b"".join(self._event(event) for event in self.reader.feed(chunk))
 
-    def _event(self, raw: bytes) -> bytes:
-        data = b"".join(line[5:].strip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-        if not data:
-            return raw + b"\n\n" if raw.strip() else b""
+    def _event(self, sse: Event) -> bytes:
+        data = (sse.data or b"").strip()
+        if not data:  # a comment, a keep-alive, an empty event: as it came
+            return sse.frame()
         if data == DONE:
-            return self._leftover() + self._errors() + b"data: [DONE]\n\n"
+            return self._leftover() + self._errors() + encode_data(DONE)
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return raw + b"\n\n"
+            return sse.frame()
         choices = event.get("choices") if isinstance(event, dict) else None
         if self.hermes and choices and isinstance(choices[0], dict):
             rewritten = self._hermes(event, choices[0])
@@ -100,7 +100,7 @@ class ToolStream:
             c.get("delta", {}).get("tool_calls") for c in choices or [] if isinstance(c, dict)
         ]
         if not any(deltas):
-            return raw + b"\n\n"
+            return sse.frame()
         self.template = {k: event[k] for k in ("id", "object", "created", "model") if k in event}
         out = b""
         for choice in choices or []:
@@ -111,7 +111,7 @@ class ToolStream:
             c.get("delta") or c.get("finish_reason") is not None for c in choices or []
         ) or event.get("usage")
         if keeps:  # what is left (content, finish reason, usage) goes on at once
-            out = b"data: " + orjson.dumps(event) + b"\n\n" + out
+            out = encode_data(orjson.dumps(event)) + out
         return out
 
     def _gather(self, part: dict[str, Any], choice_index: int) -> bytes:
@@ -138,7 +138,7 @@ class ToolStream:
                  "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
         chunk = {**self.template, "choices": [{"index": choice_index, "finish_reason": None,
                                                 "delta": {"tool_calls": [whole]}}]}  # fmt: skip
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return encode_data(orjson.dumps(chunk))
 
     def _hermes(self, event: dict[str, Any], choice: dict[str, Any]) -> bytes | None:
         """Rewrite content that carries `<tool_call>` text; None when there is none at stake."""
@@ -153,7 +153,7 @@ class ToolStream:
         if text or len(delta) > 1 or choice.get("finish_reason") is not None:
             if not text:
                 delta.pop("content")
-            out += b"data: " + orjson.dumps(event) + b"\n\n"
+            out += encode_data(orjson.dumps(event))
         for body in bodies:
             index = len(self.calls)
             try:
@@ -182,7 +182,7 @@ class ToolStream:
         delta = {"content": self.text.buffer}
         chunk = {**self.template, "choices": [{"index": 0, "finish_reason": None, "delta": delta}]}
         self.text.buffer = ""
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+        return encode_data(orjson.dumps(chunk))
 
     def _errors(self) -> bytes:
         out = b""
@@ -197,10 +197,9 @@ class ToolStream:
             else:
                 document = orjson.dumps({"error": refusal.code, "message": message,
                                          "index": call.index})  # fmt: skip
-            out += b"data: " + document + b"\n\n"
+            out += encode_data(document)
         return out
 
     def finish(self) -> bytes:
         """What is still to send when the engine's stream ended (its last bytes)."""
-        rest, self.pending = self.pending, b""
-        return self._event(rest) if rest.strip() else b""
+        return b"".join(self._event(event) for event in self.reader.finish())
