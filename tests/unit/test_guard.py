@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import hashlib
 import os
+import pwd
 import socket
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -162,6 +165,46 @@ async def test_every_refusal_does_the_same_work() -> None:
     assert (await identities.of_key(old_key, "tcp")).name == "robot"
     await identities.of_key(old_key, "tcp")
     assert calls == [("scrypt", False), ("scrypt", False)]  # off the event loop, once per key
+
+
+def test_identities_follow_users_and_groups_made_after_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: set[str] = set()
+
+    def getpwnam(name: str) -> SimpleNamespace:
+        if name in made:
+            return SimpleNamespace(pw_uid=4100)
+        raise KeyError(name)
+
+    def getgrnam(name: str) -> SimpleNamespace:
+        if name in made:
+            return SimpleNamespace(gr_gid=4200)
+        raise KeyError(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(grp, "getgrnam", getgrnam)
+    clients = ClientsDecl(clients={"newbie": ClientDecl(users=["newbie"]),
+                                   "crew": ClientDecl(groups=["crew"])})  # fmt: skip
+    before = Identities(clients, own_uid=1000)
+    for peer in (Peer(-1, 4100, 4100), Peer(-1, 4300, 4200)):
+        with pytest.raises(Unknown):
+            before.of_peer(peer)
+    made.update({"newbie", "crew"})  # `useradd` and `groupadd` happen; then a reload
+    after = Identities(clients, own_uid=1000)
+    assert after.of_peer(Peer(-1, 4100, 4100)).name == "newbie"
+    assert after.of_peer(Peer(-1, 4300, 4200)).name == "crew"
+    monkeypatch.undo()  # names no system accepts map to nobody, without an error
+    assert Identities(ClientsDecl(clients={"odd": ClientDecl(users=["a\0b", "²"])})).by_uid == {}
+
+
+def test_the_gateway_user_stays_owner_when_its_group_is_a_client() -> None:
+    own = Peer(-1, 1000, 5001)  # primary group 5001
+    team = ClientsDecl(clients={"team": ClientDecl(groups=[5001])})
+    assert Identities(team, own_uid=1000).of_peer(own) is OWNER
+    assert Identities(team, own_uid=1000).of_peer(Peer(-1, 4001, 5001)).name == "team"
+    named = ClientsDecl(clients={"me": ClientDecl(users=[1000]), "team": ClientDecl(groups=[5001])})
+    assert Identities(named, own_uid=1000).of_peer(own).name == "me"  # an explicit entry wins
 
 
 def test_client_limits_refuse_with_retry_after() -> None:

@@ -13,7 +13,6 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from soulstone.guard.clients import OWNER, Client, ClientsDecl, client_of
 from soulstone.guard.keys import hash_key, is_slow, key_id, verify_key
@@ -67,23 +66,23 @@ def peer_groups(peer: Peer) -> frozenset[int]:
         return frozenset([peer.gid])
 
 
-@lru_cache(maxsize=256)
 def _uid(user: str | int) -> int | None:
-    if isinstance(user, int) or user.isdigit():
+    """The uid of a user name or number, asked of the system now (never cached)."""
+    if isinstance(user, int) or (user.isascii() and user.isdigit()):
         return int(user)
     try:
         return pwd.getpwnam(user).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a name no system accepts (a NUL in it)
         return None
 
 
-@lru_cache(maxsize=256)
 def _gid(group: str | int) -> int | None:
-    if isinstance(group, int) or group.isdigit():
+    """The gid of a group name or number, asked of the system now (never cached)."""
+    if isinstance(group, int) or (group.isascii() and group.isdigit()):
         return int(group)
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):
         return None
 
 
@@ -99,8 +98,9 @@ class KeyEntry:
 class Identities:
     """Maps peers and keys to clients, per one clients file (or none).
 
-    `verify` checks a key against its stored form (keys.verify_key; a test passes
-    a wrapped one).
+    Users and groups are resolved when it is built, so a rebuild (every reload)
+    sees users and groups created since. `verify` checks a key against its stored
+    form (keys.verify_key; a test passes a wrapped one).
     """
 
     def __init__(
@@ -132,7 +132,7 @@ class Identities:
                     self.keys[key.id] = KeyEntry(client, key.hash, transports)
 
     def of_peer(self, peer: Peer) -> Client:
-        """The client a Unix peer maps to: by user, then by group, then the owner."""
+        """The client a Unix peer maps to: its user's entry, else the owner, else a group."""
         found = self._peers.get(peer)
         if found is None:
             found = self._resolve_peer(peer)
@@ -145,12 +145,12 @@ class Identities:
         client = self.by_uid.get(peer.uid)
         if client is not None:
             return client
+        if peer.uid == self.own_uid:
+            return OWNER  # a group entry never takes admin away from the gateway's own user
         if self.by_gid:
             for gid in sorted(peer_groups(peer)):
                 if (client := self.by_gid.get(gid)) is not None:
                     return client
-        if peer.uid == self.own_uid:
-            return OWNER
         raise Unknown(f"uid {peer.uid} is not a client of this gateway")
 
     async def of_key(self, key: str, transport: str) -> Client:
