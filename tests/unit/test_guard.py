@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import grp
+import hashlib
 import os
+import pwd
 import socket
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,20 +30,36 @@ from soulstone.guard.clients import (
     parse_clients,
 )
 from soulstone.guard.identity import Identities, Peer, Unknown, peer_of
-from soulstone.guard.keys import hash_key, key_id, new_key, verify_key
+from soulstone.guard.keys import hash_key, is_slow, key_id, new_key, verify_key
 from soulstone.guard.limits import ClientLimiter, Refused, Slots
 from soulstone.guard.store import check_file, load_clients, save_clients
+
+
+def legacy_entry(key: str, n: int = 2**10) -> str:
+    """A key stored the way earlier versions did: `scrypt:N:r:p:salt:digest`."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(key.encode(), salt=salt, n=n, r=8, p=1, dklen=32)
+    salt_text, digest_text = (base64.urlsafe_b64encode(b).decode().rstrip("=")
+                              for b in (salt, digest))  # fmt: skip
+    return f"scrypt:{n}:8:1:{salt_text}:{digest_text}"
 
 
 def test_keys_hash_and_verify() -> None:
     key, ident = new_key()
     assert key.startswith(f"ss-{ident}-") and key_id(key) == ident
     stored = hash_key(key)
-    assert stored.startswith("scrypt:16384:8:1:") and key not in stored
+    assert stored.startswith("hmac-sha256:") and key not in stored and not is_slow(stored)
+    assert stored != hash_key(key)  # a fresh salt each time
     assert verify_key(key, stored)
     assert not verify_key(key + "x", stored)
     assert not verify_key(key, stored[:-4] + "AAAA")
-    assert not verify_key(key, "md5:whatever")
+    assert not verify_key("ss-\udcff", stored)  # undecodable header text is just wrong
+    for broken in ("md5:whatever", "hmac-sha256:", "hmac-sha256:a:b:c", "hmac-sha256:!:?",
+                   "scrypt:x:8:1:a:b", "scrypt:3:8:1:AAAA:AAAA", ""):  # fmt: skip
+        assert not verify_key(key, broken)
+    old = legacy_entry(key)
+    assert is_slow(old) and verify_key(key, old)  # files written before keep working
+    assert not verify_key(key + "x", old)
     assert key_id("sk-something") is None
 
 
@@ -108,6 +130,81 @@ async def test_identities_map_peers_and_keys() -> None:
     left, right = socket.socketpair()
     with left, right:  # on the socket, an SDK's placeholder falls back to the peer
         assert (await Identities(None).identify(headers, peer_of(left))) is OWNER
+
+
+async def test_every_refusal_does_the_same_work() -> None:
+    key, ident = new_key()
+    revoked, revoked_id = new_key()
+    old_key, old_id = new_key()
+    clients = ClientsDecl(clients={"robot": ClientDecl(keys=[
+        KeyDecl(id=ident, hash=hash_key(key)),
+        KeyDecl(id=revoked_id, hash=hash_key(revoked), revoked=True),
+        KeyDecl(id=old_id, hash=legacy_entry(old_key)),
+    ])})  # fmt: skip
+    calls: list[tuple[str, bool]] = []
+
+    def counting(given: str, stored: str) -> bool:
+        calls.append((stored.split(":")[0], threading.current_thread() is threading.main_thread()))
+        return verify_key(given, stored)
+
+    identities = Identities(clients, own_uid=1000, verify=counting)
+    wrong_secret = f"ss-{ident}-" + "a" * 43
+    unknown_id = "ss-00000000-" + "a" * 43
+    for refused in (wrong_secret, unknown_id, revoked, "not-a-key", key + "x"):
+        calls.clear()
+        with pytest.raises(Unknown, match="unknown or revoked"):
+            await identities.of_key(refused, "tcp")
+        assert calls == [("hmac-sha256", True)], refused  # one check, same scheme, each time
+    calls.clear()
+    assert (await identities.of_key(key, "tcp")).name == "robot"
+    assert (await identities.of_key(key, "unix")).name == "robot"
+    assert calls == [("hmac-sha256", True)]  # a verified key is remembered
+    calls.clear()
+    with pytest.raises(Unknown):
+        await identities.of_key(f"ss-{old_id}-" + "b" * 43, "tcp")
+    assert (await identities.of_key(old_key, "tcp")).name == "robot"
+    await identities.of_key(old_key, "tcp")
+    assert calls == [("scrypt", False), ("scrypt", False)]  # off the event loop, once per key
+
+
+def test_identities_follow_users_and_groups_made_after_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: set[str] = set()
+
+    def getpwnam(name: str) -> SimpleNamespace:
+        if name in made:
+            return SimpleNamespace(pw_uid=4100)
+        raise KeyError(name)
+
+    def getgrnam(name: str) -> SimpleNamespace:
+        if name in made:
+            return SimpleNamespace(gr_gid=4200)
+        raise KeyError(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", getpwnam)
+    monkeypatch.setattr(grp, "getgrnam", getgrnam)
+    clients = ClientsDecl(clients={"newbie": ClientDecl(users=["newbie"]),
+                                   "crew": ClientDecl(groups=["crew"])})  # fmt: skip
+    before = Identities(clients, own_uid=1000)
+    for peer in (Peer(-1, 4100, 4100), Peer(-1, 4300, 4200)):
+        with pytest.raises(Unknown):
+            before.of_peer(peer)
+    made.update({"newbie", "crew"})  # `useradd` and `groupadd` happen; then a reload
+    after = Identities(clients, own_uid=1000)
+    assert after.of_peer(Peer(-1, 4100, 4100)).name == "newbie"
+    assert after.of_peer(Peer(-1, 4300, 4200)).name == "crew"
+    monkeypatch.undo()  # names no system accepts map to nobody, without an error
+    assert Identities(ClientsDecl(clients={"odd": ClientDecl(users=["a\0b", "²"])})).by_uid == {}
+
+
+def test_the_gateway_user_stays_owner_when_its_group_is_a_client() -> None:
+    own = Peer(-1, 1000, 5001)  # primary group 5001
+    team = ClientsDecl(clients={"team": ClientDecl(groups=[5001])})
+    assert Identities(team, own_uid=1000).of_peer(own) is OWNER
+    assert Identities(team, own_uid=1000).of_peer(Peer(-1, 4001, 5001)).name == "team"
+    named = ClientsDecl(clients={"me": ClientDecl(users=[1000]), "team": ClientDecl(groups=[5001])})
+    assert Identities(named, own_uid=1000).of_peer(own).name == "me"  # an explicit entry wins
 
 
 def test_client_limits_refuse_with_retry_after() -> None:

@@ -1,4 +1,4 @@
-"""`soulstone clients add|revoke|list`: edit clients.yaml safely; keys are printed once."""
+"""`soulstone clients add|revoke`: edit clients.yaml safely (comments kept); keys print once."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import Session, guarded, session
-from soulstone.guard.clients import ClientDecl, ClientsDecl, ClientsFileError, KeyDecl
+from soulstone.guard.clients import KeyDecl
 from soulstone.guard.keys import hash_key, new_key
-from soulstone.guard.store import load_clients, save_clients
+from soulstone.guard.store import add_client, revoke_keys
 
 clients_app = typer.Typer(help="Manage who may call the gateway (clients.yaml).",
                           no_args_is_help=True)  # fmt: skip
@@ -24,22 +24,6 @@ ClientsOption = Annotated[
 
 def _path(s: Session, given: Path | None) -> Path:
     return given or s.paths.config / "clients.yaml"
-
-
-def _edit(
-    path: Path, name: str, users: list[str], groups: list[str], models: list[str] | None,
-    admin: bool, key: KeyDecl | None,
-) -> None:  # fmt: skip
-    clients = load_clients(path) or ClientsDecl()
-    old = clients.clients.get(name, ClientDecl())
-    merged = old.model_copy(update={
-        "users": list(dict.fromkeys([*old.users, *users])),
-        "groups": list(dict.fromkeys([*old.groups, *groups])),
-        "keys": [*old.keys, *([key] if key else [])],
-        "models": models if models is not None else old.models,
-        "admin": admin or old.admin,
-    })  # fmt: skip
-    save_clients(path, clients.model_copy(update={"clients": {**clients.clients, name: merged}}))
 
 
 @clients_app.command("add")
@@ -68,7 +52,7 @@ def add(
         transports = [key_transport] if key_transport else None
         stored = KeyDecl(id=key_id, hash=hash_key(secret), transports=transports)
     wanted = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
-    guarded(ctx, lambda: _edit(path, name, user or [], group or [], wanted, admin, stored))
+    guarded(ctx, lambda: add_client(path, name, user or [], group or [], wanted, admin, stored))
     if secret is not None:
         print(secret, flush=True)  # stdout alone: `KEY=$(soulstone clients add x --key)`
     s.err.print(f"{'updated' if secret is None else 'added a key to'} client {name} in {path}",
@@ -85,20 +69,7 @@ def revoke(
     """Revoke a client's keys (all, or one by id); a running gateway sees it on reload."""
     s = session(ctx)
     path = _path(s, clients)
-
-    def change() -> int:
-        current = load_clients(path)
-        if current is None or name not in current.clients:
-            raise ClientsFileError(f"{path}: no client named {name!r}")
-        client = current.clients[name]
-        keys = [k.model_copy(update={"revoked": True}) if key_id in (None, k.id) else k
-                for k in client.keys]  # fmt: skip
-        changed = sum(1 for old, new in zip(client.keys, keys, strict=True) if old != new)
-        updated = {**current.clients, name: client.model_copy(update={"keys": keys})}
-        save_clients(path, current.model_copy(update={"clients": updated}))
-        return changed
-
-    count = guarded(ctx, change)
+    count = guarded(ctx, lambda: revoke_keys(path, name, key_id))
     s.out.print(f"revoked {count} key(s) of {name}; `soulstone reload` or SIGHUP applies it")
 
 

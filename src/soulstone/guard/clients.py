@@ -27,7 +27,7 @@ class LimitsDecl(_Strict):
 
 
 class KeyDecl(_Strict):
-    """A stored API key: its id, its scrypt hash, and whether it was revoked."""
+    """A stored API key: its id, its hash (keys.hash_key), whether it was revoked, where usable."""
 
     id: str
     hash: str

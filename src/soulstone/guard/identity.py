@@ -7,15 +7,16 @@ import grp
 import hashlib
 import os
 import pwd
+import secrets
 import socket
 import struct
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from soulstone.errors import Refusal
 from soulstone.guard.clients import OWNER, Client, ClientsDecl, client_of
-from soulstone.guard.keys import key_id, verify_key
+from soulstone.guard.keys import hash_key, is_slow, key_id, verify_key
 
 _PEERCRED = struct.Struct("3i")
 _MAX_REMEMBERED = 4096
@@ -69,36 +70,57 @@ def peer_groups(peer: Peer) -> frozenset[int]:
         return frozenset([peer.gid])
 
 
-@lru_cache(maxsize=256)
 def _uid(user: str | int) -> int | None:
-    if isinstance(user, int) or user.isdigit():
+    """The uid of a user name or number, asked of the system now (never cached)."""
+    if isinstance(user, int) or (user.isascii() and user.isdigit()):
         return int(user)
     try:
         return pwd.getpwnam(user).pw_uid
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a name no system accepts (a NUL in it)
         return None
 
 
-@lru_cache(maxsize=256)
 def _gid(group: str | int) -> int | None:
-    if isinstance(group, int) or group.isdigit():
+    """The gid of a group name or number, asked of the system now (never cached)."""
+    if isinstance(group, int) or (group.isascii() and group.isdigit()):
         return int(group)
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):
         return None
 
 
-class Identities:
-    """Maps peers and keys to clients, per one clients file (or none)."""
+@dataclass(frozen=True)
+class KeyEntry:
+    """One usable (not revoked) key: whose it is, its stored hash, where it may be used."""
 
-    def __init__(self, clients: ClientsDecl | None, own_uid: int | None = None) -> None:
+    client: Client
+    stored: str
+    transports: frozenset[str]
+
+
+class Identities:
+    """Maps peers and keys to clients, per one clients file (or none).
+
+    Users and groups are resolved when it is built, so a rebuild (every reload)
+    sees users and groups created since. `verify` checks a key against its stored
+    form (keys.verify_key; a test passes a wrapped one).
+    """
+
+    def __init__(
+        self,
+        clients: ClientsDecl | None,
+        own_uid: int | None = None,
+        verify: Callable[[str, str], bool] = verify_key,
+    ) -> None:
         self.clients = clients
         self.own_uid = os.getuid() if own_uid is None else own_uid
         self.by_uid: dict[int, Client] = {}
         self.by_gid: dict[int, Client] = {}
-        self.keys: dict[str, tuple[Client, str, frozenset[str]]] = {}
-        self._remembered: dict[bytes, tuple[Client, frozenset[str]] | None] = {}
+        self.keys: dict[str, KeyEntry] = {}
+        self._verify = verify
+        self._decoy = hash_key(secrets.token_urlsafe(32))  # checked for unknown/revoked ids
+        self._verified: OrderedDict[bytes, KeyEntry] = OrderedDict()
         self._peers: dict[Peer, Client] = {}
         for name, declaration in (clients.clients if clients else {}).items():
             client = client_of(name, declaration)
@@ -111,10 +133,10 @@ class Identities:
             for key in declaration.keys:
                 if not key.revoked:
                     transports = frozenset(key.transports or ("unix", "tcp"))
-                    self.keys[key.id] = (client, key.hash, transports)
+                    self.keys[key.id] = KeyEntry(client, key.hash, transports)
 
     def of_peer(self, peer: Peer) -> Client:
-        """The client a Unix peer maps to: by user, then by group, then the owner."""
+        """The client a Unix peer maps to: its user's entry, else the owner, else a group."""
         found = self._peers.get(peer)
         if found is None:
             found = self._resolve_peer(peer)
@@ -127,31 +149,42 @@ class Identities:
         client = self.by_uid.get(peer.uid)
         if client is not None:
             return client
+        if peer.uid == self.own_uid:
+            return OWNER  # a group entry never takes admin away from the gateway's own user
         if self.by_gid:
             for gid in sorted(peer_groups(peer)):
                 if (client := self.by_gid.get(gid)) is not None:
                     return client
-        if peer.uid == self.own_uid:
-            return OWNER
         raise Unknown(f"uid {peer.uid} is not a client of this gateway")
 
     async def of_key(self, key: str, transport: str) -> Client:
-        """The client an API key belongs to (a slow hash, checked once per key and process)."""
-        digest = hashlib.sha256(key.encode()).digest()
-        if digest in self._remembered:
-            found = self._remembered[digest]
-        else:
-            entry = self.keys.get(key_id(key) or "")
-            ok = entry is not None and await asyncio.to_thread(verify_key, key, entry[1])
-            found = (entry[0], entry[2]) if ok and entry is not None else None
-            if len(self._remembered) >= _MAX_REMEMBERED:
-                self._remembered.clear()
-            self._remembered[digest] = found
-        if found is None:
-            raise Unknown("unknown or revoked API key")
-        if transport not in found[1]:
+        """The client an API key belongs to; Unknown for a wrong, unknown or revoked key.
+
+        Unknown and revoked ids are checked against a decoy entry, so every refusal
+        costs the same work as a wrong secret for a known id. Keys that verified are
+        remembered (bounded); old scrypt entries are checked off the event loop.
+        """
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+        entry = self._verified.get(digest)
+        if entry is None:
+            known = self.keys.get(key_id(key) or "")
+            stored = known.stored if known is not None else self._decoy
+            if is_slow(stored):
+                ok = await asyncio.to_thread(self._verify, key, stored)
+            else:
+                ok = self._verify(key, stored)
+            if not ok or known is None:
+                raise Unknown("unknown or revoked API key")
+            entry = self._remember(digest, known)
+        if transport not in entry.transports:
             raise Unknown(f"this key may not be used over {transport}")
-        return found[0]
+        return entry.client
+
+    def _remember(self, digest: bytes, entry: KeyEntry) -> KeyEntry:
+        self._verified[digest] = entry
+        while len(self._verified) > _MAX_REMEMBERED:
+            self._verified.popitem(last=False)
+        return entry
 
     async def identify(self, headers: Mapping[str, str], peer: Peer | None) -> Client:
         """A key, when sent, wins; else the Unix peer; TCP callers need a key.
