@@ -1,4 +1,4 @@
-"""Connection defences: header and idle timeouts, per-peer caps, the owner's way in.
+"""Connection defences: header and idle timeouts, per-peer caps, the owner's way in, TCP.
 
 Attackers connect over TCP from other loopback addresses (127.0.0.2, ...), so
 each is a peer of its own while the owner calls on the Unix socket. Every wait
@@ -9,14 +9,17 @@ failure.
 from __future__ import annotations
 
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import httpx2
 import pytest
+import yaml
 
-from gateway_harness import StartGateway, fake_codex, fake_table
+from gateway_harness import SCRIPT, RunningGateway, StartGateway, fake_codex, fake_table
+from helpers import free_port
 
 BOUND = 30.0  # seconds a socket waits before the test fails; never reached when all is well
 FULL = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -171,3 +174,40 @@ def test_the_open_files_limit_is_raised_to_the_hard_limit(
     limits = Path(f"/proc/{gateway.process.pid}/limits").read_text().splitlines()
     line = next(row for row in limits if row.startswith("Max open files"))
     assert line.split()[3:5] == ["4096", "4096"]
+
+
+def _serve(gateway: RunningGateway, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`soulstone serve` on a socket of its own; expected to refuse to start."""
+    command = [str(SCRIPT), "--codex", str(gateway.codex), "serve",
+               "--socket", str(tmp_path / "other.sock"), *args]  # fmt: skip
+    return subprocess.run(command, env=gateway.env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+
+
+def test_tcp_beyond_loopback_is_refused_without_the_flag(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    gateway = start_gateway(_codex(tmp_path), tcp=False)
+    port = free_port()
+    refused = _serve(gateway, tmp_path, "--tcp", f"0.0.0.0:{port}")
+    assert refused.returncode == 2
+    assert "--tcp-public" in refused.stderr and "not a loopback address" in refused.stderr
+    no_keys = tmp_path / "no-keys.yaml"
+    no_keys.write_text(yaml.safe_dump({"clients": {"me": {"users": ["root"]}}}))
+    no_keys.chmod(0o600)
+    refused = _serve(gateway, tmp_path, "--tcp", f"0.0.0.0:{port}", "--tcp-public",
+                     "--clients", str(no_keys))  # fmt: skip
+    assert refused.returncode == 2
+    assert "--tcp-public" in refused.stderr and "no API key" in refused.stderr
+
+
+def test_tcp_beyond_loopback_with_the_flag_and_a_key(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    port = free_port()
+    gateway = start_gateway(_codex(tmp_path), "--tcp", f"0.0.0.0:{port}", "--tcp-public",
+                            tcp=False)  # fmt: skip
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=BOUND) as http:
+        assert http.get("/v1/models").status_code == 401  # TCP callers need a key
+        keyed = http.get("/v1/models", headers={"Authorization": f"Bearer {gateway.key}"})
+        assert keyed.status_code == 200

@@ -1,10 +1,14 @@
-"""Connection defences, the pure parts: whom a connection counts against, caps, limits."""
+"""Connection defences, the pure parts: whom a connection counts against, caps, limits, TCP."""
 
 from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+import pytest
+
+from soulstone.errors import UsageError
 from soulstone.gateway.connections import (
     ConnectionCounts,
     ConnectionOptions,
@@ -14,7 +18,10 @@ from soulstone.gateway.connections import (
     peer_key,
     refusal,
 )
+from soulstone.gateway.listen import is_loopback, tcp_refusal
 from soulstone.guard.identity import Peer, peer_groups, peer_of
+
+CLIENTS = Path("/home/someone/.config/soulstone/clients.yaml")
 
 
 def test_a_unix_peer_counts_by_its_uid() -> None:
@@ -76,6 +83,27 @@ def test_open_files_target_is_the_hard_limit() -> None:
     assert open_files_target(4096, 4096, 1 << 20) == 4096
     assert connection_ceiling(1024) == 512
     assert connection_ceiling(1) == 1
+
+
+def test_loopback_hosts() -> None:
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "192.168.1.4", "example.com", "::ffff:10.0.0.1"):
+        assert not is_loopback(host), host
+
+
+def test_tcp_beyond_loopback_needs_the_flag_and_a_key() -> None:
+    assert tcp_refusal(None, public=False, tcp_keys=0, clients=CLIENTS) is None
+    assert tcp_refusal("127.0.0.1:8080", public=False, tcp_keys=0, clients=CLIENTS) is None
+    refused = tcp_refusal("0.0.0.0:8080", public=False, tcp_keys=3, clients=CLIENTS)
+    assert refused is not None and "--tcp-public" in refused and "0.0.0.0" in refused
+    no_keys = tcp_refusal("0.0.0.0:8080", public=True, tcp_keys=0, clients=CLIENTS)
+    assert no_keys is not None and "--tcp-public" in no_keys and str(CLIENTS) in no_keys
+    assert tcp_refusal("[::]:8080", public=True, tcp_keys=1, clients=CLIENTS) is None
+    alone = tcp_refusal(None, public=True, tcp_keys=1, clients=CLIENTS)
+    assert alone is not None and "--tcp" in alone
+    with pytest.raises(UsageError, match="--tcp"):
+        tcp_refusal("nonsense", public=True, tcp_keys=1, clients=CLIENTS)
 
 
 def test_groups_read_at_accept_win() -> None:

@@ -46,6 +46,13 @@ def serve_command(
         str | None,
         typer.Option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (off by default)."),
     ] = None,
+    tcp_public: Annotated[
+        bool,
+        typer.Option(
+            "--tcp-public",
+            help="Allow a --tcp address beyond loopback (needs a clients file with an API key).",
+        ),
+    ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Unix sockets only: refuse TCP.")
     ] = False,
@@ -127,7 +134,7 @@ def serve_command(
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",
         tools=tools or s.paths.config / "tools.yaml",
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
-        tcp=tcp, strict=strict, max_wait=max_wait,
+        tcp=tcp, tcp_public=tcp_public, strict=strict, max_wait=max_wait,
         drain_timeout=drain_timeout,
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,

@@ -32,6 +32,7 @@ from soulstone.gateway.listen import (
     describe,
     parse_tcp,
     prepare_socket,
+    tcp_refusal,
 )
 from soulstone.gateway.state import Gateway
 from soulstone.guard.clients import ClientsFileError
@@ -60,6 +61,7 @@ class ServeOptions:
     clients: Path
     own_socket_folder: bool = True
     tcp: str | None = None
+    tcp_public: bool = False  # a non-loopback --tcp address (then API keys are required)
     strict: bool = False
     max_wait: float = 2.0
     drain_timeout: float = 30.0
@@ -120,6 +122,10 @@ def _listeners(options: ServeOptions) -> tuple[list[socket.socket], Path | None,
     return [bind_unix(options.socket)], options.socket, warnings
 
 
+def _tcp_keys(guard: Guard) -> int:
+    return sum(1 for _, _, transports in guard.identities.keys.values() if "tcp" in transports)
+
+
 def _on_refused(log: Any) -> Callable[[PeerKey, str], None]:
     def emit(key: PeerKey, reason: str) -> None:
         log.warning("refusing connections", peer=f"{key[0]}:{key[1]}", reason=reason)
@@ -146,6 +152,9 @@ async def serve(
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip
     guard = Guard.load(options.clients, upstreams, overrides)
+    refused = tcp_refusal(options.tcp, options.tcp_public, _tcp_keys(guard), options.clients)
+    if refused is not None:
+        raise UsageError(refused)
     files_before, open_files = raise_open_files_limit()
     policy = load_policy(options.tools) if options.tools is not None else default_policy()
     sockets, owned_path, warnings = _listeners(options)  # refuses a live gateway's socket
