@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -107,6 +108,13 @@ def wait_for_socket(path: Path, process: subprocess.Popen[bytes], log: Path) -> 
 StartGateway = Callable[..., RunningGateway]
 
 
+def _limit_open_files(limits: tuple[int, int]) -> Callable[[], None]:
+    def limit() -> None:  # runs in the child, between fork and exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+    return limit
+
+
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     """Start gateways on a codex folder; SIGTERM them (and kill their engines) afterwards."""
@@ -119,7 +127,9 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
 
     def start(codex: Path, *args: str, env: dict[str, str] | None = None,
               clients: dict[str, Any] | None = default_clients, tcp: bool = True,
+              open_files: tuple[int, int] | None = None,
               ) -> RunningGateway:  # fmt: skip
+        """Start a gateway; `open_files` (soft, hard) is the RLIMIT_NOFILE it starts with."""
         runtime = short / f"run{len(started)}"
         clients_file = tmp_path / "config" / "soulstone" / "clients.yaml"
         if clients is not None:
@@ -141,6 +151,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
             [str(SCRIPT), "--codex", str(codex), "serve",
              *(["--tcp", f"127.0.0.1:{port}"] if tcp else []), *args],
             env=environ, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            preexec_fn=None if open_files is None else _limit_open_files(open_files),
         )  # fmt: skip
         state = StateFolder(tmp_path / "state" / "soulstone")
         api = runtime / "soulstone" / "api.sock"

@@ -46,6 +46,13 @@ def serve_command(
         str | None,
         typer.Option("--tcp", metavar="HOST:PORT", help="Also listen on TCP (off by default)."),
     ] = None,
+    tcp_public: Annotated[
+        bool,
+        typer.Option(
+            "--tcp-public",
+            help="Allow a --tcp address beyond loopback (needs a clients file with an API key).",
+        ),
+    ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="Unix sockets only: refuse TCP.")
     ] = False,
@@ -93,6 +100,30 @@ def serve_command(
             help="Seconds in-flight requests get to finish before their engine is swapped out.",
         ),
     ] = 30.0,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            min=0.01,
+            help="Seconds a connection gets to send a request's headers before it is closed.",
+        ),
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            "--idle-timeout",
+            min=0.01,
+            help="Seconds an idle keep-alive connection stays open.",
+        ),
+    ] = 30.0,
+    max_connections_per_peer: Annotated[
+        int,
+        typer.Option(
+            "--max-connections-per-peer",
+            min=1,
+            help="Connections one Unix user (or one TCP address) may hold; more are closed.",
+        ),
+    ] = 256,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
@@ -103,8 +134,10 @@ def serve_command(
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",
         tools=tools or s.paths.config / "tools.yaml",
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
-        tcp=tcp, strict=strict, max_wait=max_wait, drain_timeout=drain_timeout,
-        idle_check=idle_check,
+        tcp=tcp, tcp_public=tcp_public, strict=strict, max_wait=max_wait,
+        drain_timeout=drain_timeout,
+        idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
+        max_connections_per_peer=max_connections_per_peer,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import stat
@@ -74,6 +75,42 @@ def parse_tcp(value: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--tcp {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a --tcp host is this machine only: `localhost` or a loopback address.
+
+    Any other name counts as public, whatever it resolves to today.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def tcp_refusal(tcp: str | None, public: bool, tcp_keys: int, clients: Path) -> str | None:
+    """Why `--tcp`/`--tcp-public` may not start the gateway; None when they may.
+
+    A non-loopback --tcp needs --tcp-public, and --tcp-public needs a clients
+    file with at least one API key usable over TCP (TCP callers need keys).
+    """
+    if tcp is None:
+        return "--tcp-public needs --tcp HOST:PORT" if public else None
+    host, _ = parse_tcp(tcp)
+    if is_loopback(host):
+        return None
+    if not public:
+        return (f"--tcp {tcp}: {host} is not a loopback address; pass --tcp-public to listen "
+                "beyond this machine (callers there need API keys)")  # fmt: skip
+    if tcp_keys == 0:
+        return (f"--tcp-public: {clients} has no API key usable over TCP, so nobody could call; "
+                "add one with `soulstone clients add NAME --key`")  # fmt: skip
+    return None
 
 
 def activation_sockets(env: dict[str, str] | None = None) -> list[socket.socket]:

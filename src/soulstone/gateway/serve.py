@@ -21,12 +21,20 @@ from soulstone.dispatch.services import Services
 from soulstone.errors import CodexError, UsageError
 from soulstone.gateway.admin import make_admin_app
 from soulstone.gateway.app import changed_soulstones, make_app
+from soulstone.gateway.connections import (
+    ConnectionGate,
+    ConnectionOptions,
+    PeerKey,
+    connection_ceiling,
+    raise_open_files_limit,
+)
 from soulstone.gateway.listen import (
     activation_sockets,
     bind_unix,
     describe,
     parse_tcp,
     prepare_socket,
+    tcp_refusal,
 )
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
@@ -54,6 +62,7 @@ class ServeOptions:
     clients: Path
     own_socket_folder: bool = True
     tcp: str | None = None
+    tcp_public: bool = False  # a non-loopback --tcp address (then API keys are required)
     strict: bool = False
     max_wait: float = 2.0
     drain_timeout: float = 30.0
@@ -65,6 +74,9 @@ class ServeOptions:
     tools: Path | None = None  # tools.yaml; None or absent: the built-in policy
     adapters: Path | None = None  # the registry's folder; None: no LoRA adapters
     adapter_cache: Path | None = None
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    max_connections_per_peer: int = 256
 
 
 async def reload_codex(
@@ -111,6 +123,17 @@ def _listeners(options: ServeOptions) -> tuple[list[socket.socket], Path | None,
     return [bind_unix(options.socket)], options.socket, warnings
 
 
+def _tcp_keys(guard: Guard) -> int:
+    return sum(1 for _, _, transports in guard.identities.keys.values() if "tcp" in transports)
+
+
+def _on_refused(log: Any) -> Callable[[PeerKey, str], None]:
+    def emit(key: PeerKey, reason: str) -> None:
+        log.warning("refusing connections", peer=f"{key[0]}:{key[1]}", reason=reason)
+
+    return emit
+
+
 async def serve(
     options: ServeOptions,
     load: Callable[[], Codex],
@@ -130,6 +153,10 @@ async def serve(
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip
     guard = Guard.load(options.clients, upstreams, overrides)
+    refused = tcp_refusal(options.tcp, options.tcp_public, _tcp_keys(guard), options.clients)
+    if refused is not None:
+        raise UsageError(refused)
+    files_before, open_files = raise_open_files_limit()
     policy = load_policy(options.tools) if options.tools is not None else default_policy()
     sockets, owned_path, warnings = _listeners(options)  # refuses a live gateway's socket
     hot: HotAdapters | None = None
@@ -167,14 +194,20 @@ async def serve(
         access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
-    sites: list[web.BaseSite] = [web.SockSite(runner, s) for s in sockets]
-    if options.tcp:
-        host, port = parse_tcp(options.tcp)
-        sites.append(web.TCPSite(runner, host, port, backlog=1024))
+    assert runner.server is not None
+    connection_options = ConnectionOptions(
+        header_timeout=options.header_timeout, idle_timeout=options.idle_timeout,
+        max_per_peer=options.max_connections_per_peer,
+        max_total=connection_ceiling(open_files),
+    )  # fmt: skip
+    gate = ConnectionGate(runner.server, connection_options, _on_refused(log))
     for warning in warnings:
         log.warning(warning)
-    for site in sites:
-        await site.start()
+    try:
+        listeners = await gate.listen(sockets, parse_tcp(options.tcp) if options.tcp else None)
+    except BaseException:
+        await runner.cleanup()
+        raise
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
     write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
                                              "strict": options.strict})  # fmt: skip
@@ -183,7 +216,8 @@ async def serve(
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     log.info("listening", on=addresses, soulstones=len(codex.soulstones),
-             clients=str(options.clients) if options.clients.exists() else None)  # fmt: skip
+             clients=str(options.clients) if options.clients.exists() else None,
+             open_files=open_files, open_files_before=files_before)  # fmt: skip
     if ready is not None:
         ready(addresses)
 
@@ -213,8 +247,8 @@ async def serve(
     finally:
         log.info("shutting down", in_flight=scheduler.in_flight())
         idle.cancel()
-        for site in sites:  # 1. stop accepting
-            await site.stop()
+        for listener in listeners:  # 1. stop accepting
+            listener.close()
         deadline = loop.time() + options.shutdown_timeout
         while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
             await asyncio.sleep(0.05)

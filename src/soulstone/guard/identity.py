@@ -24,11 +24,15 @@ _MAX_REMEMBERED = 4096
 
 @dataclass(frozen=True)
 class Peer:
-    """The process on the other end of a Unix socket."""
+    """The process on the other end of a Unix socket.
+
+    `groups` is the process's groups when they were read at accept (None: not read yet).
+    """
 
     pid: int
     uid: int
     gid: int
+    groups: frozenset[int] | None = None
 
 
 class Unknown(Refusal):
@@ -60,7 +64,9 @@ def _proc_groups(pid: int) -> list[int] | None:
 
 
 def peer_groups(peer: Peer) -> frozenset[int]:
-    """The peer process's groups (primary and supplementary)."""
+    """The peer process's groups (primary and supplementary); those read at accept when set."""
+    if peer.groups is not None:
+        return peer.groups
     groups = _proc_groups(peer.pid)
     if groups is not None:
         return frozenset([peer.gid, *groups])
