@@ -30,8 +30,9 @@ from soulstone.gateway.state import Gateway
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
-from soulstone.lora.hot import HotAdapters
-from soulstone.lora.registry import Registry, RegistryError
+from soulstone.lora.hot import HotAdapters, upstream_call
+from soulstone.lora.owner import RegistryOwner
+from soulstone.lora.registry import RegistryError
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder, write_json
@@ -134,12 +135,12 @@ async def serve(
     hot: HotAdapters | None = None
     if options.adapters is not None:
         try:
-            registry = Registry(options.adapters)
+            registry = await RegistryOwner.open(options.adapters)  # its own thread owns ZODB
         except RegistryError as error:
             warnings.append(f"adapters are off in this gateway: {error}")
         else:
             cache = AdapterCache(options.adapter_cache or options.adapters / "cache")
-            hot = HotAdapters(upstreams, registry, cache)
+            hot = HotAdapters(upstream_call(upstreams), registry, cache)
 
     def engines_changed(ids: set[str]) -> None:
         for soulstone_id in ids:
@@ -156,7 +157,7 @@ async def serve(
         return await reload_codex(gateway, load, log, options.tools)
 
     gateway = Gateway(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot)
-    gateway.refresh_adapters()
+    await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
@@ -222,7 +223,7 @@ async def serve(
         await upstreams.close()
         gateway.requests_log.flush()
         if hot is not None:
-            hot.registry.close()
+            await hot.registry.close()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()
