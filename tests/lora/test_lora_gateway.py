@@ -120,3 +120,30 @@ def test_watch_ingests_only_whole_adapters(tmp_path: Path, start_gateway: StartG
     assert text.count("ingested slow-one") == 1
     listed = gateway.cli("lora", "list", "--json").stdout
     assert '"slow-one"' in listed and '"broken"' not in listed
+
+
+def test_admin_add_refuses_bad_names_and_missing_fields(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    gateway, _ = lora_gateway(tmp_path, start_gateway)
+    http = gateway.http()
+    good = {"name": "x", "path": str(write_adapter(tmp_path / "x")), "base": "base"}
+    cases = [
+        ({k: v for k, v in good.items() if k != "name"}, "needs a name"),
+        (good | {"name": "../../x"}, "not an adapter name"),
+        (good | {"name": "base"}, "is a model [base] serves"),
+        ({k: v for k, v in good.items() if k != "path"}, "needs `path`"),
+        (good | {"path": "relative/x"}, "absolute path"),
+        ({k: v for k, v in good.items() if k != "base"}, "needs `base`"),
+    ]
+    for body, words in cases:
+        answer = http.post("/admin/lora/add", json=body)
+        assert answer.status_code == 400, body
+        assert words in answer.text, answer.text
+    assert http.post("/admin/lora/add", json=good).status_code == 200
+    again = http.post("/admin/lora/add", json=good)
+    assert again.status_code == 400 and "exists" in again.text
+    assert [a["name"] for a in http.get("/admin/lora").json()["adapters"]] == ["x"]
+    assert http.post("/admin/lora/rm", json={}).status_code == 400
+    assert http.post("/admin/lora/rm", json={"name": "x"}).status_code == 200
+    assert http.get("/admin/lora").json()["adapters"] == []

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -16,7 +18,8 @@ import pytest
 from helpers import write
 from lora_helpers import write_adapter
 from soulstone.codex.models import Codex, Soulstone
-from soulstone.lora.adapter import AdapterRefused, inspect_adapter
+from soulstone.guard.audit import audit_caches
+from soulstone.lora.adapter import AdapterRefused, check_name, inspect_adapter
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.registry import Registry, RegistryError, opened
 
@@ -160,3 +163,100 @@ def test_a_killed_add_leaves_the_whole_adapter_or_nothing(tmp_path: Path) -> Non
             outcomes.append(record is not None)
     print("kept adapters per attempt:", outcomes)
     assert len(outcomes) == 6
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        (None, "needs a name"),
+        ("", "needs a name"),
+        ("../../x", "not an adapter name"),
+        ("a/b", "not an adapter name"),
+        ("a..b", "not an adapter name"),
+        (".hidden", "not an adapter name"),
+        ("-x", "not an adapter name"),
+        ("x" * 65, "not an adapter name"),
+        ("story\n", "not an adapter name"),
+        ("tiny", "is a model [tiny] serves"),
+        ("taken", "exists"),
+    ],
+)
+def test_names_must_be_safe_and_free(codex: Codex, name: object, words: str) -> None:
+    with pytest.raises(AdapterRefused, match=re.escape(words)):
+        check_name(name, codex, {"taken"})
+
+
+def test_good_names_pass(codex: Codex) -> None:
+    for name in ("story-a", "v1.2_x", "A", "x" * 64):
+        assert check_name(name, codex, {"taken"}) == name
+
+
+@pytest.mark.parametrize("linked", ["adapter_config.json", "adapter_model.safetensors"])
+def test_a_symlinked_adapter_file_is_refused(tmp_path: Path, codex: Codex, linked: str) -> None:
+    folder = write_adapter(tmp_path / "a")
+    elsewhere = tmp_path / "elsewhere"
+    (folder / linked).rename(elsewhere)
+    (folder / linked).symlink_to(elsewhere)
+    with pytest.raises(AdapterRefused, match="a symbolic link") as caught:
+        inspect_adapter("a", folder, tiny(codex))
+    assert str(folder / linked) in str(caught.value)
+
+
+def test_only_regular_files_are_ingested(tmp_path: Path, codex: Codex) -> None:
+    folder = write_adapter(tmp_path / "a")
+    secret = tmp_path / "secret"
+    secret.write_text("not for the adapter")
+    (folder / "notes.txt").symlink_to(secret)
+    (folder / "checkpoint").mkdir()
+    (folder / "checkpoint" / "inner.bin").write_bytes(b"x")
+    (folder / ".partial.tmp").write_bytes(b"x")
+    (folder / "README.md").write_text("kept")
+    os.mkfifo(folder / "pipe")
+    info = inspect_adapter("a", folder, tiny(codex))
+    assert set(info.files) == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+
+
+def test_a_file_changed_after_inspection_is_not_stored(tmp_path: Path, codex: Codex) -> None:
+    folder = write_adapter(tmp_path / "a")
+    info = inspect_adapter("a", folder, tiny(codex))
+    (folder / "adapter_config.json").write_text('{"r": 4, "swapped": true}')
+    with opened(tmp_path / "data") as registry:
+        with pytest.raises(RegistryError, match=r"adapter_config\.json: changed"):
+            registry.add(info, folder)
+        assert registry.get("a") is None
+
+
+def test_fresh_folders_and_warm_copies_are_private_whatever_the_umask(
+    tmp_path: Path, codex: Codex
+) -> None:
+    folder = write_adapter(tmp_path / "a")
+    (folder / "adapter_model.safetensors").chmod(0o600)
+    info = inspect_adapter("a", folder, tiny(codex))
+    cache_home, data = tmp_path / "xdg-cache" / "soulstone", tmp_path / "xdg-data" / "soulstone"
+    previous = os.umask(0)
+    try:
+        with opened(data) as registry:
+            record = registry.add(info, folder)
+            warm = AdapterCache(cache_home / "adapters").warm(record, registry.blob_paths("a"))
+    finally:
+        os.umask(previous)
+    for made in (tmp_path / "xdg-cache", cache_home, cache_home / "adapters", warm,
+                 tmp_path / "xdg-data", data):  # fmt: skip
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    for copy in warm.iterdir():
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o600, copy
+    assert audit_caches([cache_home]) == []
+
+
+def test_a_warm_copy_from_before_is_made_private(tmp_path: Path, codex: Codex) -> None:
+    folder = write_adapter(tmp_path / "a")
+    info = inspect_adapter("a", folder, tiny(codex))
+    cache = AdapterCache(tmp_path / "cache")
+    with opened(tmp_path / "data") as registry:
+        record = registry.add(info, folder)
+        warm = cache.warm(record, registry.blob_paths("a"))
+        (warm / "adapter_model.safetensors").chmod(0o644)
+        warm.chmod(0o755)
+        assert cache.warm(record, registry.blob_paths("a")) == warm
+    assert stat.S_IMODE(warm.stat().st_mode) == 0o700
+    assert stat.S_IMODE((warm / "adapter_model.safetensors").stat().st_mode) == 0o600

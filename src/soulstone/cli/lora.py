@@ -14,7 +14,7 @@ from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.gateway_client import GatewayClient, running_gateway
 from soulstone.cli.serve import default_socket
 from soulstone.errors import SoulstoneError, UsageError
-from soulstone.lora.adapter import inspect_adapter
+from soulstone.lora.adapter import check_name, inspect_adapter
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.registry import opened
 from soulstone.lora.watch import Watcher
@@ -43,7 +43,7 @@ def _list(s: Session) -> list[dict[str, Any]]:
 @lora_app.command("add")
 def add(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The adapter's name (what clients ask for).")],
+    name: Annotated[str, typer.Argument(help="What clients ask for: letters, digits, . _ -")],
     path: Annotated[Path, typer.Argument(help="Folder with adapter_config.json and weights.")],
     base: Annotated[str, typer.Option("--base", help="The soulstone id serving its base model.")],
     any_base: Annotated[bool, typer.Option("--any-base", help="Skip the base check.")] = False,
@@ -61,8 +61,9 @@ def add(
             soulstone = codex.get(base)
             if soulstone is None:
                 raise UsageError(f"no soulstone named {base!r}")
-            info = inspect_adapter(name, path, soulstone, any_base)
             with opened(s.paths.data) as registry:
+                known = {r.name for r in registry.records()}
+                info = inspect_adapter(check_name(name, codex, known), path, soulstone, any_base)
                 return registry.add(info, path).summary("cold")
 
         record = guarded(ctx, store)
@@ -184,10 +185,11 @@ def _ingest(s: Session, folder: Path, base: str, any_base: bool) -> None:
         gateway.call("POST", "/admin/lora/load", {"name": name})
         s.out.print(f"ingested {name}: hot in [{base}]", highlight=False)
         return
-    soulstone = s.load().get(base)
+    codex = s.load()
+    soulstone = codex.get(base)
     if soulstone is None:
         raise UsageError(f"no soulstone named {base!r}")
-    info = inspect_adapter(name, folder, soulstone, any_base)
+    info = inspect_adapter(check_name(name, codex, ()), folder, soulstone, any_base)
     with opened(s.paths.data) as registry:
         if registry.get(name) is not None:
             registry.remove(name)

@@ -61,10 +61,10 @@ class Services:
         """The codex in force."""
         return self.scheduler.codex
 
-    def refresh_adapters(self) -> None:
-        """Re-read the registry's adapter names (after an add or a removal)."""
+    async def refresh_adapters(self) -> None:
+        """Re-read the registry's adapters (after an add or a removal), in its owner thread."""
         if self.hot is not None:
-            self.adapters = {r.name: r for r in self.hot.registry.records()}
+            self.adapters = {r.name: r for r in await self.hot.registry.records()}
 
     def adapter_state(self, record: AdapterRecord) -> str:
         """cold (only in the database), warm (on disk) or hot (loaded in its engine)."""

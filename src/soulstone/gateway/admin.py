@@ -16,7 +16,7 @@ from soulstone.errors import Refusal, SoulstoneError, UsageError
 from soulstone.gateway.errors import error_response
 from soulstone.gateway.routes import caller
 from soulstone.gateway.state import GATEWAY, correlation
-from soulstone.lora.adapter import AdapterRefused, inspect_adapter
+from soulstone.lora.adapter import AdapterRefused, check_name, inspect_adapter
 from soulstone.lora.hot import HotAdapters
 from soulstone.lora.registry import AdapterRecord, RegistryError
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
@@ -144,7 +144,9 @@ async def _named_adapter(
     """The gateway, its hot adapters, the adapter the body names, and its base (None when gone)."""
     gateway = request.config_dict[GATEWAY]
     hot = _hot(gateway)
-    name = str((await _body(request)).get("name") or "")
+    name = (await _body(request)).get("name")
+    if not isinstance(name, str) or not name:
+        raise Refusal(400, "BAD_TARGET", "the body needs `name`: an adapter's name")
     record = gateway.adapters.get(name)
     if record is None:
         raise Refusal(404, "UNKNOWN_ADAPTER", f"no adapter named {name!r}")
@@ -156,27 +158,40 @@ async def lora_list(request: web.Request) -> web.Response:
     """Every registered adapter with its state (cold, warm, hot)."""
     gateway = request.config_dict[GATEWAY]
     _hot(gateway)
-    gateway.refresh_adapters()
+    await gateway.refresh_adapters()
     adapters = [r.summary(gateway.adapter_state(r)) for _, r in sorted(gateway.adapters.items())]
     return _json(gateway, request, {"adapters": adapters})
 
 
+def _text_field(body: dict[str, Any], key: str, what: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise Refusal(400, "ADAPTER_REFUSED", f"the body needs `{key}`: {what}")
+    return value
+
+
 @routes.post("/lora/add")
 async def lora_add(request: web.Request) -> web.Response:
-    """Validate and store an adapter folder the gateway can read."""
+    """Validate and store an adapter folder the gateway can read (off the event loop)."""
     gateway = request.config_dict[GATEWAY]
     hot = _hot(gateway)
     body = await _body(request)
-    base = gateway.codex.get(str(body.get("base") or ""))
+    base_id = _text_field(body, "base", "the id of the soulstone serving the base model")
+    folder = Path(_text_field(body, "path", "the adapter folder's absolute path"))
+    if not folder.is_absolute():
+        raise Refusal(400, "ADAPTER_REFUSED", f"{folder}: give the folder's absolute path")
+    base = gateway.codex.get(base_id)
     if base is None:
-        raise Refusal(404, "UNKNOWN_TARGET", f"no soulstone named {body.get('base')!r}")
+        raise Refusal(404, "UNKNOWN_TARGET", f"no soulstone named {base_id!r}")
+    await gateway.refresh_adapters()
     try:
-        info = inspect_adapter(str(body.get("name")), Path(str(body.get("path"))), base,
-                               any_base=bool(body.get("any_base")))  # fmt: skip
-        record = await asyncio.to_thread(hot.registry.add, info, Path(str(body.get("path"))))
+        name = check_name(body.get("name"), gateway.codex, gateway.adapters)
+        info = await asyncio.to_thread(inspect_adapter, name, folder, base,
+                                       any_base=body.get("any_base") is True)  # fmt: skip
+        record = await hot.registry.add(info, folder)
     except (AdapterRefused, RegistryError) as error:
         raise Refusal(400, "ADAPTER_REFUSED", str(error)) from None
-    gateway.refresh_adapters()
+    await gateway.refresh_adapters()
     return _json(gateway, request, record.summary(gateway.adapter_state(record)))
 
 
@@ -186,9 +201,9 @@ async def lora_rm(request: web.Request) -> web.Response:
     gateway, hot, record, base = await _named_adapter(request)
     if base is not None:
         await _unload(hot, base, record.name)
-    await asyncio.to_thread(hot.registry.remove, record.name)
-    hot.cache.remove(record)
-    gateway.refresh_adapters()
+    await hot.registry.remove(record.name)
+    await asyncio.to_thread(hot.cache.remove, record)
+    await gateway.refresh_adapters()
     return _json(gateway, request, {"removed": record.name})
 
 

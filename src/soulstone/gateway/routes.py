@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-
 import orjson
 from aiohttp import web
 
@@ -12,26 +9,11 @@ from soulstone.dispatch.call import ENDPOINTS, REQUEST_ID, SESSION_ID, Entry, wa
 from soulstone.dispatch.path import Stream
 from soulstone.dispatch.services import Services
 from soulstone.errors import Refusal
+from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.errors import error_response, from_http
 from soulstone.gateway.relay import whole_response, write_sse
 from soulstone.gateway.state import GATEWAY, REQUEST_PATH, correlation
 from soulstone.guard.clients import Client
-from soulstone.guard.identity import Peer, peer_of
-
-_NO_PEER = Peer(0, -1, -1)
-_peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, Peer] = weakref.WeakKeyDictionary()
-
-
-def request_peer(request: web.Request) -> Peer | None:
-    """The Unix peer of the request's connection (read once per connection), else None."""
-    transport = request.transport
-    if transport is None:
-        return None
-    peer = _peers.get(transport)
-    if peer is None:
-        peer = peer_of(transport.get_extra_info("socket")) or _NO_PEER
-        _peers[transport] = peer
-    return None if peer is _NO_PEER else peer
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -52,7 +34,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings: through the request path."""
     services = request.app[GATEWAY]
     ids = correlation(services, request)
-    entry = Entry(ENDPOINTS[request.path], request.headers, request_peer(request),
+    entry = Entry(ENDPOINTS[request.path], request.headers, peer_of_request(request),
                   lambda: read_body(request), ids[REQUEST_ID], ids.get(SESSION_ID))  # fmt: skip
     outcome = await request.app[REQUEST_PATH].enter(entry)
     if isinstance(outcome, Stream):
@@ -62,7 +44,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
 
 async def caller(services: Services, request: web.Request) -> Client:
     """The client making this request; Refusal 401 when it is nobody we know."""
-    return await services.guard.identities.identify(request.headers, request_peer(request))
+    return await services.guard.identities.identify(request.headers, peer_of_request(request))
 
 
 async def _guarded(request: web.Request, admin: bool) -> tuple[Services, Client]:

@@ -39,8 +39,9 @@ from soulstone.gateway.listen import (
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
-from soulstone.lora.hot import HotAdapters
-from soulstone.lora.registry import Registry, RegistryError
+from soulstone.lora.hot import HotAdapters, upstream_call
+from soulstone.lora.owner import RegistryOwner
+from soulstone.lora.registry import RegistryError
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder, write_json
@@ -124,7 +125,7 @@ def _listeners(options: ServeOptions) -> tuple[list[socket.socket], Path | None,
 
 
 def _tcp_keys(guard: Guard) -> int:
-    return sum(1 for _, _, transports in guard.identities.keys.values() if "tcp" in transports)
+    return sum(1 for entry in guard.identities.keys.values() if "tcp" in entry.transports)
 
 
 def _on_refused(log: Any) -> Callable[[PeerKey, str], None]:
@@ -162,12 +163,12 @@ async def serve(
     hot: HotAdapters | None = None
     if options.adapters is not None:
         try:
-            registry = Registry(options.adapters)
+            registry = await RegistryOwner.open(options.adapters)  # its own thread owns ZODB
         except RegistryError as error:
             warnings.append(f"adapters are off in this gateway: {error}")
         else:
             cache = AdapterCache(options.adapter_cache or options.adapters / "cache")
-            hot = HotAdapters(upstreams, registry, cache)
+            hot = HotAdapters(upstream_call(upstreams), registry, cache)
 
     def engines_changed(ids: set[str]) -> None:
         for soulstone_id in ids:
@@ -185,7 +186,7 @@ async def serve(
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
                        strict=options.strict)  # fmt: skip
-    gateway.refresh_adapters()
+    await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
@@ -258,7 +259,7 @@ async def serve(
         await upstreams.close()
         gateway.requests_log.flush()
         if hot is not None:
-            hot.registry.close()
+            await hot.registry.close()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()

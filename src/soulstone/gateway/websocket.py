@@ -12,9 +12,9 @@ from aiohttp import WSMsgType, web
 
 from soulstone.dispatch.call import REQUEST_ID, SESSION_ID, Entry, Rejection, wants_flat_errors
 from soulstone.errors import Refusal
+from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.errors import error_response
 from soulstone.gateway.relay import write_frames
-from soulstone.gateway.routes import request_peer
 from soulstone.gateway.state import GATEWAY, REQUEST_PATH, correlation
 
 HEARTBEAT_S = 30
@@ -24,7 +24,7 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
     """GET /v1/stream: one chat request per text frame, its chunks back as frames."""
     services, path = request.app[GATEWAY], request.app[REQUEST_PATH]
     ids = correlation(services, request)
-    peer = request_peer(request)
+    peer = peer_of_request(request)
     try:
         client = await services.guard.identities.identify(request.headers, peer)
     except Refusal as refusal:

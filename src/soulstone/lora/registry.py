@@ -2,11 +2,13 @@
 
 `$XDG_DATA_HOME/soulstone/adapters.fs` and its blob folder. One process owns
 it at a time (FileStorage locks it): the gateway while it runs, else the CLI.
-An add is one transaction: interrupted, it leaves nothing behind.
+An add is one transaction: interrupted, it leaves nothing behind. A Registry
+is not thread-safe and blocks: the gateway uses it through `RegistryOwner`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,8 @@ from persistent import Persistent
 from ZODB.blob import Blob
 
 from soulstone.errors import SoulstoneError
-from soulstone.lora.adapter import AdapterInfo
+from soulstone.lora.adapter import AdapterInfo, open_regular
+from soulstone.lora.folders import private_folder
 
 
 class RegistryError(SoulstoneError):
@@ -72,7 +75,11 @@ class Registry:
     """The adapter database, opened by one process."""
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            private_folder(folder)
+        except OSError as error:
+            raise RegistryError(f"cannot make the adapter database's folder {folder}: "
+                                f"{error.strerror or error}") from None  # fmt: skip
         try:
             storage = ZODB.FileStorage.FileStorage(
                 str(folder / "adapters.fs"), blob_dir=str(folder / "adapters.blobs")
@@ -95,18 +102,25 @@ class Registry:
         return self.connection.root()["adapters"]
 
     def add(self, info: AdapterInfo, folder: Path) -> AdapterRecord:
-        """Store the adapter's files and metadata in one transaction."""
+        """Store the adapter's files and metadata in one transaction.
+
+        Each file is stored only as it was inspected (its sha256 in `info`):
+        one changed since, or turned into a symbolic link, refuses the add.
+        """
         self.manager.begin()
         if info.name in self._adapters:
             self.manager.abort()
             raise RegistryError(f"an adapter named {info.name!r} exists: remove it first")
         try:
             blobs = {}
-            for name in info.files:
-                blob = Blob()
-                with blob.open("w") as sink, (folder / name).open("rb") as source:
+            for name, sha in info.files.items():
+                blob, digest = Blob(), hashlib.sha256()
+                with blob.open("w") as sink, open_regular(folder / name) as source:
                     while block := source.read(1 << 20):
+                        digest.update(block)
                         sink.write(block)
+                if digest.hexdigest() != sha:
+                    raise RegistryError(f"{folder / name}: changed while it was being added")
                 blobs[name] = blob
             stored = StoredAdapter(info, blobs, time.time())
             self._adapters[info.name] = stored
