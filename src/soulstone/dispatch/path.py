@@ -183,6 +183,11 @@ class RequestPath:
         )  # fmt: skip
         return await self._run(call, record)
 
+    def refuse(self, request_id: str, session_id: str | None, way: str, refusal: Refusal,
+               flat: bool) -> Rejection:  # fmt: skip
+        """Settle a request a transport refused before it could enter (counted and logged)."""
+        return self._refuse(Record(request_id, session_id, way), refusal, flat)
+
     async def dispatch(self, call: Call) -> Outcome:
         """Serve a call whose caller is already identified (a council persona)."""
         return await self._run(call, Record(call.request_id, call.session_id, call.way))

@@ -13,6 +13,7 @@ from soulstone.dispatch.path import Outcome, Stream
 from soulstone.dispatch.refusals import error_bytes
 from soulstone.errors import Refusal
 from soulstone.gateway.errors import error_response
+from soulstone.sse import SSEReader
 
 SSE_DONE = b"data: [DONE]\n\n"
 WS_DONE = "[DONE]"
@@ -80,18 +81,6 @@ async def write_sse(request: web.Request, stream: Stream, correlation: Mapping[s
     return response
 
 
-def _payloads(data: bytes) -> tuple[list[str], bytes]:
-    """Every whole SSE event's `data` payload, and the bytes of an unfinished event."""
-    *events, rest = data.replace(b"\r\n", b"\n").split(b"\n\n")
-    payloads = []
-    for event in events:
-        lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n")
-                 if line.startswith(b"data:")]  # fmt: skip
-        if lines:
-            payloads.append(b"\n".join(lines).decode(errors="replace"))
-    return payloads, rest
-
-
 async def write_frames(
     ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, outcome: Outcome,
     flat: bool, write_timeout: float,
@@ -110,14 +99,15 @@ async def write_frames(
     async with outcome:
         watch = WriteWatch(transport, write_timeout)
         loop = watch.loop
-        pending = b""
+        reader = SSEReader()
         try:
             async for event in outcome:
                 if isinstance(event, Chunk):
-                    payloads, pending = _payloads(pending + event.data)
-                    for payload in payloads:
+                    for whole in reader.feed(event.data):
+                        if whole.data is None:
+                            continue  # a comment or keep-alive: nothing to send
                         watch.since = loop.time()
-                        await ws.send_str(payload)
+                        await ws.send_str(whole.data.decode(errors="replace"))
                         watch.since = None
                 elif isinstance(event, Failure):
                     await ws.send_str(error_bytes(event.refusal, outcome.flat).decode())

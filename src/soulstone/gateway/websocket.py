@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import WSMsgType, web
 
-from soulstone.dispatch.call import REQUEST_ID, SESSION_ID, Entry, Rejection, wants_flat_errors
+from soulstone.dispatch.call import REQUEST_ID, SESSION_ID, Entry, wants_flat_errors
 from soulstone.errors import Refusal
 from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.errors import error_response
@@ -28,8 +28,9 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
     try:
         client = await services.guard.identities.identify(request.headers, peer)
     except Refusal as refusal:
-        services.metrics.refused(refusal.code)
-        return error_response(refusal, ids, wants_flat_errors(request.headers, None))
+        flat = wants_flat_errors(request.headers, None)
+        path.refuse(ids[REQUEST_ID], ids.get(SESSION_ID), "websocket", refusal, flat)
+        return error_response(refusal, ids, flat)
     flat = wants_flat_errors(request.headers, client)
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
     ws.headers.update(ids)
@@ -40,17 +41,18 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
         if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             continue
         number += 1
+        request_id = f"{ids[REQUEST_ID]}.{number}"
         if message.type == WSMsgType.BINARY:
             bad = Refusal(400, "BAD_FRAME", "send each request as a JSON text frame")
-            services.metrics.refused(bad.code)
-            await write_frames(ws, request.transport, Rejection(bad, flat), flat, timeout)
+            rejection = path.refuse(request_id, ids.get(SESSION_ID), "websocket", bad, flat)
+            await write_frames(ws, request.transport, rejection, flat, timeout)
             continue
         body = message.data.encode()
 
         async def read(body: bytes = body) -> bytes:
             return body
 
-        entry = Entry("chat", request.headers, peer, read, f"{ids[REQUEST_ID]}.{number}",
+        entry = Entry("chat", request.headers, peer, read, request_id,
                       ids.get(SESSION_ID), way="websocket", client=client,
                       force_stream=True)  # fmt: skip
         outcome = await path.enter(entry)
