@@ -1,6 +1,7 @@
 """What soulstone's gateway adds in front of an engine, measured beside its peers in one run.
 
     .venv/bin/python benchmarks/gateway_overhead.py [--bench-dir ../shared/bench] [--repeat 3]
+        [--before GIT_REF]
 
 The engine is `upstream_stub.py` and the client `loadgen.py` from the shared
 bench folder. Paths: direct (TCP, Unix socket), the minimal aiohttp
@@ -9,7 +10,10 @@ at concurrency 1, 16 and 64, streamed and not. Servers (stubs, proxies,
 gateway) are pinned to CPU 0, the client to CPU 1. Proxy CPU per request is
 read from /proc for the proxy's process during the measured phase. Results
 go to benchmarks/results/gateway_overhead.json and a table to
-benchmarks/results/gateway_overhead.md.
+benchmarks/results/gateway_overhead.md. With `--before REF`, the gateway of
+that commit (its `src/` exported with `git archive`) runs in the same run,
+on its own copy of the stub engines, as two more paths: a change is measured
+against what it replaced.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soulstone.guard.keys import hash_key, new_key
+from soulstone.guard.keys import new_key
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -95,53 +99,97 @@ def measure(bench: Path, target: dict[str, str], concurrency: int, stream: bool,
     return run
 
 
+def scrypt_hash(key: str) -> str:
+    """A key stored the way every soulstone version verifies it (`scrypt:`)."""
+    import base64
+    import hashlib
+
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(key.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    return f"scrypt:16384:8:1:{b64(salt)}:{b64(digest)}"
+
+
+def export_source(ref: str, into: Path) -> Path:
+    """The `src/` folder of a commit, exported into a folder (for the `before` gateway)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "src"], check=True,
+                             capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "src"
+
+
+def write_codex(folder: Path, bench: Path, port: int, socket_path: str) -> Path:
+    """A codex of two stub engines (TCP `stub`, Unix socket `stub-uds`)."""
+    folder.mkdir(parents=True)
+    stub = [PYTHON, str(bench / "upstream_stub.py"), "--tokens", "16"]
+    tcp_stub = json.dumps([*stub, "--port", str(port), "--model", "stub"])
+    uds_stub = json.dumps([*stub, "--socket", socket_path, "--model", "stub-uds"])
+    (folder / "bench.toml").write_text(
+        f'[bench.stub-tcp]\nexec = {tcp_stub}\nport = {port}\nmodels = ["stub"]\n'
+        'health = { path = "/health" }\n'
+        f'[bench.stub-uds]\nexec = {uds_stub}\nsocket = "{socket_path}"\n'
+        'models = ["stub-uds"]\nhealth = { path = "/health" }\n'
+    )
+    return folder
+
+
+def start_gateway(work: Path, codex: Path, key: str, source: Path | None = None,
+                  ) -> tuple[subprocess.Popen[bytes], str, int]:  # fmt: skip
+    """A gateway (this checkout's, or the one in `source`) on its own socket and port."""
+    port = free_port()
+    socket_path = str(work / "gw" / "api.sock")
+    env = os.environ | {"XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": str(work),
+                        "XDG_CONFIG_HOME": str(work / "config"),
+                        "SOULSTONE_DEFAULT_RUNTIME": "process"}  # fmt: skip
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    # Identity on: TCP callers send a key (checked once per process); the Unix socket
+    # caller is this user, the gateway's owner. Limits generous enough not to refuse.
+    clients = work / "config" / "soulstone" / "clients.yaml"
+    clients.parent.mkdir(parents=True)
+    limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent": 1000}
+    key_id = key.split("-")[1]
+    clients.write_text(json.dumps({"gateway": {"max_parallel": 256, "queue": 1024},
+                                   "clients": {"bench": {"keys": [{"id": key_id,
+                                                                   "hash": scrypt_hash(key)}],
+                                                         "limits": limits}}}))  # fmt: skip
+    clients.chmod(0o600)
+    serve = [str(SOULSTONE), "--codex", str(codex), "serve", "--socket", socket_path,
+             "--tcp", f"127.0.0.1:{port}"]  # fmt: skip
+    log = (work / "gateway.log").open("wb")
+    gateway = pinned(0, serve, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    wait_listening(socket_path)
+    subprocess.run(["curl", "-s", "--unix-socket", socket_path, "-X", "POST",
+                    "http://localhost/admin/up", "-d", '{"name": "bench"}'],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    return gateway, socket_path, port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        help="also measure the gateway of this commit, in the same run",
+    )
     args = parser.parse_args()
     bench = args.bench_dir
     work = Path(tempfile.mkdtemp(prefix="ss-bench-", dir="/tmp"))
-    stub_port, proxy_port, gateway_port = free_port(), free_port(), free_port()
+    stub_port, proxy_port = free_port(), free_port()
     stub_socket, proxy_socket = str(work / "stub.sock"), str(work / "proxy.sock")
-    gateway_socket = str(work / "gw" / "api.sock")
-    codex = work / "codex"
-    codex.mkdir()
-    stub = [PYTHON, str(bench / "upstream_stub.py"), "--tokens", "16"]
-    tcp_stub = json.dumps([*stub, "--port", str(stub_port), "--model", "stub"])
-    uds_stub = json.dumps([*stub, "--socket", stub_socket, "--model", "stub-uds"])
-    (codex / "bench.toml").write_text(
-        f'[bench.stub-tcp]\nexec = {tcp_stub}\nport = {stub_port}\nmodels = ["stub"]\n'
-        'health = { path = "/health" }\n'
-        f'[bench.stub-uds]\nexec = {uds_stub}\nsocket = "{stub_socket}"\n'
-        'models = ["stub-uds"]\nhealth = { path = "/health" }\n'
-    )
-    env = os.environ | {"XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": str(work),
-                        "XDG_CONFIG_HOME": str(work / "config"),
-                        "SOULSTONE_DEFAULT_RUNTIME": "process"}  # fmt: skip
-    # Identity on: TCP callers send a key (a slow hash, checked once); the Unix socket
-    # caller is this user, the gateway's owner. Limits generous enough not to refuse.
-    key, key_id = new_key()
-    clients = work / "config" / "soulstone" / "clients.yaml"
-    clients.parent.mkdir(parents=True)
-    limits = {"requests_per_minute": 10**9, "tokens_per_minute": 10**12, "concurrent": 1000}
-    clients.write_text(json.dumps({"gateway": {"max_parallel": 256, "queue": 1024},
-                                   "clients": {"bench": {"keys": [{"id": key_id,
-                                                                   "hash": hash_key(key)}],
-                                                         "limits": limits}}}))  # fmt: skip
-    clients.chmod(0o600)
+    codex = write_codex(work / "codex", bench, stub_port, stub_socket)
+    key, _key_id = new_key()
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        serve = [str(SOULSTONE), "--codex", str(codex), "serve", "--socket", gateway_socket,
-                 "--tcp", f"127.0.0.1:{gateway_port}"]  # fmt: skip
-        gateway_log = (work / "gateway.log").open("wb")
-        gateway = pinned(0, serve, env=env, stdout=subprocess.DEVNULL, stderr=gateway_log)
+        gateway, gateway_socket, gateway_port = start_gateway(work / "now", codex, key)
         processes.append(gateway)
-        wait_listening(gateway_socket)
-        subprocess.run(["curl", "-s", "--unix-socket", gateway_socket, "-X", "POST",
-                        "http://localhost/admin/up", "-d", '{"name": "bench"}'],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
         proxies = (
             ["--port", str(proxy_port), "--upstream-url", f"http://127.0.0.1:{stub_port}"],
             ["--socket", proxy_socket, "--upstream-socket", stub_socket],
@@ -162,6 +210,18 @@ def main() -> None:
              "stub", gateway.pid),
             ("soulstone gateway, UDS->UDS", {"socket": gateway_socket}, "stub-uds", gateway.pid),
         ]  # fmt: skip
+        if args.before:
+            source = export_source(args.before, work / "before-src")
+            old_codex = write_codex(work / "before-codex", bench, free_port(),
+                                    str(work / "stub-before.sock"))  # fmt: skip
+            old, old_socket, old_port = start_gateway(work / "before", old_codex, key, source)
+            processes.append(old)
+            paths += [
+                (f"gateway before {args.before}, TCP",
+                 {"url": f"http://127.0.0.1:{old_port}", "key": key}, "stub", old.pid),
+                (f"gateway before {args.before}, UDS->UDS", {"socket": old_socket}, "stub-uds",
+                 old.pid),
+            ]  # fmt: skip
         results: list[dict[str, Any]] = []
         for repeat in range(args.repeat):
             for stream in (False, True):
@@ -186,7 +246,7 @@ def main() -> None:
     document = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                             "python": platform.python_version()},
                 "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "runs": results}  # fmt: skip
+                "before": args.before, "runs": results}  # fmt: skip
     (args.out / "gateway_overhead.json").write_text(json.dumps(document, indent=1))
     (args.out / "gateway_overhead.md").write_text(table(results))
     print(table(results))
@@ -220,7 +280,7 @@ def table(results: list[dict[str, Any]]) -> str:
             return found
 
         for name in names:
-            direct = "direct UDS" if "UDS" in name else "direct TCP"
+            direct = "direct UDS" if "UDS" in name else "direct TCP"  # before: its own stubs
             p50 = value(name, 1, lambda r: r["latency_ms"]["p50"])
             base = value(direct, 1, lambda r: r["latency_ms"]["p50"])
             p50_64 = value(name, 64, lambda r: r["latency_ms"]["p50"])

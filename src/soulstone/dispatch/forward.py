@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -99,13 +99,14 @@ class Upstream:
     async def events(
         self, on_failure: Callable[[], None], rewrite: Callable[[bytes], bytes] | None = None,
         finish: Callable[[], bytes] | None = None,
-    ) -> AsyncIterator[Event]:  # fmt: skip
+    ) -> AsyncGenerator[Event, None]:  # fmt: skip
         """The engine's chunks, then Done; a Failure when it dies or goes quiet."""
         response = self.response
         loop = asyncio.get_running_loop()
         watchdog = _Idle(loop, self.timeout, response)
         content = response.content
         tail = b""
+        whole = False
         try:
             while True:
                 try:
@@ -129,10 +130,18 @@ class Upstream:
                 yield Chunk(chunk)
             if finish is not None and (rest := finish()):
                 yield Chunk(rest)
+            whole = True
             yield Done(total_tokens(tail[-TAIL_BYTES:]))
         finally:
             watchdog.stop()
-            response.release()
+            if whole:
+                response.release()  # the connection goes back to the pool
+            else:
+                response.close()  # the engine sees the cancel
+
+    def abort(self) -> None:
+        """Close the engine's answer unread (a stream whose events nobody asked for)."""
+        self.response.close()
 
 
 async def send(

@@ -10,6 +10,7 @@ metrics counted, one request-log line written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -355,13 +356,14 @@ class RequestPath:
             rewrite = transform.feed if transform is not None else None
             finish = transform.finish if transform is not None else None
             on_failure = lambda: services.engine_failed(prepared.soulstone)  # noqa: E731
-            async for event in upstream.events(on_failure, rewrite, finish):
-                if isinstance(event, Done):
-                    record.total_tokens = event.total_tokens
-                elif isinstance(event, Failure):
-                    record.code = event.refusal.code
-                    services.metrics.refused(event.refusal.code)
-                yield event
+            async with contextlib.aclosing(upstream.events(on_failure, rewrite, finish)) as inner:
+                async for event in inner:
+                    if isinstance(event, Done):
+                        record.total_tokens = event.total_tokens
+                    elif isinstance(event, Failure):
+                        record.code = event.refusal.code
+                        services.metrics.refused(event.refusal.code)
+                    yield event
 
         closed = False
 
@@ -370,6 +372,7 @@ class RequestPath:
             if closed:
                 return
             closed = True
+            upstream.abort()  # nothing when the events ran to the end (released already)
             record.events = upstream.events_seen
             self._answered(record, 200, heartbeat=transform is not None and transform.heartbeat)
             self._release(lease, record)
