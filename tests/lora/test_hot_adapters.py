@@ -65,16 +65,24 @@ async def stored(
     return await owner.add(info, folder)
 
 
-async def test_a_load_waits_for_a_released_slot_and_never_evicts_one_in_use(
-    tmp_path: Path, owner: RegistryOwner
-) -> None:
+async def one_slot_two_adapters(
+    tmp_path: Path, owner: RegistryOwner, slot_wait: float = 60.0
+) -> tuple[Soulstone, AdapterRecord, AdapterRecord, FakeEngine, HotAdapters, asyncio.Event]:
+    """An engine with one adapter slot, adapters a and b stored, and an event set on a wait."""
     soulstone = soulstone_with(tmp_path, max_loras=1)
     a = await stored(owner, soulstone, tmp_path, "a")
     b = await stored(owner, soulstone, tmp_path, "b")
     engine = FakeEngine()
-    hot = HotAdapters(engine.call, owner, AdapterCache(tmp_path / "cache"))
+    hot = HotAdapters(engine.call, owner, AdapterCache(tmp_path / "cache"), slot_wait=slot_wait)
     waiting = asyncio.Event()
     hot.on_wait = waiting.set
+    return soulstone, a, b, engine, hot, waiting
+
+
+async def test_a_load_waits_for_a_released_slot_and_never_evicts_one_in_use(
+    tmp_path: Path, owner: RegistryOwner
+) -> None:
+    soulstone, a, b, engine, hot, waiting = await one_slot_two_adapters(tmp_path, owner)
     await hot.acquire(soulstone, a)
     second = asyncio.create_task(hot.acquire(soulstone, b))
     await waiting.wait()
@@ -91,11 +99,7 @@ async def test_a_load_waits_for_a_released_slot_and_never_evicts_one_in_use(
 async def test_no_slot_freed_in_time_is_503_with_retry_after(
     tmp_path: Path, owner: RegistryOwner
 ) -> None:
-    soulstone = soulstone_with(tmp_path, max_loras=1)
-    a = await stored(owner, soulstone, tmp_path, "a")
-    b = await stored(owner, soulstone, tmp_path, "b")
-    engine = FakeEngine()
-    hot = HotAdapters(engine.call, owner, AdapterCache(tmp_path / "cache"), slot_wait=0)
+    soulstone, a, b, engine, hot, _ = await one_slot_two_adapters(tmp_path, owner, slot_wait=0)
     await hot.acquire(soulstone, a)
     with pytest.raises(AdapterUnavailable) as caught:
         await hot.acquire(soulstone, b)
@@ -110,13 +114,7 @@ async def test_no_slot_freed_in_time_is_503_with_retry_after(
 async def test_a_waiting_load_goes_to_the_restarted_engine(
     tmp_path: Path, owner: RegistryOwner
 ) -> None:
-    soulstone = soulstone_with(tmp_path, max_loras=1)
-    a = await stored(owner, soulstone, tmp_path, "a")
-    b = await stored(owner, soulstone, tmp_path, "b")
-    engine = FakeEngine()
-    hot = HotAdapters(engine.call, owner, AdapterCache(tmp_path / "cache"))
-    waiting = asyncio.Event()
-    hot.on_wait = waiting.set
+    soulstone, a, b, engine, hot, waiting = await one_slot_two_adapters(tmp_path, owner)
     await hot.acquire(soulstone, a)
     second = asyncio.create_task(hot.acquire(soulstone, b))
     await waiting.wait()
