@@ -93,4 +93,6 @@ def test_vllm_counts_chat_prompts_with_its_template(
     if 101 - count <= 80:
         over = chat(101 - count)
         assert over.status_code == 400
-        assert over.json()["prompt_tokens"] == count and over.json()["limit"] == 100
+        assert (
+            over.json()["error"]["prompt_tokens"] == count and over.json()["error"]["limit"] == 100
+        )

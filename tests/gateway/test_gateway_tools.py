@@ -98,12 +98,20 @@ def test_openai_client_with_tools_against_llama_server(
     )  # fmt: skip
     assert reply.choices[0].message.role == "assistant"  # passed through to the engine
     foreign = {"type": "function", "function": {"name": "shell", "parameters": {"type": "object"}}}
+    passed = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=4,
+        tools=[foreign],  # type: ignore[list-item]
+    )  # fmt: skip
+    assert passed.choices[0].message.role == "assistant"  # tools the policy does not name pass
+    changed = tool(0)
+    changed["function"]["description"] = "Something else."
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(
             model="tiny", messages=[{"role": "user", "content": "x"}], max_tokens=4,
-            tools=[foreign],  # type: ignore[list-item]
+            tools=[changed],  # type: ignore[list-item]
         )  # fmt: skip
-    assert caught.value.response.json()["error"]["code"] == "TOOL_SCHEMA_MISMATCH"
+    assert caught.value.code == "TOOL_SCHEMA_MISMATCH"  # what the SDK shows
+    assert "differs from the pinned schema" in caught.value.message
 
 
 def test_answers_tool_calls_are_validated(tmp_path: Path, start_gateway: StartGateway) -> None:
