@@ -96,6 +96,14 @@ class Upstream:
         self.content_type = response.headers.get("Content-Type", "text/event-stream")
         self.events_seen = 0  # `data:` lines passed on (a usage estimate when none is given)
 
+    def release(self) -> None:
+        """Give the engine's connection back; closed when the answer was not read to its end.
+
+        Needed when `events` was never started: closing an unstarted generator
+        runs none of its code, so the engine would stay blocked on a full socket.
+        """
+        self.response.release()
+
     async def events(
         self, on_failure: Callable[[], None], rewrite: Callable[[bytes], bytes] | None = None,
         finish: Callable[[], bytes] | None = None,

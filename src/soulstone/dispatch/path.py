@@ -370,6 +370,7 @@ class RequestPath:
             if closed:
                 return
             closed = True
+            upstream.release()  # the events may never have been read
             record.events = upstream.events_seen
             self._answered(record, 200, heartbeat=transform is not None and transform.heartbeat)
             self._release(lease, record)
