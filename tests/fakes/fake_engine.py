@@ -1,11 +1,12 @@
 """A fake OpenAI-compatible engine (aiohttp) for fault injection and speed in tests.
 
     python fake_engine.py [--port N | --uds PATH] [--host H] [--model NAME]
-        [--tokens N] [--ttft-ms X] [--token-delay-ms X] [--slow-start S]
+        [--tokens N] [--chunk-bytes N] [--ttft-ms X] [--token-delay-ms X] [--slow-start S]
         [--fail-after-chunks K] [--die-after-chunks K] [--never-healthy]
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child]
 
-Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`.
+Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
+(`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
 (cancelled) and requests in flight, so tests can see cancellation upstream.
 """
@@ -31,6 +32,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--uds")
     parser.add_argument("--model", default="fake")
     parser.add_argument("--tokens", type=int, default=8)
+    parser.add_argument("--chunk-bytes", type=int, default=0)
     parser.add_argument("--ttft-ms", type=float, default=0.0)
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--slow-start", type=float, default=0.0)
@@ -231,7 +233,9 @@ class Engine:
                 await response.write(b"data: [DONE]\n\n")
                 await response.write_eof()
                 return response
-            chunks = [_chunk(kind, model, f" {w}" if i else w, None) for i, w in enumerate(words)]
+            pad = "x" * self.args.chunk_bytes
+            chunks = [_chunk(kind, model, (f" {w}" if i else w) + pad, None)
+                      for i, w in enumerate(words)]  # fmt: skip
             chunks.append(_chunk(kind, model, None, "stop"))
             for number, chunk in enumerate(chunks):
                 if number == self.args.die_after_chunks:

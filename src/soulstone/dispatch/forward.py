@@ -140,7 +140,11 @@ class Upstream:
                 response.close()  # the engine sees the cancel
 
     def abort(self) -> None:
-        """Close the engine's answer unread (a stream whose events nobody asked for)."""
+        """Close the engine's answer unless it was read to its end (released already).
+
+        Needed when `events` was never started: closing an unstarted generator
+        runs none of its code, so the engine would stay blocked on a full socket.
+        """
         self.response.close()
 
 

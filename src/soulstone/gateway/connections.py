@@ -8,6 +8,7 @@ import ipaddress
 import os
 import resource
 import socket
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
+from soulstone.dispatch.call import REQUEST_ID
+from soulstone.dispatch.refusals import error_bytes
+from soulstone.errors import Refusal
 from soulstone.gateway.listen import BACKLOG, ListenError
 from soulstone.guard.identity import Peer, peer_groups, peer_of
 
@@ -170,6 +175,34 @@ class GuardedConnection(RequestHandler):
             self._stop_clock()
         elif self._headers_due is None and self._waiter is not None and not self._waiter.done():
             self._expect_headers()  # the first bytes of the next request on an idle connection
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        """A request aiohttp could not parse, or whose handler failed: a JSON error, closed.
+
+        aiohttp's own answer and log quote the bytes it choked on (a broken
+        chunked body is a prompt); here both name only the error's kind.
+        """
+        kind = type(exc).__name__ if exc is not None else "unknown"
+        frames = traceback.extract_tb(exc.__traceback__) if exc is not None else []
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        self.logger.warning("could not serve a request (HTTP %d): %s%s", status, kind, where)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was started: no error response can follow")
+        if status >= 500:
+            refusal = Refusal(status, "INTERNAL_ERROR", f"the gateway failed on this request "
+                              f"({kind}); see its log")  # fmt: skip
+        else:
+            refusal = Refusal(status, "BAD_REQUEST", f"the request is not valid HTTP ({kind}): "
+                              "its framing, chunked encoding or headers are broken")  # fmt: skip
+        request_id = request.headers.get(REQUEST_ID) or os.urandom(8).hex()
+        response = web.Response(status=status, body=error_bytes(refusal),
+                                content_type="application/json",
+                                headers={REQUEST_ID: request_id})  # fmt: skip
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Uncount the connection (only one that was admitted)."""

@@ -37,7 +37,10 @@ class WriteWatch:
         since = self.since
         if since is not None and self.loop.time() - since >= self.timeout:
             if self.transport is not None:
-                self.transport.close()  # the pending write fails at once
+                # abort, not close: close waits for the unread buffer to drain, which a
+                # stalled reader never lets happen; abort drops it and fails the write.
+                # (uvloop's transports abort too, but are no asyncio.WriteTransport.)
+                getattr(self.transport, "abort", self.transport.close)()
             return
         wait = self.timeout if since is None else self.timeout - (self.loop.time() - since)
         self.handle = self.loop.call_later(wait, self._check)

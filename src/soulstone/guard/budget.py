@@ -52,11 +52,19 @@ class OutputAsk:
 
     `max_tokens` is the largest length any of OpenAI's `max_tokens` /
     `max_completion_tokens` or llama-server's `n_predict` asks for (None when
-    none does); `sequences` is how many answers are generated (`n`, `best_of`).
+    none does): each must fit the budget. `least` is the smallest of them, what
+    the engine is sent (None: `max_tokens`). `sequences` is how many answers
+    are generated (`n`, `best_of`).
     """
 
     max_tokens: int | None
     sequences: int = 1
+    least: int | None = None
+
+    @property
+    def to_send(self) -> int | None:
+        """The length the engine gets: the tightest the request asked for."""
+        return self.least if self.least is not None else self.max_tokens
 
 
 def _positive(document: dict[str, Any], key: str, allow_unlimited: bool = False) -> int | None:
@@ -74,7 +82,9 @@ def output_ask(document: dict[str, Any]) -> OutputAsk:
     lengths = [_positive(document, k, allow_unlimited=k == "n_predict") for k in LENGTH_FIELDS]
     given = [n for n in lengths if n is not None]
     sequences = max((_positive(document, k) or 1 for k in SEQUENCE_FIELDS), default=1)
-    return OutputAsk(max(given) if given else None, sequences)
+    if not given:
+        return OutputAsk(None, sequences)
+    return OutputAsk(max(given), sequences, min(given))
 
 
 def bound_output(document: dict[str, Any], max_tokens: int) -> bool:
@@ -100,10 +110,11 @@ def fit(prompt_tokens: int | None, ask: OutputAsk, budget: Budget) -> int:
     """The `max_tokens` to send for each answer; BudgetExceeded when the request cannot fit.
 
     All answers together (`n` of them) must fit `max_output_tokens`, and the
-    prompt plus one answer `max_context_tokens`. Without a prompt count (an
-    engine that cannot tokenize) only the output limit is checked.
+    prompt plus one answer `max_context_tokens`, for every length field asked;
+    the smallest is sent. Without a prompt count (an engine that cannot
+    tokenize) only the output limit is checked.
     """
-    max_tokens, sequences = ask.max_tokens, ask.sequences
+    max_tokens, sequences, sent = ask.max_tokens, ask.sequences, ask.to_send
     output = budget.max_output_tokens
     if max_tokens is not None and max_tokens * sequences > output:
         asked = f"max_tokens {max_tokens}" + (f" × n {sequences}" if sequences > 1 else "")
@@ -113,7 +124,7 @@ def fit(prompt_tokens: int | None, ask: OutputAsk, budget: Budget) -> int:
         raise BudgetExceeded(f"n {sequences} exceeds max_output_tokens {output}", prompt_tokens,
                              max_tokens, output)  # fmt: skip
     if prompt_tokens is None:
-        return max_tokens if max_tokens is not None else output // sequences
+        return sent if sent is not None else output // sequences
     if max_tokens is None:
         remaining = budget.max_context_tokens - prompt_tokens
         if remaining < 1:
@@ -129,4 +140,4 @@ def fit(prompt_tokens: int | None, ask: OutputAsk, budget: Budget) -> int:
             f"max_context_tokens {budget.max_context_tokens}",
             prompt_tokens, max_tokens, budget.max_context_tokens,
         )  # fmt: skip
-    return max_tokens
+    return sent if sent is not None else max_tokens

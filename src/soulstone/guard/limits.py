@@ -88,6 +88,19 @@ class ClientLimiter:
                        f"minute (limit {tpm})")  # fmt: skip
             raise Refused(429, "TOKEN_RATE_LIMITED", message, wait)
 
+    def in_flight(self, client: Client) -> int:
+        """Requests of this client admitted and not yet settled."""
+        usage = self._usage.get(client.name)
+        return usage.in_flight if usage is not None else 0
+
+    def tokens(self, client: Client) -> int:
+        """Tokens this client used or holds reserved within the last minute."""
+        usage = self._usage.get(client.name)
+        if usage is None:
+            return 0
+        usage.trim(self.clock())
+        return usage.token_total
+
     def admit(self, client: Client, reserve: int = 0) -> Spend:
         """Count a new request and reserve its worst-case tokens, or raise Refused (429)."""
         self.check(client)
