@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,23 +117,33 @@ def _limit_open_files(limits: tuple[int, int]) -> Callable[[], None]:
     return limit
 
 
-@pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """Start gateways on a codex folder; SIGTERM them (and kill their engines) afterwards."""
+@contextmanager
+def gateway_starter(folder: Path) -> Iterator[StartGateway]:
+    """Start gateways on codex folders under `folder`; SIGTERM them (and their engines) after.
+
+    The fixture `start_gateway` is this on the test's tmp_path; a module-scoped
+    fixture can use it on a folder of its own to share one gateway between tests.
+    """
     started: list[RunningGateway] = []
     short = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))  # socket paths stay short
 
     key, key_id = new_key()
-    default_clients = {"clients": {"harness": {"admin": True, "keys": [
-        {"id": key_id, "hash": hash_key(key)}]}}}  # fmt: skip
+    harness_client = {"harness": {"admin": True, "keys": [{"id": key_id, "hash": hash_key(key)}]}}
+    default_clients = {"clients": harness_client}
 
     def start(codex: Path, *args: str, env: dict[str, str] | None = None,
               clients: dict[str, Any] | None = default_clients, tcp: bool = True,
-              open_files: tuple[int, int] | None = None,
+              open_files: tuple[int, int] | None = None, with_harness: bool = False,
               ) -> RunningGateway:  # fmt: skip
-        """Start a gateway; `open_files` (soft, hard) is the RLIMIT_NOFILE it starts with."""
+        """Start a gateway; `open_files` (soft, hard) is the RLIMIT_NOFILE it starts with.
+
+        `with_harness` adds the harness's admin client (its key: `gateway.key`)
+        to the given clients.
+        """
         runtime = short / f"run{len(started)}"
-        clients_file = tmp_path / "config" / "soulstone" / "clients.yaml"
+        clients_file = folder / "config" / "soulstone" / "clients.yaml"
+        if clients is not None and with_harness:
+            clients = {**clients, "clients": {**clients.get("clients", {}), **harness_client}}
         if clients is not None:
             clients_file.parent.mkdir(parents=True, exist_ok=True)
             clients_file.write_text(yaml.safe_dump(clients))
@@ -139,21 +151,21 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         runtime.mkdir(mode=0o700)
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "SOULSTONE_"))}
         environ |= {
-            "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_RUNTIME_DIR": str(runtime),
-            "XDG_CONFIG_HOME": str(tmp_path / "config"), "SOULSTONE_DEFAULT_RUNTIME": "process",
-            "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "XDG_STATE_HOME": str(folder / "state"), "XDG_RUNTIME_DIR": str(runtime),
+            "XDG_CONFIG_HOME": str(folder / "config"), "SOULSTONE_DEFAULT_RUNTIME": "process",
+            "XDG_DATA_HOME": str(folder / "data"), "XDG_CACHE_HOME": str(folder / "cache"),
             "SOULSTONE_TEST_SESSION": os.environ.get("SOULSTONE_TEST_SESSION", ""),
         }  # fmt: skip
         environ |= env or {}
         port = free_port()
-        log = tmp_path / f"gateway{len(started)}.log"
+        log = folder / f"gateway{len(started)}.log"
         process = subprocess.Popen(
             [str(SCRIPT), "--codex", str(codex), "serve",
              *(["--tcp", f"127.0.0.1:{port}"] if tcp else []), *args],
             env=environ, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             preexec_fn=None if open_files is None else _limit_open_files(open_files),
         )  # fmt: skip
-        state = StateFolder(tmp_path / "state" / "soulstone")
+        state = StateFolder(folder / "state" / "soulstone")
         api = runtime / "soulstone" / "api.sock"
         if "--socket" in args:
             api = Path(args[args.index("--socket") + 1])
@@ -162,11 +174,20 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         wait_for_socket(gateway.socket, process, log)
         return gateway
 
-    yield start
-    for gateway in started:
-        gateway.stop()
-        kill_recorded(gateway.state)
-    shutil.rmtree(short, ignore_errors=True)
+    try:
+        yield start
+    finally:
+        for gateway in started:
+            gateway.stop()
+            kill_recorded(gateway.state)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
+    """Start gateways on a codex folder; SIGTERM them (and kill their engines) afterwards."""
+    with gateway_starter(tmp_path) as start:
+        yield start
 
 
 def fake_table(table: str, *flags: str, model: str, group: str | None = None,
@@ -189,3 +210,47 @@ def fake_table(table: str, *flags: str, model: str, group: str | None = None,
 def fake_codex(folder: Path, *tables: str) -> Path:
     """Write a codex of fake engines."""
     return write(folder, {"fake.toml": "\n".join(tables)})
+
+
+def table_port(table: str) -> int:
+    """The TCP port of a fake engine's codex table (from fake_table or lora_table)."""
+    return int(table.split("\nport = ")[1].split("\n")[0])
+
+
+def lora_table(table: str, *flags: str, model: str, max_loras: int) -> str:
+    """A vLLM-shaped fake engine whose adapters are loaded at run time (SPEC C7)."""
+    return fake_table(table, *flags, model=model, extra=(
+        'engine = "vllm"\nmodel_path = "/models/tiny-llama"\n'
+        f"lora = {{ max_loras = {max_loras}, max_lora_rank = 8 }}"
+    ))  # fmt: skip
+
+
+def keyed(name: str, **extra: Any) -> tuple[str, dict[str, Any]]:
+    """A new API key and the clients.yaml entry of a client that holds it (only its hash)."""
+    key, ident = new_key()
+    return key, {name: {"keys": [{"id": ident, "hash": hash_key(key)}], **extra}}
+
+
+_REFUSALS = re.compile(r'^soulstone_refusals_total\{code="([^"]+)"\} (\S+)$', re.MULTILINE)
+
+
+def refusal_counts(gateway: RunningGateway) -> dict[str, float]:
+    """`soulstone_refusals_total` by code, read with the harness's admin key over TCP."""
+    with gateway.tcp() as admin:
+        answer = admin.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    return {code: float(count) for code, count in _REFUSALS.findall(answer.text)}
+
+
+def request_lines(gateway: RunningGateway, *request_ids: str,
+                  wait_s: float = 15) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The request-log line of each request id, waiting until all were written (or failing)."""
+    deadline = time.monotonic() + wait_s
+    while True:  # lines are written in batches a moment after the requests end
+        lines = [line for line in gateway.logged() if line.get("event") == "request"]
+        found = {line["request_id"]: line for line in lines if line["request_id"] in request_ids}
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            missing = set(request_ids) - set(found)
+            assert not missing, f"no request-log line for {sorted(missing)}"
+            return found
+        time.sleep(0.05)

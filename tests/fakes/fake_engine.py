@@ -3,23 +3,30 @@
     python fake_engine.py [--port N | --uds PATH] [--host H] [--model NAME]
         [--tokens N] [--chunk-bytes N] [--ttft-ms X] [--token-delay-ms X] [--slow-start S]
         [--fail-after-chunks K] [--die-after-chunks K] [--never-healthy]
-        [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child]
+        [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
 (cancelled) and requests in flight, so tests can see cancellation upstream.
+`GET /fake/record` lists, in order, adapter loads and unloads and the start
+and end of each answer (`load a`, `unload a`, `begin a`, `end a`; the end is
+noted before the final `data: [DONE]`). With `--gate`, every stream stops
+after its first chunk until `POST /fake/open` (sending SSE comments while it
+waits): a test acts mid-stream without racing a clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 from aiohttp import web
@@ -43,6 +50,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--fork-child", action="store_true")
     parser.add_argument("--escape-child", action="store_true")
+    parser.add_argument("--gate", action="store_true")
     return parser.parse_args()
 
 
@@ -137,6 +145,8 @@ class Engine:
         self.last: dict[str, Any] = {}
         self.adapters: dict[str, str] = {}
         self.loads = 0
+        self.record: deque[str] = deque(maxlen=10_000)  # bounded: benchmarks send many
+        self.gate = asyncio.Event()
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
@@ -159,13 +169,22 @@ class Engine:
         await asyncio.sleep(0.2)  # loading takes a moment: concurrent first requests overlap
         self.adapters[body["lora_name"]] = body["lora_path"]
         self.loads += 1
+        self.record.append(f"load {body['lora_name']}")
         return web.Response(text="Success: LoRA adapter loaded")
 
     async def unload_lora(self, request: web.Request) -> web.Response:
         body = await request.json()
         if self.adapters.pop(body["lora_name"], None) is None:
             return web.json_response({"error": "not found"}, status=404)
+        self.record.append(f"unload {body['lora_name']}")
         return web.Response(text="Success: LoRA adapter unloaded")
+
+    async def record_view(self, _request: web.Request) -> web.Response:
+        return web.json_response({"record": list(self.record)})
+
+    async def open_gate(self, _request: web.Request) -> web.Response:
+        self.gate.set()
+        return web.json_response({"open": True})
 
     async def lora_view(self, _request: web.Request) -> web.Response:
         return web.json_response({"adapters": sorted(self.adapters), "loads": self.loads})
@@ -194,6 +213,13 @@ class Engine:
             }
         )
 
+    async def _held(self, response: web.StreamResponse) -> None:
+        """Wait for `POST /fake/open`, keeping the stream alive with SSE comments meanwhile."""
+        while not self.gate.is_set():
+            await response.write(b": held\n\n")  # the gateway's idle timer sees progress
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.gate.wait(), 0.1)
+
     async def generate(self, request: web.Request) -> web.StreamResponse:
         kind = "chat" if request.path.endswith("chat/completions") else "text"
         body = await request.json()
@@ -202,6 +228,7 @@ class Engine:
         tokens = min(int(body.get("max_tokens") or self.args.tokens), self.args.tokens)
         self.stats["requests"] += 1
         self.stats["in_flight"] += 1
+        self.record.append(f"begin {model}")
         headers = {"X-Request-ID": request.headers.get("X-Request-ID", "")}
         try:
             await asyncio.sleep(self.args.ttft_ms / 1000)
@@ -219,6 +246,7 @@ class Engine:
                     choice["text"] = text
                 usage = {"prompt_tokens": 4, "completion_tokens": tokens,
                          "total_tokens": 4 + tokens}  # fmt: skip
+                self.record.append(f"end {model}")
                 return web.json_response(
                     {"id": "fake", "object": "chat.completion" if kind == "chat" else
                      "text_completion", "model": model, "choices": [choice], "usage": usage},
@@ -230,6 +258,7 @@ class Engine:
             if kind == "chat" and asked == "CALL:stream":
                 for chunk in _tool_call_chunks(model):
                     await response.write(chunk)
+                self.record.append(f"end {model}")
                 await response.write(b"data: [DONE]\n\n")
                 await response.write_eof()
                 return response
@@ -245,8 +274,11 @@ class Engine:
                     request.transport.close()
                     return response
                 await response.write(chunk)
+                if self.args.gate and number == 0:
+                    await self._held(response)
                 if self.args.token_delay_ms:
                     await asyncio.sleep(self.args.token_delay_ms / 1000)
+            self.record.append(f"end {model}")
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
@@ -271,6 +303,8 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/load_lora_adapter", engine.load_lora)
     app.router.add_post("/v1/unload_lora_adapter", engine.unload_lora)
     app.router.add_get("/fake/lora", engine.lora_view)
+    app.router.add_get("/fake/record", engine.record_view)
+    app.router.add_post("/fake/open", engine.open_gate)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     if args.uds:

@@ -148,6 +148,14 @@ def _opted_in_content(client: Client, document: dict[str, Any]) -> Any:
     return document.get("messages") or document.get("prompt") or document.get("input")
 
 
+def _served_model(document: dict[str, Any], services: Services) -> str | None:
+    """The requested model when this gateway serves it (a name safe to log), else None."""
+    model = document.get("model")
+    if isinstance(model, str) and (model in services.routes or model in services.adapters):
+        return model
+    return None
+
+
 class RequestPath:
     """The request path of one gateway, shared by every way in."""
 
@@ -200,6 +208,7 @@ class RequestPath:
         record.client = call.client
         lease = Lease()
         try:
+            record.model = _served_model(call.document, services)  # logged even when refused
             prepared = prepare(call, services.routes, services.adapters, services.codex,
                                services.policy, services.strict)  # fmt: skip
             record.model = prepared.model
@@ -346,7 +355,9 @@ class RequestPath:
         if prepared.tools:
             flat = call.flat_errors
 
-            def render(refusal: Refusal) -> bytes:
+            def render(refusal: Refusal) -> bytes:  # an invalid call: counted like any refusal
+                record.code = refusal.code
+                services.metrics.refused(refusal.code)
                 return error_bytes(refusal, flat)
 
             transform = ToolStream(services.validators, hermes=prepared.hermes,
