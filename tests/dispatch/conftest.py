@@ -101,6 +101,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []  # the bodies as they arrived
         self.chunks = 3
         self.chunk_bytes = 0
         self.streams_open = 0
@@ -131,6 +132,7 @@ class FakeEngine:
         return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        self.raw.append(await request.read())
         body = await request.json()
         self.received.append(body)
         usage = {"prompt_tokens": 4, "completion_tokens": USAGE_TOTAL - 4,

@@ -230,6 +230,19 @@ async def test_a_missing_max_tokens_is_set_within_the_budget(build_rig: BuildRig
     assert rig.engine.last["max_tokens"] == 16  # four answers share the output limit
 
 
+async def test_the_body_goes_as_it_came_unless_a_field_must_change(build_rig: BuildRig) -> None:
+    rig = await build_rig()
+    exact = b'{ "model" : "m",  "messages": [], "max_tokens": 9 }'
+    answer_of(await rig.enter(exact))
+    assert rig.engine.raw[-1] == exact  # byte for byte: nothing re-encoded
+    spaced = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}\n'
+    answer_of(await rig.enter(spaced))
+    assert rig.engine.raw[-1].startswith(spaced[:-2])  # only max_tokens written in
+    assert rig.engine.last == {**json.loads(spaced), "max_tokens": 2048}
+    answer_of(await rig.enter({**CHAT, "max_tokens": 5, "n_predict": 400}))
+    assert "n_predict" not in rig.engine.last  # a field removed: the document re-encoded
+
+
 async def test_the_owner_is_served_without_limits(build_rig: BuildRig) -> None:
     rig = await build_rig()
     for number in range(3):

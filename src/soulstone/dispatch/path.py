@@ -148,6 +148,13 @@ def _opted_in_content(client: Client, document: dict[str, Any]) -> Any:
     return document.get("messages") or document.get("prompt") or document.get("input")
 
 
+def _body(call: Call, document: dict[str, Any], changed: bool) -> bytes:
+    """The request's bytes as they came, unless the document had to change."""
+    if call.body is not None and not changed:
+        return call.body
+    return orjson.dumps(document)
+
+
 def _served_model(document: dict[str, Any], services: Services) -> str | None:
     """The requested model when this gateway serves it (a name safe to log), else None."""
     model = document.get("model")
@@ -216,8 +223,7 @@ class RequestPath:
             self._heartbeat(call, record)
             spend = self._reserve(call, prepared, record, lease)
             await self._admit(call, prepared, lease)
-            document, changed = await self._fit_budget(call, prepared, spend, record)
-            body = call.body if call.body is not None and not changed else orjson.dumps(document)
+            body = await self._fit_budget(call, prepared, spend, record)
             result = await self._send(call, prepared, body, record)
             if isinstance(result, Upstream):
                 return self._stream(call, prepared, result, record, lease)
@@ -302,11 +308,11 @@ class RequestPath:
 
     async def _fit_budget(
         self, call: Call, prepared: Prepared, spend: Spend, record: Record
-    ) -> tuple[dict[str, Any], bool]:
-        """Count the prompt, fit the output into the budget; the document to send."""
+    ) -> bytes:
+        """Count the prompt, fit the output into the budget; the body to send."""
         document, changed = prepared.document, prepared.changed
         if call.endpoint == "embeddings":
-            return document, changed
+            return _body(call, document, changed)
         guard, soulstone = self.services.guard, prepared.soulstone
         counted = document
         if prepared.adapter is not None:  # an adapter: its base model's tokenizer
@@ -320,9 +326,17 @@ class RequestPath:
         if call.client.limits.tokens_per_minute is not None:
             guard.limiter.adjust(call.client, spend, (prompt_tokens or 0) + max_tokens * sequences)
         bounded = dict(document)
-        if bound_output(bounded, max_tokens):
-            return bounded, True
-        return document, changed
+        if not bound_output(bounded, max_tokens):
+            return _body(call, document, changed)
+        added_only = (
+            "max_tokens" not in document and len(bounded) == len(document) + 1
+            and bounded.get("min_tokens") == document.get("min_tokens")
+        )  # fmt: skip
+        if added_only and not changed and call.body is not None:
+            # Only `max_tokens` is new: write it into the body as it came (no re-encoding).
+            end = call.body.rindex(b"}")
+            return b'%s,"max_tokens":%d%s' % (call.body[:end], max_tokens, call.body[end:])
+        return orjson.dumps(bounded)
 
     async def _send(self, call: Call, prepared: Prepared, body: bytes,
                     record: Record) -> Answer | Upstream:  # fmt: skip
