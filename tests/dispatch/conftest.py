@@ -96,7 +96,8 @@ class FakeEngine:
 
     A chat whose last message is "CALL:heartbeat" is answered with a tool call
     asking for a heartbeat; a stream sends `chunks` chunks of about
-    `chunk_bytes` each, then a usage chunk and `[DONE]`.
+    `chunk_bytes` each (or, for "CALL:stream", one `ping` tool call in two
+    argument deltas), then a usage chunk and `[DONE]`.
     """
 
     def __init__(self) -> None:
@@ -159,8 +160,14 @@ class FakeEngine:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             pad = "x" * self.chunk_bytes
-            for number in range(self.chunks):
-                delta = {"content": f"tok{number}{pad}"}
+            deltas: list[dict[str, Any]] = [{"content": f"tok{n}{pad}"} for n in range(self.chunks)]
+            body = await request.json()
+            if str((body.get("messages") or [{}])[-1].get("content", "")) == "CALL:stream":
+                parts = ['{"request_', 'heartbeat": false}']
+                deltas = [{"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                           "function": {"name": "ping", "arguments": part}}]}
+                          for part in parts]  # fmt: skip
+            for delta in deltas:
                 await response.write(_sse({"choices": [{"index": 0, "delta": delta}]}))
             await response.write(_sse({"choices": [], "usage": usage}))
             await response.write(b"data: [DONE]\n\n")

@@ -10,7 +10,7 @@ import pytest
 
 from dispatch.conftest import OWN_PEER, USAGE_TOTAL, BuildRig, Rig, peer
 from soulstone.dispatch.call import Answer, Rejection
-from soulstone.dispatch.events import Chunk, Done, Event
+from soulstone.dispatch.events import Chunk, Done, Event, ToolCall
 from soulstone.dispatch.path import Stream
 from soulstone.guard.clients import ClientDecl, ClientsDecl, GatewayDecl
 from soulstone.tools.policy import HeartbeatLimits, Policy
@@ -68,6 +68,24 @@ async def test_a_stream_gives_chunks_then_done_and_closing_releases_everything(
     done = events[-1]
     assert isinstance(done, Done) and done.total_tokens == USAGE_TOTAL
     rig.assert_nothing_held(small)
+
+
+async def test_a_whole_tool_call_is_a_typed_event_of_its_own(build_rig: BuildRig) -> None:
+    rig = await build_rig()
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {}}}]
+    asked = {**CHAT, "tools": tools, "messages": [{"role": "user", "content": "CALL:stream"}]}
+    events = await drain(await stream_of(rig, asked))
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert len(calls) == 1  # two argument deltas held, then sent as one whole call
+    sent = [json.loads(e.removeprefix(b"data: ")) for e in calls[0].data.split(b"\n\n")
+            if e.startswith(b"data: {")]  # fmt: skip
+    whole = [c["delta"]["tool_calls"][0] for event in sent for c in event.get("choices", [])
+             if c.get("delta", {}).get("tool_calls")]  # fmt: skip
+    assert len(whole) == 1
+    assert json.loads(whole[0]["function"]["arguments"]) == {"request_heartbeat": False}
+    assert not any(b"tool_calls" in e.data for e in events
+                   if isinstance(e, Chunk) and not isinstance(e, ToolCall))  # fmt: skip
+    rig.assert_nothing_held()
 
 
 async def test_a_stream_closed_before_it_is_read_releases_everything_and_the_engine(

@@ -16,7 +16,7 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class ToolCall(Chunk):
-    """One whole, validated tool call (an SSE event of its own)."""
+    """Events carrying one or more whole, validated tool calls (never partial JSON)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,11 +96,8 @@ class Upstream:
         self.content_type = response.headers.get("Content-Type", "text/event-stream")
         self.events_seen = 0  # `data:` lines passed on (a usage estimate when none is given)
 
-    async def events(
-        self, on_failure: Callable[[], None], rewrite: Callable[[bytes], bytes] | None = None,
-        finish: Callable[[], bytes] | None = None,
-    ) -> AsyncGenerator[Event, None]:  # fmt: skip
-        """The engine's chunks, then Done; a Failure when it dies or goes quiet."""
+    async def events(self, on_failure: Callable[[], None]) -> AsyncGenerator[Event, None]:
+        """The engine's chunks as they came, then Done; a Failure when it dies or goes quiet."""
         response = self.response
         loop = asyncio.get_running_loop()
         watchdog = _Idle(loop, self.timeout, response)
@@ -123,13 +120,7 @@ class Upstream:
                 watchdog.last = loop.time()
                 self.events_seen += chunk.count(b"data:")
                 tail = (tail + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk
-                if rewrite is not None:  # tool calls are held until whole
-                    chunk = rewrite(chunk)
-                    if not chunk:
-                        continue
                 yield Chunk(chunk)
-            if finish is not None and (rest := finish()):
-                yield Chunk(rest)
             whole = True
             yield Done(total_tokens(tail[-TAIL_BYTES:]))
         finally:

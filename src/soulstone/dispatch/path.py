@@ -31,13 +31,13 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.events import Done, Event, Failure
+from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
 from soulstone.dispatch.forward import TAIL_BYTES, Upstream, send, total_tokens
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
 from soulstone.dispatch.services import Services
 from soulstone.errors import Refusal
-from soulstone.guard.budget import bound_output, fit
+from soulstone.guard.budget import Budget, bound_output, fit
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Spend
 from soulstone.lora.registry import AdapterRecord
@@ -221,9 +221,10 @@ class RequestPath:
             record.model = prepared.model
             record.content = _opted_in_content(call.client, call.document)
             self._heartbeat(call, record)
-            spend = self._reserve(call, prepared, record, lease)
+            budget = services.guard.budget(prepared.soulstone, call.client.limits)
+            spend = self._reserve(call, prepared, budget, record, lease)
             await self._admit(call, prepared, lease)
-            body = await self._fit_budget(call, prepared, spend, record)
+            body = await self._fit_budget(call, prepared, budget, spend, record)
             result = await self._send(call, prepared, body, record)
             if isinstance(result, Upstream):
                 return self._stream(call, prepared, result, record, lease)
@@ -259,13 +260,13 @@ class RequestPath:
             raise
         record.heartbeat = key
 
-    def _reserve(self, call: Call, prepared: Prepared, record: Record, lease: Lease) -> Spend:
+    def _reserve(self, call: Call, prepared: Prepared, budget: Budget, record: Record,
+                 lease: Lease) -> Spend:  # fmt: skip
         """Count the request against its client's limits, reserving its worst-case tokens."""
         guard = self.services.guard
         client = call.client
         reserve = 0
         if client.limits.tokens_per_minute is not None:
-            budget = guard.budget(prepared.soulstone, client.limits)
             output = prepared.output
             per_answer = output.max_tokens or budget.max_output_tokens // output.sequences
             size = len(call.body) if call.body is not None else len(orjson.dumps(call.document))
@@ -307,7 +308,7 @@ class RequestPath:
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     async def _fit_budget(
-        self, call: Call, prepared: Prepared, spend: Spend, record: Record
+        self, call: Call, prepared: Prepared, budget: Budget, spend: Spend, record: Record
     ) -> bytes:
         """Count the prompt, fit the output into the budget; the body to send."""
         document, changed = prepared.document, prepared.changed
@@ -319,9 +320,7 @@ class RequestPath:
             counted = {**document, "model": soulstone.models[0]}
         prompt_tokens = await guard.counter.count(soulstone, counted)
         record.prompt_tokens = prompt_tokens
-        max_tokens = fit(
-            prompt_tokens, prepared.output, guard.budget(soulstone, call.client.limits)
-        )
+        max_tokens = fit(prompt_tokens, prepared.output, budget)
         sequences = prepared.output.sequences
         if call.client.limits.tokens_per_minute is not None:
             guard.limiter.adjust(call.client, spend, (prompt_tokens or 0) + max_tokens * sequences)
@@ -335,7 +334,7 @@ class RequestPath:
         if added_only and not changed and call.body is not None:
             # Only `max_tokens` is new: write it into the body as it came (no re-encoding).
             end = call.body.rindex(b"}")
-            return b'%s,"max_tokens":%d%s' % (call.body[:end], max_tokens, call.body[end:])
+            return call.body[:end] + b',"max_tokens":' + str(max_tokens).encode() + call.body[end:]
         return orjson.dumps(bounded)
 
     async def _send(self, call: Call, prepared: Prepared, body: bytes,
@@ -378,11 +377,18 @@ class RequestPath:
                                    unknown=prepared.unknown_tools, render_error=render)  # fmt: skip
 
         async def events() -> AsyncIterator[Event]:
-            rewrite = transform.feed if transform is not None else None
-            finish = transform.finish if transform is not None else None
             on_failure = lambda: services.engine_failed(prepared.soulstone)  # noqa: E731
-            async with contextlib.aclosing(upstream.events(on_failure, rewrite, finish)) as inner:
+            async with contextlib.aclosing(upstream.events(on_failure)) as inner:
                 async for event in inner:
+                    if transform is not None:  # tool calls are held until whole
+                        if isinstance(event, Chunk):
+                            sent = transform.sent_calls
+                            data = transform.feed(event.data)
+                            if not data:
+                                continue
+                            event = ToolCall(data) if transform.sent_calls > sent else Chunk(data)
+                        elif isinstance(event, Done) and (rest := transform.finish()):
+                            yield Chunk(rest)
                     if isinstance(event, Done):
                         record.total_tokens = event.total_tokens
                     elif isinstance(event, Failure):

@@ -7,8 +7,7 @@ or a Refusal.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.dispatch.call import Call
@@ -21,9 +20,8 @@ from soulstone.tools.policy import Policy, check_tools
 UnknownTools = Literal["pass", "refuse"]
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A call routed and checked: where it goes and what the engine gets."""
+class Prepared(NamedTuple):
+    """A call routed and checked: where it goes and what the engine gets (immutable)."""
 
     soulstone: Soulstone
     model: str

@@ -44,6 +44,7 @@ def budget_for(gateway: GatewayDecl, *more: LimitsDecl | None) -> Budget:
 
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 SEQUENCE_FIELDS = ("n", "best_of")
+ASKING_FIELDS = (*LENGTH_FIELDS, *SEQUENCE_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,13 @@ def _positive(document: dict[str, Any], key: str, allow_unlimited: bool = False)
     return value
 
 
+NO_ASK = OutputAsk(None)
+
+
 def output_ask(document: dict[str, Any]) -> OutputAsk:
     """The output a request asks for; Refusal 400 when a length or count is not a positive int."""
+    if not any(key in document for key in ASKING_FIELDS):
+        return NO_ASK
     lengths = [_positive(document, k, allow_unlimited=k == "n_predict") for k in LENGTH_FIELDS]
     given = [n for n in lengths if n is not None]
     sequences = max((_positive(document, k) or 1 for k in SEQUENCE_FIELDS), default=1)

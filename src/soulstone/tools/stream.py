@@ -72,6 +72,7 @@ class ToolStream:
     reader: SSEReader = field(default_factory=SSEReader)
     template: dict[str, Any] = field(default_factory=dict)  # id/model/created of the stream
     heartbeat: bool = False  # a whole call asked for a heartbeat
+    sent_calls: int = 0  # whole, valid calls sent so far
     hermes: bool = False  # calls come as `<tool_call>` text in the content
     text: _HermesText = field(default_factory=_HermesText)
     unknown: str = "refuse"  # tools the policy does not name: "pass" checks only their JSON
@@ -133,6 +134,7 @@ class ToolStream:
         if call.problem is not None:
             return b""
         call.sent = True
+        self.sent_calls += 1
         self.heartbeat = self.heartbeat or asks_heartbeat(call.arguments.encode())
         whole = {"index": index, "id": call.id, "type": "function",
                  "function": {"name": call.name, "arguments": call.arguments}}  # fmt: skip
