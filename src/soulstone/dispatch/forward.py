@@ -15,8 +15,9 @@ import aiohttp
 from yarl import URL
 
 from soulstone.dispatch.call import Answer
-from soulstone.dispatch.events import Chunk, Done, Event, Failure
+from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
 from soulstone.errors import Refusal
+from soulstone.tools.stream import ToolStream
 
 UPSTREAM_ERRORS = (aiohttp.ClientError, OSError)
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
@@ -88,16 +89,29 @@ class _Idle:
 
 
 class Upstream:
-    """An engine's streamed answer, once its status was 200: read it with `events`."""
+    """An engine's streamed answer, once its status was 200: read it with `events`.
+
+    After the events, `total_tokens` is the engine's reported usage (when it
+    gave one), `failure` the refusal that ended the stream (when one did), and
+    `events_seen` the `data:` lines passed on (a usage estimate).
+    """
 
     def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
         self.response = response
         self.timeout = timeout
         self.content_type = response.headers.get("Content-Type", "text/event-stream")
-        self.events_seen = 0  # `data:` lines passed on (a usage estimate when none is given)
+        self.events_seen = 0
+        self.total_tokens: int | None = None
+        self.failure: Refusal | None = None
 
-    async def events(self, on_failure: Callable[[], None]) -> AsyncGenerator[Event, None]:
-        """The engine's chunks as they came, then Done; a Failure when it dies or goes quiet."""
+    async def events(
+        self, on_failure: Callable[[], None], transform: ToolStream | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The engine's chunks, then Done; a Failure when it dies or goes quiet.
+
+        With a transform, tool calls are held until whole (ToolCall events).
+        One generator, so each chunk costs one hop on its way to the caller.
+        """
         response = self.response
         loop = asyncio.get_running_loop()
         watchdog = _Idle(loop, self.timeout, response)
@@ -110,19 +124,29 @@ class Upstream:
                     chunk = await content.readany()
                 except UPSTREAM_ERRORS:
                     if watchdog.fired:
-                        yield Failure(timed_out_refusal(self.timeout))
+                        self.failure = timed_out_refusal(self.timeout)
                     else:
                         on_failure()
-                        yield Failure(engine_failed_refusal())
+                        self.failure = engine_failed_refusal()
+                    yield Failure(self.failure)
                     return
                 if not chunk:
                     break
                 watchdog.last = loop.time()
                 self.events_seen += chunk.count(b"data:")
                 tail = (tail + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk
-                yield Chunk(chunk)
+                if transform is None:
+                    yield Chunk(chunk)
+                    continue
+                sent = transform.sent_calls
+                data = transform.feed(chunk)
+                if data:
+                    yield ToolCall(data) if transform.sent_calls > sent else Chunk(data)
+            if transform is not None and (rest := transform.finish()):
+                yield Chunk(rest)
             whole = True
-            yield Done(total_tokens(tail[-TAIL_BYTES:]))
+            self.total_tokens = total_tokens(tail[-TAIL_BYTES:])
+            yield Done(self.total_tokens)
         finally:
             watchdog.stop()
             if whole:

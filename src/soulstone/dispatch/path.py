@@ -10,7 +10,6 @@ metrics counted, one request-log line written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
@@ -31,13 +30,13 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
+from soulstone.dispatch.events import Event
 from soulstone.dispatch.forward import TAIL_BYTES, Upstream, send, total_tokens
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
 from soulstone.dispatch.services import Services
 from soulstone.errors import Refusal
-from soulstone.guard.budget import Budget, bound_output, fit
+from soulstone.guard.budget import BOUNDED_FIELDS, Budget, bound_output, fit
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Spend
 from soulstone.lora.registry import AdapterRecord
@@ -176,26 +175,25 @@ class RequestPath:
         """Identify the caller, check its limits, read and parse the body, then dispatch."""
         services = self.services
         record = Record(entry.request_id, entry.session_id, entry.way)
-        flat = wants_flat_errors(entry.headers, entry.client)
+        client = entry.client
         try:
-            client = entry.client
             if client is None:
                 client = await services.guard.identities.identify(entry.headers, entry.peer)
             record.client = client
-            flat = wants_flat_errors(entry.headers, client)
             services.guard.limiter.check(client)  # cheap refusals before the body is read
             body = await entry.read_body()
             document = await parse_document(body, services.big_parses)
         except Refusal as refusal:
-            return self._refuse(record, refusal, flat)
+            return self._refuse(record, refusal, wants_flat_errors(entry.headers, client))
         except Exception as error:
+            flat = wants_flat_errors(entry.headers, client)
             return self._refuse(record, self._internal(error), flat)
         validation = entry.headers.get(TOOL_VALIDATION_HEADER, "").lower()
         call = Call(
             entry.endpoint, document, client, entry.request_id, entry.session_id,
             stream=entry.force_stream or document.get("stream") is True,
             tool_validation="pass" if validation == "pass" else "refuse",
-            flat_errors=flat, body=body, way=entry.way,
+            flat_errors=wants_flat_errors(entry.headers, client), body=body, way=entry.way,
         )  # fmt: skip
         return await self._run(call, record)
 
@@ -215,7 +213,6 @@ class RequestPath:
         record.client = call.client
         lease = Lease()
         try:
-            record.model = _served_model(call.document, services)  # logged even when refused
             prepared = prepare(call, services.routes, services.adapters, services.codex,
                                services.policy, services.strict)  # fmt: skip
             record.model = prepared.model
@@ -225,7 +222,15 @@ class RequestPath:
             spend = self._reserve(call, prepared, budget, record, lease)
             await self._admit(call, prepared, lease)
             body = await self._fit_budget(call, prepared, budget, spend, record)
-            result = await self._send(call, prepared, body, record)
+            soulstone = prepared.soulstone
+            record.forwarded = True
+            result = await send(
+                services.upstreams.session(soulstone),
+                services.upstreams.url(soulstone, ENDPOINT_PATHS[call.endpoint]), body,
+                {"Content-Type": "application/json", REQUEST_ID: call.request_id},
+                call.stream, services.guard.gateway.timeout_s,
+                lambda: services.engine_failed(soulstone),
+            )  # fmt: skip
             if isinstance(result, Upstream):
                 return self._stream(call, prepared, result, record, lease)
             record.total_tokens = total_tokens(result.body[-TAIL_BYTES:])
@@ -233,6 +238,8 @@ class RequestPath:
                 result = self._checked_answer(call, prepared, result, record)
         except Refusal as refusal:
             self._release(lease, record)
+            if record.model is None:  # refused while preparing: name a model it serves
+                record.model = _served_model(call.document, services)
             return self._refuse(record, refusal, call.flat_errors)
         except asyncio.CancelledError:
             self._release(lease, record)
@@ -314,6 +321,8 @@ class RequestPath:
         document, changed = prepared.document, prepared.changed
         if call.endpoint == "embeddings":
             return _body(call, document, changed)
+        only_adds = not changed and call.body is not None and document.keys().isdisjoint(
+            BOUNDED_FIELDS)  # fmt: skip
         guard, soulstone = self.services.guard, prepared.soulstone
         counted = document
         if prepared.adapter is not None:  # an adapter: its base model's tokenizer
@@ -324,30 +333,14 @@ class RequestPath:
         sequences = prepared.output.sequences
         if call.client.limits.tokens_per_minute is not None:
             guard.limiter.adjust(call.client, spend, (prompt_tokens or 0) + max_tokens * sequences)
+        if only_adds and call.body is not None:
+            # No length field at all: write `max_tokens` into the body as it came.
+            end = call.body.rindex(b"}")
+            return call.body[:end] + b',"max_tokens":' + str(max_tokens).encode() + call.body[end:]
         bounded = dict(document)
         if not bound_output(bounded, max_tokens):
             return _body(call, document, changed)
-        added_only = (
-            "max_tokens" not in document and len(bounded) == len(document) + 1
-            and bounded.get("min_tokens") == document.get("min_tokens")
-        )  # fmt: skip
-        if added_only and not changed and call.body is not None:
-            # Only `max_tokens` is new: write it into the body as it came (no re-encoding).
-            end = call.body.rindex(b"}")
-            return call.body[:end] + b',"max_tokens":' + str(max_tokens).encode() + call.body[end:]
         return orjson.dumps(bounded)
-
-    async def _send(self, call: Call, prepared: Prepared, body: bytes,
-                    record: Record) -> Answer | Upstream:  # fmt: skip
-        services, soulstone = self.services, prepared.soulstone
-        headers = {"Content-Type": "application/json", REQUEST_ID: call.request_id}
-        record.forwarded = True
-        return await send(
-            services.upstreams.session(soulstone),
-            services.upstreams.url(soulstone, ENDPOINT_PATHS[call.endpoint]), body, headers,
-            call.stream, services.guard.gateway.timeout_s,
-            lambda: services.engine_failed(soulstone),
-        )  # fmt: skip
 
     def _checked_answer(self, call: Call, prepared: Prepared, answer: Answer,
                         record: Record) -> Answer:  # fmt: skip
@@ -376,26 +369,7 @@ class RequestPath:
             transform = ToolStream(services.validators, hermes=prepared.hermes,
                                    unknown=prepared.unknown_tools, render_error=render)  # fmt: skip
 
-        async def events() -> AsyncIterator[Event]:
-            on_failure = lambda: services.engine_failed(prepared.soulstone)  # noqa: E731
-            async with contextlib.aclosing(upstream.events(on_failure)) as inner:
-                async for event in inner:
-                    if transform is not None:  # tool calls are held until whole
-                        if isinstance(event, Chunk):
-                            sent = transform.sent_calls
-                            data = transform.feed(event.data)
-                            if not data:
-                                continue
-                            event = ToolCall(data) if transform.sent_calls > sent else Chunk(data)
-                        elif isinstance(event, Done) and (rest := transform.finish()):
-                            yield Chunk(rest)
-                    if isinstance(event, Done):
-                        record.total_tokens = event.total_tokens
-                    elif isinstance(event, Failure):
-                        record.code = event.refusal.code
-                        services.metrics.refused(event.refusal.code)
-                    yield event
-
+        events = upstream.events(lambda: services.engine_failed(prepared.soulstone), transform)
         closed = False
 
         def close() -> None:
@@ -405,11 +379,15 @@ class RequestPath:
             closed = True
             upstream.abort()  # nothing when the events ran to the end (released already)
             record.events = upstream.events_seen
+            record.total_tokens = upstream.total_tokens
+            if upstream.failure is not None:
+                record.code = upstream.failure.code
+                services.metrics.refused(upstream.failure.code)
             self._answered(record, 200, heartbeat=transform is not None and transform.heartbeat)
             self._release(lease, record)
             self._settle(record, 200)
 
-        return Stream(events(), close, upstream.content_type, call.flat_errors)
+        return Stream(events, close, upstream.content_type, call.flat_errors)
 
     # -- the end ------------------------------------------------------------------------
 

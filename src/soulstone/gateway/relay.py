@@ -20,30 +20,42 @@ WS_DONE = "[DONE]"
 
 
 class WriteWatch:
-    """Closes the connection of a caller that stops reading: no write may wait `timeout` s.
+    """Aborts the connection of a caller that stops reading: no write may wait `timeout` s.
 
-    One timer, re-armed when it fires; each write costs two clock reads.
+    The caller brackets each write with `begin()` / `end()` (two attribute
+    updates, no clock read); one timer, re-armed every `timeout` seconds,
+    aborts when the same write was pending at two checks in a row.
     """
 
-    __slots__ = ("handle", "loop", "since", "timeout", "transport")
+    __slots__ = ("handle", "loop", "pending", "seen", "timeout", "transport", "writes")
 
     def __init__(self, transport: asyncio.BaseTransport | None, timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport, self.timeout = transport, timeout
-        self.since: float | None = None
+        self.writes = 0  # writes begun
+        self.pending = False  # the last one has not returned yet
+        self.seen = -1  # the write pending at the last check
         self.handle = self.loop.call_later(timeout, self._check)
 
+    def begin(self) -> None:
+        """A write starts."""
+        self.writes += 1
+        self.pending = True
+
+    def end(self) -> None:
+        """The write returned."""
+        self.pending = False
+
     def _check(self) -> None:
-        since = self.since
-        if since is not None and self.loop.time() - since >= self.timeout:
+        if self.pending and self.seen == self.writes:
             if self.transport is not None:
                 # abort, not close: close waits for the unread buffer to drain, which a
                 # stalled reader never lets happen; abort drops it and fails the write.
                 # (uvloop's transports abort too, but are no asyncio.WriteTransport.)
                 getattr(self.transport, "abort", self.transport.close)()
             return
-        wait = self.timeout if since is None else self.timeout - (self.loop.time() - since)
-        self.handle = self.loop.call_later(wait, self._check)
+        self.seen = self.writes if self.pending else -1
+        self.handle = self.loop.call_later(self.timeout, self._check)
 
     def stop(self) -> None:
         """No more writes."""
@@ -66,18 +78,17 @@ async def write_sse(request: web.Request, stream: Stream, correlation: Mapping[s
         response = web.StreamResponse(headers={**headers, **correlation})
         await response.prepare(request)
         watch = WriteWatch(request.transport, write_timeout)
-        loop = watch.loop
         try:
             async for event in stream:
                 if isinstance(event, Chunk):
-                    watch.since = loop.time()
+                    watch.begin()
                     await response.write(event.data)  # a caller gone away raises: nothing to tell
-                    watch.since = None
+                    watch.end()
                 elif isinstance(event, Failure):
                     data = b"data: " + error_bytes(event.refusal, stream.flat) + b"\n\n" + SSE_DONE
-                    watch.since = loop.time()
+                    watch.begin()
                     await response.write(data)
-                    watch.since = None
+                    watch.end()
             await response.write_eof()
         finally:
             watch.stop()
@@ -101,7 +112,6 @@ async def write_frames(
         return
     async with outcome:
         watch = WriteWatch(transport, write_timeout)
-        loop = watch.loop
         reader = SSEReader()
         try:
             async for event in outcome:
@@ -109,9 +119,9 @@ async def write_frames(
                     for whole in reader.feed(event.data):
                         if whole.data is None:
                             continue  # a comment or keep-alive: nothing to send
-                        watch.since = loop.time()
+                        watch.begin()
                         await ws.send_str(whole.data.decode(errors="replace"))
-                        watch.since = None
+                        watch.end()
                 elif isinstance(event, Failure):
                     await ws.send_str(error_bytes(event.refusal, outcome.flat).decode())
                     await ws.send_str(WS_DONE)

@@ -44,7 +44,8 @@ def budget_for(gateway: GatewayDecl, *more: LimitsDecl | None) -> Budget:
 
 LENGTH_FIELDS = ("max_tokens", "max_completion_tokens", "n_predict")
 SEQUENCE_FIELDS = ("n", "best_of")
-ASKING_FIELDS = (*LENGTH_FIELDS, *SEQUENCE_FIELDS)
+ASKING_FIELDS = frozenset((*LENGTH_FIELDS, *SEQUENCE_FIELDS))
+BOUNDED_FIELDS = frozenset((*LENGTH_FIELDS, "min_tokens"))  # what `bound_output` may change
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ NO_ASK = OutputAsk(None)
 
 def output_ask(document: dict[str, Any]) -> OutputAsk:
     """The output a request asks for; Refusal 400 when a length or count is not a positive int."""
-    if not any(key in document for key in ASKING_FIELDS):
+    if document.keys().isdisjoint(ASKING_FIELDS):
         return NO_ASK
     lengths = [_positive(document, k, allow_unlimited=k == "n_predict") for k in LENGTH_FIELDS]
     given = [n for n in lengths if n is not None]
