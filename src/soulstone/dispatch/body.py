@@ -30,6 +30,28 @@ def _parse(body: bytes, containers: int) -> Any:
     return document
 
 
+def _containers(body: bytes) -> int:
+    """JSON objects and arrays in a body at most; Refusal 413 when there are too many."""
+    containers = body.count(b"{") + body.count(b"[")
+    if containers > MAX_CONTAINERS:
+        raise Refusal(413, "BODY_TOO_COMPLEX", f"the body holds more than {MAX_CONTAINERS} "
+                      "JSON objects and arrays")  # fmt: skip
+    return containers
+
+
+def _object(document: Any) -> dict[str, Any]:
+    if not isinstance(document, dict):
+        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
+    return document
+
+
+def parse_small(body: bytes) -> dict[str, Any] | None:
+    """A small body's document, parsed at once (Refusal when bad); None for a large body."""
+    if len(body) >= THREAD_PARSE_BYTES:
+        return None
+    return _object(_parse(body, _containers(body)))
+
+
 async def parse_document(body: bytes, big_parses: asyncio.Semaphore) -> dict[str, Any]:
     """The body as a JSON object; Refusal 400/413 when it is not one or holds too much.
 
@@ -37,15 +59,9 @@ async def parse_document(body: bytes, big_parses: asyncio.Semaphore) -> dict[str
     it is parsed (a few KiB of `[{},{},...]` would otherwise become gigabytes
     of Python objects); a large one is parsed in a thread, a few at a time.
     """
-    containers = body.count(b"{") + body.count(b"[")
-    if containers > MAX_CONTAINERS:
-        raise Refusal(413, "BODY_TOO_COMPLEX", f"the body holds more than {MAX_CONTAINERS} "
-                      "JSON objects and arrays")  # fmt: skip
-    if len(body) < THREAD_PARSE_BYTES:
-        document = _parse(body, containers)
-    else:
-        async with big_parses:
-            document = await asyncio.to_thread(_parse, body, containers)
-    if not isinstance(document, dict):
-        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
-    return document
+    small = parse_small(body)
+    if small is not None:
+        return small
+    containers = _containers(body)
+    async with big_parses:
+        return _object(await asyncio.to_thread(_parse, body, containers))

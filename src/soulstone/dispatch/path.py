@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from soulstone.codex.models import Soulstone
-from soulstone.dispatch.body import parse_document
+from soulstone.dispatch.body import parse_document, parse_small
 from soulstone.dispatch.call import (
     ENDPOINT_PATHS,
     REQUEST_ID,
@@ -78,23 +78,23 @@ class Record:
         return 0
 
 
-class Lease:
-    """Everything one call acquired; `release` gives it all back in reverse order, once."""
+class Lease(list[Callable[[], None]]):
+    """Everything one call acquired: `hold` how to give each back; `release` does, once.
 
-    __slots__ = ("_releases",)
+    Releases run in reverse order (last acquired first); one that fails stops
+    no other.
+    """
 
-    def __init__(self) -> None:
-        self._releases: list[Callable[[], None]] = []
+    __slots__ = ()
 
-    def hold(self, release: Callable[[], None]) -> None:
-        """Remember how to give back what was just acquired."""
-        self._releases.append(release)
+    hold = list.append  # remember how to give back what was just acquired
 
     def release(self) -> None:
-        """Give everything back, last acquired first; one failing release stops no other."""
-        releases, self._releases = self._releases, []
+        """Give everything back, last acquired first (then the lease is empty)."""
+        releases = self[::-1]
+        self.clear()
         failed: BaseException | None = None
-        for release in reversed(releases):
+        for release in releases:
             try:
                 release()
             except Exception as error:  # every release runs; the first error is raised after
@@ -182,7 +182,9 @@ class RequestPath:
             record.client = client
             services.guard.limiter.check(client)  # cheap refusals before the body is read
             body = await entry.read_body()
-            document = await parse_document(body, services.big_parses)
+            document = parse_small(body)  # at once, or (a large body) off the loop
+            if document is None:
+                document = await parse_document(body, services.big_parses)
         except Refusal as refusal:
             return self._refuse(record, refusal, wants_flat_errors(entry.headers, client))
         except Exception as error:
@@ -191,9 +193,9 @@ class RequestPath:
         validation = entry.headers.get(TOOL_VALIDATION_HEADER, "").lower()
         call = Call(
             entry.endpoint, document, client, entry.request_id, entry.session_id,
-            stream=entry.force_stream or document.get("stream") is True,
-            tool_validation="pass" if validation == "pass" else "refuse",
-            flat_errors=wants_flat_errors(entry.headers, client), body=body, way=entry.way,
+            entry.force_stream or document.get("stream") is True,
+            "pass" if validation == "pass" else "refuse",
+            wants_flat_errors(entry.headers, client), body, entry.way,
         )  # fmt: skip
         return await self._run(call, record)
 
@@ -216,11 +218,14 @@ class RequestPath:
             prepared = prepare(call, services.routes, services.adapters, services.codex,
                                services.policy, services.strict)  # fmt: skip
             record.model = prepared.model
-            record.content = _opted_in_content(call.client, call.document)
-            self._heartbeat(call, record)
+            if call.client.log_content:
+                record.content = _opted_in_content(call.client, call.document)
+            if call.session_id:
+                self._heartbeat(call, record)
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
             spend = self._reserve(call, prepared, budget, record, lease)
-            await self._admit(call, prepared, lease)
+            if not self._admit_now(prepared, lease):
+                await self._admit(call, prepared, lease)
             body = await self._fit_budget(call, prepared, budget, spend, record)
             soulstone = prepared.soulstone
             record.forwarded = True
@@ -248,15 +253,14 @@ class RequestPath:
         except Exception as error:
             self._release(lease, record)
             return self._refuse(record, self._internal(error), call.flat_errors)
-        self._answered(record, result.status, heartbeat=self._asks_heartbeat(result, prepared))
+        if record.heartbeat is not None:
+            self._answered(record, result.status, self._asks_heartbeat(result, prepared))
         self._release(lease, record)
         self._settle(record, result.status)
         return result
 
     def _heartbeat(self, call: Call, record: Record) -> None:
         """Count a heartbeat request of the session's chain (keyed by client and session)."""
-        if not call.session_id:
-            return
         services = self.services
         key = f"{call.client.name}\0{call.session_id}"
         limits = services.policy.clients.get(call.client.name, services.policy.heartbeat)
@@ -281,6 +285,24 @@ class RequestPath:
         spend = guard.limiter.admit(client, reserve)
         lease.hold(lambda: guard.limiter.settle(client, spend, record.used_tokens()))
         return spend
+
+    def _admit_now(self, prepared: Prepared, lease: Lease) -> bool:
+        """Take a free slot and the running engine without waiting (no adapter asked for).
+
+        False, holding nothing, when anything must wait: then `_admit` does it all.
+        """
+        if prepared.adapter is not None:
+            return False
+        slots, scheduler = self.services.guard.slots, self.services.scheduler
+        soulstone = prepared.soulstone
+        if not slots.try_acquire():
+            return False
+        if not scheduler.admit_now(soulstone):
+            slots.release()
+            return False
+        lease.hold(slots.release)
+        lease.hold(lambda: scheduler.release(soulstone))
+        return True
 
     async def _admit(self, call: Call, prepared: Prepared, lease: Lease) -> None:
         """Take a global slot, the engine (manifested, swapped in) and the adapter (hot)."""

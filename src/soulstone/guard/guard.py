@@ -27,6 +27,7 @@ class Guard:
     identities: Identities = field(default_factory=lambda: Identities(None))
     limiter: ClientLimiter = field(default_factory=ClientLimiter)
     slots: Slots = field(default_factory=lambda: Slots(16, 64))
+    _budgets: dict[tuple[str, int], Budget] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path, upstreams: Upstreams, overrides: dict[str, Any]) -> Guard:
@@ -42,6 +43,7 @@ class Guard:
         gateway = config.gateway.model_copy(update=self.overrides)
         self.config = config.model_copy(update={"gateway": gateway})
         self.identities = Identities(clients)
+        self._budgets = {}
         self.slots.limit, self.slots.queue = gateway.max_parallel, gateway.queue
 
     def reload(self) -> None:
@@ -54,5 +56,11 @@ class Guard:
         return self.config.gateway
 
     def budget(self, soulstone: Soulstone, client_limits: Any) -> Budget:
-        """The token budget for this soulstone and client."""
-        return budget_for(self.gateway, self.config.soulstones.get(soulstone.id), client_limits)
+        """The token budget for this soulstone and client (worked out once per clients file)."""
+        key = (soulstone.id, id(client_limits))  # limits objects live as long as this file
+        found = self._budgets.get(key)
+        if found is None:
+            found = budget_for(self.gateway, self.config.soulstones.get(soulstone.id),
+                               client_limits)  # fmt: skip
+            self._budgets[key] = found
+        return found

@@ -143,10 +143,16 @@ class Slots:
         """Requests queued for a slot."""
         return len(self._waiters)
 
-    async def acquire(self) -> None:
-        """Take a slot, waiting in the bounded queue; Refused (503) when it is full."""
+    def try_acquire(self) -> bool:
+        """Take a slot when one is free and nobody queues for it (no waiting); else False."""
         if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the bounded queue; Refused (503) when it is full."""
+        if self.try_acquire():
             return
         if len(self._waiters) >= self.queue:
             raise Refused(503, "GATEWAY_BUSY", f"{self.in_flight} requests in flight and "
