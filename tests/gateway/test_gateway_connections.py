@@ -204,9 +204,15 @@ def test_tcp_beyond_loopback_is_refused_without_the_flag(
 def test_tcp_beyond_loopback_with_the_flag_and_a_key(
     tmp_path: Path, start_gateway: StartGateway
 ) -> None:
-    port = free_port()
-    gateway = start_gateway(_codex(tmp_path), "--tcp", f"0.0.0.0:{port}", "--tcp-public",
-                            tcp=False)  # fmt: skip
+    for attempt in range(3):  # a free port may be taken by another socket before the bind
+        port = free_port()
+        try:
+            gateway = start_gateway(_codex(tmp_path / str(attempt)), "--tcp", f"0.0.0.0:{port}",
+                                    "--tcp-public", tcp=False)  # fmt: skip
+            break
+        except AssertionError as error:
+            if "address already in use" not in str(error) or attempt == 2:
+                raise
     with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=BOUND) as http:
         assert http.get("/v1/models").status_code == 401  # TCP callers need a key
         keyed = http.get("/v1/models", headers={"Authorization": f"Bearer {gateway.key}"})
