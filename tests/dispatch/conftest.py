@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from fakes.fake_engine import token_count
 from helpers import codex_of
 from soulstone.codex.models import Health, Soulstone
 from soulstone.dispatch.call import Endpoint, Entry
@@ -125,11 +126,7 @@ class FakeEngine:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         """vLLM's shape: words of the prompt, plus 4 per chat message."""
-        body = await request.json()
-        if "messages" in body:
-            count = sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
-        else:
-            count = len(str(body.get("prompt", "")).split())
+        count = token_count(await request.json())
         return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
 
     async def generate(self, request: web.Request) -> web.StreamResponse:

@@ -138,6 +138,13 @@ def _tool_call_chunks(model: str) -> list[bytes]:
     return chunks
 
 
+def token_count(body: dict[str, Any]) -> int:
+    """vLLM's /tokenize answer, faked: words of the prompt, plus 4 per chat message."""
+    if "messages" in body:
+        return sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
+    return len(str(body.get("prompt", "")).split())
+
+
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -191,11 +198,7 @@ class Engine:
 
     async def tokenize(self, request: web.Request) -> web.Response:
         """vLLM's shape: words of the prompt, plus 4 per chat message."""
-        body = await request.json()
-        if "messages" in body:
-            count = sum(len(str(m.get("content", "")).split()) + 4 for m in body["messages"])
-        else:
-            count = len(str(body.get("prompt", "")).split())
+        count = token_count(await request.json())
         return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
 
     async def embeddings(self, request: web.Request) -> web.Response:
