@@ -11,7 +11,7 @@ import pytest
 from dispatch.conftest import OWN_PEER, USAGE_TOTAL, BuildRig, Rig, peer
 from soulstone.dispatch.call import Answer, Rejection
 from soulstone.dispatch.events import Chunk, Done, Event, ToolCall
-from soulstone.dispatch.path import Stream
+from soulstone.dispatch.stream import Stream
 from soulstone.guard.clients import ClientDecl, ClientsDecl, GatewayDecl
 from soulstone.tools.policy import HeartbeatLimits, Policy
 

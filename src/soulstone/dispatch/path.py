@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import Any
 
 import orjson
@@ -30,11 +28,12 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.events import Event
 from soulstone.dispatch.forward import TAIL_BYTES, Upstream, send, total_tokens
+from soulstone.dispatch.lease import Lease, Record
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
 from soulstone.dispatch.services import Services
+from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
 from soulstone.guard.budget import BOUNDED_FIELDS, Budget, bound_output, fit
 from soulstone.guard.clients import Client
@@ -45,96 +44,6 @@ from soulstone.tools.heartbeat import HeartbeatRefused
 from soulstone.tools.stream import ToolStream
 
 CLIENT_GONE = 499  # the status logged for a request whose caller went away
-
-
-class Record:
-    """What settlement needs to know about one request, gathered along the path."""
-
-    __slots__ = (
-        "began", "client", "code", "content", "events", "forwarded", "heartbeat", "model",
-        "prompt_tokens", "request_id", "session_id", "settled", "total_tokens", "way",
-    )  # fmt: skip
-
-    def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
-        self.began = time.perf_counter()
-        self.request_id, self.session_id, self.way = request_id, session_id, way
-        self.client: Client | None = None
-        self.model: str | None = None
-        self.code: str | None = None
-        self.content: Any = None
-        self.prompt_tokens: int | None = None
-        self.total_tokens: int | None = None
-        self.events = 0
-        self.forwarded = False
-        self.heartbeat: str | None = None  # the session's chain key, when it has a session
-        self.settled = False
-
-    def used_tokens(self) -> int:
-        """Tokens to charge: the engine's report, else prompt + streamed events, else none."""
-        if self.total_tokens is not None:
-            return self.total_tokens
-        if self.forwarded:
-            return (self.prompt_tokens or 0) + self.events
-        return 0
-
-
-class Lease(list[Callable[[], None]]):
-    """Everything one call acquired: `hold` how to give each back; `release` does, once.
-
-    Releases run in reverse order (last acquired first); one that fails stops
-    no other.
-    """
-
-    __slots__ = ()
-
-    hold = list.append  # remember how to give back what was just acquired
-
-    def release(self) -> None:
-        """Give everything back, last acquired first (then the lease is empty)."""
-        releases = self[::-1]
-        self.clear()
-        failed: BaseException | None = None
-        for release in releases:
-            try:
-                release()
-            except Exception as error:  # every release runs; the first error is raised after
-                failed = failed or error
-        if failed is not None:
-            raise failed
-
-
-class Stream:
-    """A streamed answer: its events in order; closing it releases the lease and settles.
-
-    Use it as `async with stream:` so that a caller that goes away (or never
-    reads) still releases everything.
-    """
-
-    def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
-                 content_type: str, flat: bool = False) -> None:  # fmt: skip
-        self._events = events
-        self._close = close
-        self.content_type = content_type
-        self.flat = flat  # the caller's error shape, for Failure events
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._events
-
-    async def aclose(self) -> None:
-        """Stop reading the engine; release and settle (once)."""
-        try:
-            await self._events.aclose()  # type: ignore[attr-defined]
-        finally:
-            self._close()
-
-    async def __aenter__(self) -> Stream:
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:  # fmt: skip
-        await self.aclose()
 
 
 Outcome = Answer | Stream | Rejection
@@ -456,8 +365,3 @@ class RequestPath:
             total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
             content=record.content,
         )  # fmt: skip
-
-
-def render_error(rejection: Rejection) -> bytes:
-    """A rejection's body in the caller's error shape."""
-    return error_bytes(rejection.refusal, rejection.flat)

@@ -9,8 +9,9 @@ from aiohttp import web
 
 from soulstone.dispatch.call import Answer, Rejection
 from soulstone.dispatch.events import Chunk, Failure
-from soulstone.dispatch.path import Outcome, Stream
+from soulstone.dispatch.path import Outcome
 from soulstone.dispatch.refusals import error_bytes
+from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
 from soulstone.gateway.errors import error_response
 from soulstone.sse import SSEReader

@@ -6,8 +6,8 @@ import orjson
 from aiohttp import web
 
 from soulstone.dispatch.call import ENDPOINTS, REQUEST_ID, SESSION_ID, Entry, wants_flat_errors
-from soulstone.dispatch.path import Stream
 from soulstone.dispatch.services import Services
+from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
 from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.errors import error_response, from_http

@@ -1,0 +1,65 @@
+"""What one call holds (a Lease, released in reverse) and what its settlement needs (a Record)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from soulstone.guard.clients import Client
+
+
+class Record:
+    """What settlement needs to know about one request, gathered along the path."""
+
+    __slots__ = (
+        "began", "client", "code", "content", "events", "forwarded", "heartbeat", "model",
+        "prompt_tokens", "request_id", "session_id", "settled", "total_tokens", "way",
+    )  # fmt: skip
+
+    def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
+        self.began = time.perf_counter()
+        self.request_id, self.session_id, self.way = request_id, session_id, way
+        self.client: Client | None = None
+        self.model: str | None = None
+        self.code: str | None = None
+        self.content: Any = None
+        self.prompt_tokens: int | None = None
+        self.total_tokens: int | None = None
+        self.events = 0
+        self.forwarded = False
+        self.heartbeat: str | None = None  # the session's chain key, when it has a session
+        self.settled = False
+
+    def used_tokens(self) -> int:
+        """Tokens to charge: the engine's report, else prompt + streamed events, else none."""
+        if self.total_tokens is not None:
+            return self.total_tokens
+        if self.forwarded:
+            return (self.prompt_tokens or 0) + self.events
+        return 0
+
+
+class Lease(list[Callable[[], None]]):
+    """Everything one call acquired: `hold` how to give each back; `release` does, once.
+
+    Releases run in reverse order (last acquired first); one that fails stops
+    no other.
+    """
+
+    __slots__ = ()
+
+    hold = list.append  # remember how to give back what was just acquired
+
+    def release(self) -> None:
+        """Give everything back, last acquired first (then the lease is empty)."""
+        releases = self[::-1]
+        self.clear()
+        failed: BaseException | None = None
+        for release in releases:
+            try:
+                release()
+            except Exception as error:  # every release runs; the first error is raised after
+                failed = failed or error
+        if failed is not None:
+            raise failed

@@ -1,0 +1,42 @@
+"""A streamed answer: its typed events in order, and a close that releases and settles once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+
+from soulstone.dispatch.events import Event
+
+
+class Stream:
+    """A streamed answer: its events in order; closing it releases the lease and settles.
+
+    Use it as `async with stream:` so that a caller that goes away (or never
+    reads) still releases everything.
+    """
+
+    def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
+                 content_type: str, flat: bool = False) -> None:  # fmt: skip
+        self._events = events
+        self._close = close
+        self.content_type = content_type
+        self.flat = flat  # the caller's error shape, for Failure events
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events
+
+    async def aclose(self) -> None:
+        """Stop reading the engine; release and settle (once)."""
+        try:
+            await self._events.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._close()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:  # fmt: skip
+        await self.aclose()
