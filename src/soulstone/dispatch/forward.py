@@ -59,19 +59,37 @@ class _Deadline:
         self.handle.cancel()
 
 
-class _Idle:
-    """Closes the upstream when a stream makes no progress for `timeout` seconds.
+class Progress:
+    """Whether the caller is reading: set by the transport around each write of a stream.
 
-    One timer per stream, re-armed only when it fires: each chunk costs a
-    clock read, not a timer reschedule.
+    `writing` is True while a write waits; `on_stall` (the transport's) cuts a
+    caller that stopped reading.
     """
 
-    __slots__ = ("fired", "handle", "last", "loop", "timeout", "upstream")
+    __slots__ = ("on_stall", "writing")
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.on_stall: Callable[[], None] | None = None
+
+
+class _Idle:
+    """Ends a stream that makes no progress for `timeout` seconds, on either side.
+
+    An engine that sends nothing: the upstream is closed (the pending read
+    fails at once). A caller that stopped reading (a write still waits): it is
+    cut too, so it cannot keep its slot. One timer per stream, re-armed only
+    when it fires: each chunk costs a clock read, not a timer reschedule.
+    """
+
+    __slots__ = ("fired", "handle", "last", "loop", "progress", "timeout", "upstream")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: aiohttp.ClientResponse
-    ) -> None:
+        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: aiohttp.ClientResponse,
+        progress: Progress,
+    ) -> None:  # fmt: skip
         self.loop, self.timeout, self.upstream = loop, timeout, upstream
+        self.progress = progress
         self.last = loop.time()
         self.fired = False
         self.handle = loop.call_later(timeout, self._check)
@@ -82,6 +100,9 @@ class _Idle:
             self.handle = self.loop.call_later(self.timeout - idle, self._check)
             return
         self.fired = True
+        progress = self.progress
+        if progress.writing and progress.on_stall is not None:
+            progress.on_stall()  # the caller stopped reading: its write fails at once
         self.upstream.close()  # the pending read fails at once
 
     def stop(self) -> None:
@@ -103,6 +124,7 @@ class Upstream:
         self.events_seen = 0
         self.total_tokens: int | None = None
         self.failure: Refusal | None = None
+        self.progress = Progress()
 
     async def events(
         self, on_failure: Callable[[], None], transform: ToolStream | None = None
@@ -114,7 +136,7 @@ class Upstream:
         """
         response = self.response
         loop = asyncio.get_running_loop()
-        watchdog = _Idle(loop, self.timeout, response)
+        watchdog = _Idle(loop, self.timeout, response, self.progress)
         content = response.content
         tail = b""
         whole = False

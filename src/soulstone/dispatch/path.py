@@ -318,7 +318,7 @@ class RequestPath:
             self._release(lease, record)
             self._settle(record, 200)
 
-        return Stream(events, close, upstream.content_type, call.flat_errors)
+        return Stream(events, close, upstream.content_type, call.flat_errors, upstream.progress)
 
     # -- the end ------------------------------------------------------------------------
 

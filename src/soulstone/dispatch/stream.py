@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from soulstone.dispatch.events import Event
+from soulstone.dispatch.forward import Progress
 
 
 class Stream:
@@ -16,11 +17,14 @@ class Stream:
     """
 
     def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
-                 content_type: str, flat: bool = False) -> None:  # fmt: skip
+                 content_type: str, flat: bool, progress: Progress) -> None:  # fmt: skip
         self._events = events
         self._close = close
         self.content_type = content_type
         self.flat = flat  # the caller's error shape, for Failure events
+        # The transport sets `progress.writing` around each write and `progress.on_stall`:
+        # a write that waits as long as the completion timeout cuts the caller.
+        self.progress = progress
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
@@ -20,47 +20,16 @@ SSE_DONE = b"data: [DONE]\n\n"
 WS_DONE = "[DONE]"
 
 
-class WriteWatch:
-    """Aborts the connection of a caller that stops reading: no write may wait `timeout` s.
+def _abort(transport: asyncio.BaseTransport | None) -> Callable[[], None] | None:
+    """How to cut a caller that stopped reading (None without a transport).
 
-    The caller brackets each write with `begin()` / `end()` (two attribute
-    updates, no clock read); one timer, re-armed every `timeout` seconds,
-    aborts when the same write was pending at two checks in a row.
+    Abort, not close: close waits for the unread buffer to drain, which never
+    happens. (uvloop's transports abort too, but are no asyncio.WriteTransport.)
     """
-
-    __slots__ = ("handle", "loop", "pending", "seen", "timeout", "transport", "writes")
-
-    def __init__(self, transport: asyncio.BaseTransport | None, timeout: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.transport, self.timeout = transport, timeout
-        self.writes = 0  # writes begun
-        self.pending = False  # the last one has not returned yet
-        self.seen = -1  # the write pending at the last check
-        self.handle = self.loop.call_later(timeout, self._check)
-
-    def begin(self) -> None:
-        """A write starts."""
-        self.writes += 1
-        self.pending = True
-
-    def end(self) -> None:
-        """The write returned."""
-        self.pending = False
-
-    def _check(self) -> None:
-        if self.pending and self.seen == self.writes:
-            if self.transport is not None:
-                # abort, not close: close waits for the unread buffer to drain, which a
-                # stalled reader never lets happen; abort drops it and fails the write.
-                # (uvloop's transports abort too, but are no asyncio.WriteTransport.)
-                getattr(self.transport, "abort", self.transport.close)()
-            return
-        self.seen = self.writes if self.pending else -1
-        self.handle = self.loop.call_later(self.timeout, self._check)
-
-    def stop(self) -> None:
-        """No more writes."""
-        self.handle.cancel()
+    if transport is None:
+        return None
+    abort: Callable[[], None] = getattr(transport, "abort", transport.close)
+    return abort
 
 
 def whole_response(outcome: Answer | Rejection, correlation: Mapping[str, str]) -> web.Response:
@@ -71,34 +40,30 @@ def whole_response(outcome: Answer | Rejection, correlation: Mapping[str, str]) 
                         headers={"Content-Type": outcome.content_type, **correlation})  # fmt: skip
 
 
-async def write_sse(request: web.Request, stream: Stream, correlation: Mapping[str, str],
-                    write_timeout: float) -> web.StreamResponse:  # fmt: skip
+async def write_sse(request: web.Request, stream: Stream,
+                    correlation: Mapping[str, str]) -> web.StreamResponse:  # fmt: skip
     """Relay a stream's events as server-sent events, unbuffered; errors end with [DONE]."""
     async with stream:
         headers = {"Content-Type": stream.content_type, "Cache-Control": "no-cache"}
         response = web.StreamResponse(headers={**headers, **correlation})
         await response.prepare(request)
-        watch = WriteWatch(request.transport, write_timeout)
-        try:
-            async for event in stream:
-                if isinstance(event, Chunk):
-                    watch.begin()
-                    await response.write(event.data)  # a caller gone away raises: nothing to tell
-                    watch.end()
-                elif isinstance(event, Failure):
-                    data = b"data: " + error_bytes(event.refusal, stream.flat) + b"\n\n" + SSE_DONE
-                    watch.begin()
-                    await response.write(data)
-                    watch.end()
-            await response.write_eof()
-        finally:
-            watch.stop()
+        progress = stream.progress
+        progress.on_stall = _abort(request.transport)
+        async for event in stream:
+            if isinstance(event, Chunk):
+                progress.writing = True
+                await response.write(event.data)  # a caller gone away raises: nothing to tell
+                progress.writing = False
+            elif isinstance(event, Failure):
+                data = b"data: " + error_bytes(event.refusal, stream.flat) + b"\n\n" + SSE_DONE
+                await response.write(data)
+        await response.write_eof()
     return response
 
 
 async def write_frames(
     ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, outcome: Outcome,
-    flat: bool, write_timeout: float,
+    flat: bool,
 ) -> None:  # fmt: skip
     """One request's answer as WebSocket text frames, always ending with `[DONE]`."""
     if isinstance(outcome, Rejection):
@@ -112,19 +77,17 @@ async def write_frames(
         await ws.send_str(WS_DONE)
         return
     async with outcome:
-        watch = WriteWatch(transport, write_timeout)
+        progress = outcome.progress
+        progress.on_stall = _abort(transport)
         reader = SSEReader()
-        try:
-            async for event in outcome:
-                if isinstance(event, Chunk):
-                    for whole in reader.feed(event.data):
-                        if whole.data is None:
-                            continue  # a comment or keep-alive: nothing to send
-                        watch.begin()
-                        await ws.send_str(whole.data.decode(errors="replace"))
-                        watch.end()
-                elif isinstance(event, Failure):
-                    await ws.send_str(error_bytes(event.refusal, outcome.flat).decode())
-                    await ws.send_str(WS_DONE)
-        finally:
-            watch.stop()
+        async for event in outcome:
+            if isinstance(event, Chunk):
+                for whole in reader.feed(event.data):
+                    if whole.data is None:
+                        continue  # a comment or keep-alive: nothing to send
+                    progress.writing = True
+                    await ws.send_str(whole.data.decode(errors="replace"))
+                    progress.writing = False
+            elif isinstance(event, Failure):
+                await ws.send_str(error_bytes(event.refusal, outcome.flat).decode())
+                await ws.send_str(WS_DONE)

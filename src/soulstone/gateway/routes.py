@@ -38,7 +38,7 @@ async def generation(request: web.Request) -> web.StreamResponse:
                   lambda: read_body(request), ids[REQUEST_ID], ids.get(SESSION_ID))  # fmt: skip
     outcome = await request.app[REQUEST_PATH].enter(entry)
     if isinstance(outcome, Stream):
-        return await write_sse(request, outcome, ids, services.guard.gateway.timeout_s)
+        return await write_sse(request, outcome, ids)
     return whole_response(outcome, ids)
 
 

@@ -35,7 +35,6 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S)
     ws.headers.update(ids)
     await ws.prepare(request)
-    timeout = services.guard.gateway.timeout_s
     number = 0
     async for message in ws:
         if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -45,7 +44,7 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
         if message.type == WSMsgType.BINARY:
             bad = Refusal(400, "BAD_FRAME", "send each request as a JSON text frame")
             rejection = path.refuse(request_id, ids.get(SESSION_ID), "websocket", bad, flat)
-            await write_frames(ws, request.transport, rejection, flat, timeout)
+            await write_frames(ws, request.transport, rejection, flat)
             continue
         body = message.data.encode()
 
@@ -56,5 +55,5 @@ async def stream_socket(request: web.Request) -> web.StreamResponse:
                       ids.get(SESSION_ID), way="websocket", client=client,
                       force_stream=True)  # fmt: skip
         outcome = await path.enter(entry)
-        await write_frames(ws, request.transport, outcome, flat, timeout)
+        await write_frames(ws, request.transport, outcome, flat)
     return ws
