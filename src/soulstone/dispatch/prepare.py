@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.dispatch.call import Call
 from soulstone.errors import Refusal
-from soulstone.guard.budget import OutputAsk, output_ask
+from soulstone.guard.budget import NO_ASK, OutputAsk, output_ask
 from soulstone.lora.registry import AdapterRecord
 from soulstone.tools.legacy import translate_functions
 from soulstone.tools.policy import Policy, check_tools
@@ -78,10 +78,12 @@ def prepare(
     if call.stream != (document.get("stream") is True):
         document = {**document, "stream": call.stream}
         changed = True
-    unknown = unknown_tools_mode(call, policy, strict)
+    hermes = soulstone.tool_parser == "hermes"
+    unknown: UnknownTools = "pass"  # only asked when there are tools or tool-call text
+    if "tools" in document or hermes:
+        unknown = unknown_tools_mode(call, policy, strict)
     if "tools" in document:
         check_tools(document["tools"], policy, (model, *soulstone.models), unknown)
-    output = output_ask(document) if call.endpoint != "embeddings" else OutputAsk(None)
-    hermes = soulstone.tool_parser == "hermes"
+    output = output_ask(document) if call.endpoint != "embeddings" else NO_ASK
     tools = call.endpoint == "chat" and ("tools" in document or hermes)
     return Prepared(soulstone, model, adapter, document, changed, output, unknown, hermes, tools)
