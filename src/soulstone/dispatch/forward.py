@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable
 
-import aiohttp
-from yarl import URL
-
-from soulstone.dispatch.call import Answer
+from soulstone.dispatch.call import REQUEST_ID, Answer
 from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
 from soulstone.errors import Refusal
+from soulstone.runtimes.http1 import EngineConnection, EnginePool, post
 from soulstone.tools.stream import ToolStream
 
-UPSTREAM_ERRORS = (aiohttp.ClientError, OSError)
+UPSTREAM_ERRORS = (OSError,)  # EngineConnectionError is a ConnectionError
+_ID_HEADER = f"{REQUEST_ID}: ".encode()
 _TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
 TAIL_BYTES = 4096
 
@@ -85,7 +84,7 @@ class _Idle:
     __slots__ = ("fired", "handle", "last", "loop", "progress", "timeout", "upstream")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: aiohttp.ClientResponse,
+        self, loop: asyncio.AbstractEventLoop, timeout: float, upstream: EngineConnection,
         progress: Progress,
     ) -> None:  # fmt: skip
         self.loop, self.timeout, self.upstream = loop, timeout, upstream
@@ -117,10 +116,11 @@ class Upstream:
     `events_seen` the `data:` lines passed on (a usage estimate).
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
+    def __init__(self, response: EngineConnection, content_type: str | None,
+                 timeout: float) -> None:  # fmt: skip
         self.response = response
         self.timeout = timeout
-        self.content_type = response.headers.get("Content-Type", "text/event-stream")
+        self.content_type = content_type or "text/event-stream"
         self.events_seen = 0
         self.total_tokens: int | None = None
         self.failure: Refusal | None = None
@@ -137,13 +137,13 @@ class Upstream:
         response = self.response
         loop = asyncio.get_running_loop()
         watchdog = _Idle(loop, self.timeout, response, self.progress)
-        content = response.content
+        read = response.read
         tail = b""
         whole = False
         try:
             while True:
                 try:
-                    chunk = await content.readany()
+                    chunk = await read()
                 except UPSTREAM_ERRORS:
                     if watchdog.fired:
                         self.failure = timed_out_refusal(self.timeout)
@@ -185,9 +185,17 @@ class Upstream:
         self.response.close()
 
 
+def request_head(prefix: bytes, request_id: str, length: int) -> bytes:
+    """The whole request head: method, path, Host and Content-Type from `prefix`, then ours."""
+    if "\r" in request_id or "\n" in request_id:  # never a header of its own
+        request_id = request_id.replace("\r", " ").replace("\n", " ")
+    return b"%s%s%s\r\nContent-Length: %d\r\n\r\n" % (
+        prefix, _ID_HEADER, request_id.encode("utf-8", "surrogateescape"), length)  # fmt: skip
+
+
 async def send(
-    session: aiohttp.ClientSession, url: URL, body: bytes, headers: Mapping[str, str],
-    stream: bool, timeout: float, on_failure: Callable[[], None],
+    pool: EnginePool, head: bytes, body: bytes, stream: bool, timeout: float,
+    on_failure: Callable[[], None],
 ) -> Answer | Upstream:  # fmt: skip
     """Post the body; a whole Answer (any status), or an Upstream stream when it is one.
 
@@ -198,22 +206,24 @@ async def send(
     deadline = _Deadline(loop, timeout)
     try:
         try:
-            response = await session.post(url, data=body, headers=headers)
-        except UPSTREAM_ERRORS as error:
+            connection, answer = await post(pool, head, body)
+        except (*UPSTREAM_ERRORS, TimeoutError) as error:
             on_failure()
             raise Refusal(502, "ENGINE_UNREACHABLE", f"the engine did not answer: "
                           f"{type(error).__name__}") from None  # fmt: skip
-        if stream and response.status == 200:
-            return Upstream(response, timeout)
+        if stream and answer.status == 200:
+            return Upstream(connection, answer.content_type, timeout)
         try:
-            data = await response.read()
+            data = await connection.read_all()
         except UPSTREAM_ERRORS:
+            connection.close()
             on_failure()
             raise Refusal(502, "ENGINE_FAILED", "the engine stopped before it answered") from None
-        finally:
-            response.release()
-        content_type = response.headers.get("Content-Type", "application/json")
-        return Answer(response.status, data, content_type)
+        except BaseException:
+            connection.close()
+            raise
+        connection.release()
+        return Answer(answer.status, data, answer.content_type or "application/json")
     except asyncio.CancelledError:
         if deadline.fired and deadline.task is not None:
             deadline.task.uncancel()

@@ -20,7 +20,6 @@ from soulstone.codex.models import Soulstone
 from soulstone.dispatch.body import parse_document, parse_small
 from soulstone.dispatch.call import (
     ENDPOINT_PATHS,
-    REQUEST_ID,
     TOOL_VALIDATION_HEADER,
     Answer,
     Call,
@@ -28,7 +27,7 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.forward import TAIL_BYTES, Upstream, send, total_tokens
+from soulstone.dispatch.forward import TAIL_BYTES, Upstream, request_head, send, total_tokens
 from soulstone.dispatch.lease import Lease, Record
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
@@ -138,10 +137,10 @@ class RequestPath:
             body = await self._fit_budget(call, prepared, budget, spend, record)
             soulstone = prepared.soulstone
             record.forwarded = True
+            upstreams = services.upstreams
+            prefix = upstreams.request_head(soulstone, ENDPOINT_PATHS[call.endpoint])
             result = await send(
-                services.upstreams.session(soulstone),
-                services.upstreams.url(soulstone, ENDPOINT_PATHS[call.endpoint]), body,
-                {"Content-Type": "application/json", REQUEST_ID: call.request_id},
+                upstreams.pool(soulstone), request_head(prefix, call.request_id, len(body)), body,
                 call.stream, services.guard.gateway.timeout_s,
                 lambda: services.engine_failed(soulstone),
             )  # fmt: skip

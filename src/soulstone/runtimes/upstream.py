@@ -1,4 +1,10 @@
-"""Pooled keep-alive HTTP clients to engines, over TCP or Unix sockets."""
+"""Pooled keep-alive HTTP clients to engines, over TCP or Unix sockets.
+
+Two kinds: the request path's own small client (`runtimes/http1.py`, one pool
+per engine address, the hot path) and an aiohttp session per address for
+everything else (adapter loads, tokenizing), where aiohttp's cost does not
+matter.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import aiohttp
 from yarl import URL
 
 from soulstone.codex.models import Soulstone
+from soulstone.runtimes.http1 import EnginePool
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -23,6 +30,8 @@ class Upstreams:
     def __init__(self) -> None:
         self._sessions: dict[tuple[str, object], aiohttp.ClientSession] = {}
         self._urls: dict[tuple[str, str], URL] = {}
+        self._pools: dict[tuple[str, str | int], EnginePool] = {}
+        self._heads: dict[tuple[str, str], bytes] = {}
 
     def url(self, soulstone: Soulstone, path: str) -> URL:
         """The parsed upstream URL for a path (parsed once, then reused)."""
@@ -30,6 +39,30 @@ class Upstreams:
         found = self._urls.get(key)
         if found is None:
             found = self._urls[key] = URL(base_url(soulstone) + path)
+        return found
+
+    def pool(self, soulstone: Soulstone) -> EnginePool:
+        """The request path's connection pool for this soulstone's address."""
+        key: tuple[str, str | int] = (
+            ("unix", soulstone.socket)
+            if soulstone.socket is not None
+            else ("tcp", soulstone.port or 0)
+        )
+        found = self._pools.get(key)
+        if found is None:
+            found = self._pools[key] = EnginePool(key)
+        return found
+
+    def request_head(self, soulstone: Soulstone, path: str) -> bytes:
+        """`POST path`, Host and Content-Type as bytes, built once per soulstone and path."""
+        key = (soulstone.id, path)
+        found = self._heads.get(key)
+        if found is None:
+            host = "localhost" if soulstone.socket is not None else f"127.0.0.1:{soulstone.port}"
+            found = self._heads[key] = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+                "Content-Type: application/json\r\n".encode()
+            )
         return found
 
     def session(self, soulstone: Soulstone) -> aiohttp.ClientSession:
@@ -54,11 +87,15 @@ class Upstreams:
         return found
 
     def forget(self) -> None:
-        """Drop the cached URLs (after a reload, addresses may have changed)."""
+        """Drop the cached URLs and heads (after a reload, addresses may have changed)."""
         self._urls.clear()
+        self._heads.clear()
 
     async def close(self) -> None:
         """Close every pool."""
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
