@@ -1,0 +1,133 @@
+"""Gateway CPU per request, two versions side by side, interleaved: a fair A/B on a noisy box.
+
+    .venv/bin/python benchmarks/gateway_ab.py --before GIT_REF [--rounds 4] [--requests 4000]
+
+Both gateways (this checkout's and the one of GIT_REF, each with its own stub
+engines) and the minimal aiohttp pass-through run at once; each round asks
+every one of them in a new random order, on the Unix socket and over TCP,
+streamed and not, at c=16 (CPU per request, read from /proc) and at c=1
+(p50 latency). Medians over rounds go to benchmarks/results/gateway_ab.json
+and a table to stdout. Shorter than gateway_overhead.py, and less exposed to
+the machine drifting during the run, since every version sees every drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway_overhead import (
+    PYTHON,
+    REQUESTS,
+    ROOT,
+    export_source,
+    free_port,
+    measure,
+    pinned,
+    start_gateway,
+    wait_listening,
+    write_codex,
+)
+
+from soulstone.guard.keys import new_key
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
+    parser.add_argument("--before", required=True, metavar="GIT_REF")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=4000)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    bench = args.bench_dir
+    REQUESTS[16] = args.requests
+    REQUESTS[1] = max(500, args.requests // 4)
+    work = Path(tempfile.mkdtemp(prefix="ss-ab-", dir="/tmp"))
+    key, _ = new_key()
+    processes: list[subprocess.Popen[bytes]] = []
+    targets: list[tuple[str, dict[str, str], str, int]] = []
+    try:
+        for name, source in (("now", None), (f"before {args.before}", "before")):
+            src = export_source(args.before, work / "before-src") if source else None
+            codex = write_codex(work / f"codex-{source or 'now'}", bench, free_port(),
+                                str(work / f"stub-{source or 'now'}.sock"))  # fmt: skip
+            gateway, sock, port = start_gateway(work / (source or "now"), codex, key, src)
+            processes.append(gateway)
+            targets += [(f"{name}, UDS", {"socket": sock}, "stub-uds", gateway.pid),
+                        (f"{name}, TCP", {"url": f"http://127.0.0.1:{port}", "key": key}, "stub",
+                         gateway.pid)]  # fmt: skip
+        stub_port, proxy_port = free_port(), free_port()
+        stub_socket, proxy_socket = str(work / "stub-proxy.sock"), str(work / "proxy.sock")
+        stub = [PYTHON, str(bench / "upstream_stub.py"), "--tokens", "16"]
+        processes.append(pinned(0, [*stub, "--port", str(stub_port), "--model", "stub"],
+                                stdout=subprocess.DEVNULL))  # fmt: skip
+        processes.append(pinned(0, [*stub, "--socket", stub_socket, "--model", "stub-uds"],
+                                stdout=subprocess.DEVNULL))  # fmt: skip
+        wait_listening(stub_socket)
+        wait_listening(f"127.0.0.1:{stub_port}")
+        proxy = [PYTHON, str(ROOT / "benchmarks" / "minimal_proxy.py")]
+        uds_proxy = pinned(0, [*proxy, "--socket", proxy_socket, "--upstream-socket", stub_socket],
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+        upstream_url = f"http://127.0.0.1:{stub_port}"
+        tcp_proxy = pinned(0, [*proxy, "--port", str(proxy_port), "--upstream-url", upstream_url],
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+        processes += [uds_proxy, tcp_proxy]
+        wait_listening(proxy_socket)
+        wait_listening(f"127.0.0.1:{proxy_port}")
+        targets += [("minimal proxy, UDS", {"socket": proxy_socket}, "stub-uds", uds_proxy.pid),
+                    ("minimal proxy, TCP", {"url": f"http://127.0.0.1:{proxy_port}"}, "stub",
+                     tcp_proxy.pid)]  # fmt: skip
+        runs: list[dict[str, Any]] = []
+        for round_ in range(args.rounds):
+            for stream in (False, True):
+                for concurrency in (16, 1):
+                    order = targets[:]
+                    random.shuffle(order)
+                    for name, target, model, pid in order:
+                        run = measure(bench, target, concurrency, stream, model, pid)
+                        run |= {"path": name, "stream": stream, "concurrency": concurrency,
+                                "round": round_}  # fmt: skip
+                        runs.append(run)
+                        print(f"{round_} {name:28} stream={stream!s:5} c={concurrency:<2} "
+                              f"cpu/req={run['proxy_cpu_us_per_req']:.0f}us "
+                              f"p50={run['latency_ms']['p50']:.3f}ms errors={run['errors']}",
+                              flush=True)  # fmt: skip
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    args.out.mkdir(parents=True, exist_ok=True)
+    document = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "before": args.before, "runs": runs}  # fmt: skip
+    (args.out / "gateway_ab.json").write_text(json.dumps(document, indent=1))
+    print(summary(runs))
+
+
+def summary(runs: list[dict[str, Any]]) -> str:
+    """Median CPU µs/request at c=16 and p50 ms at c=1, per path and stream."""
+    lines = ["| path | stream | CPU µs/req c=16 | p50 ms c=1 |", "|---|---|---|---|"]
+    names = list(dict.fromkeys(run["path"] for run in runs))
+    for stream in (False, True):
+        for name in names:
+            mine = [r for r in runs if r["path"] == name and r["stream"] == stream]
+            cpu = statistics.median(r["proxy_cpu_us_per_req"] for r in mine
+                                    if r["concurrency"] == 16)  # fmt: skip
+            p50 = statistics.median(r["latency_ms"]["p50"] for r in mine if r["concurrency"] == 1)
+            lines.append(f"| {name} | {stream} | {cpu:.0f} | {p50:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
