@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -145,6 +146,47 @@ def token_count(body: dict[str, Any]) -> int:
     return len(str(body.get("prompt", "")).split())
 
 
+DIRECTIVE = re.compile(r"\[\[(\w[\w-]*)(?:=(.*?))?\]\]", re.S)
+
+
+def directives(body: dict[str, Any]) -> dict[str, str]:
+    """`[[name=value]]` marks in a chat request's system messages: how to answer (tests only).
+
+    delay=MS (wait first), fail=STATUS (answer that error), say=TEXT (answer
+    exactly that), echo (answer the last user message), json=TEXT (the answer
+    when structured output is forced), veto-while=TEXT (forced output: veto
+    while the prompt contains TEXT, else accept).
+    """
+    found: dict[str, str] = {}
+    for message in body.get("messages") or []:
+        if isinstance(message, dict) and message.get("role") == "system":
+            for name, value in DIRECTIVE.findall(str(message.get("content", ""))):
+                found[name] = value
+    return found
+
+
+def forced_json(body: dict[str, Any], marks: dict[str, str]) -> str | None:
+    """The answer under structured output (vLLM's response_format, llama-server's json_schema)."""
+    schema = body.get("json_schema")
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        return None
+    if "json" in marks:
+        return marks["json"]
+    if "veto-while" in marks:
+        prompt = json.dumps(body.get("messages"))
+        if marks["veto-while"] in prompt:
+            return json.dumps({"verdict": "veto", "reason": "not yet"})
+        return json.dumps({"verdict": "accept", "reason": "fine"})
+    properties = schema.get("properties") or {}
+    if "personas" in properties:
+        choices = properties["personas"].get("items", {}).get("enum", [])
+        return json.dumps({"personas": choices[:1]})
+    return json.dumps({"verdict": "accept", "reason": "fine"})
+
+
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -233,9 +275,22 @@ class Engine:
         self.stats["in_flight"] += 1
         self.record.append(f"begin {model}")
         headers = {"X-Request-ID": request.headers.get("X-Request-ID", "")}
+        marks = directives(body) if kind == "chat" else {}
         try:
-            await asyncio.sleep(self.args.ttft_ms / 1000)
+            await asyncio.sleep(self.args.ttft_ms / 1000 + float(marks.get("delay", 0)) / 1000)
+            if "fail" in marks:
+                self.record.append(f"fail {model}")
+                return web.json_response({"error": {"message": "told to fail"}},
+                                         status=int(marks["fail"]))  # fmt: skip
             words = [f"tok{i}" for i in range(tokens)]
+            forced = forced_json(body, marks) if kind == "chat" else None
+            if forced is not None:
+                words = [forced]
+            elif "say" in marks:
+                words = marks["say"].split(" ")
+            elif "echo" in marks:
+                words = str((body.get("messages") or [{}])[-1].get("content", "")).split(" ")
+            tokens = len(words)
             if not body.get("stream"):
                 await asyncio.sleep(self.args.token_delay_ms * max(0, tokens - 1) / 1000)
                 text = " ".join(words)

@@ -43,6 +43,8 @@ class Call(NamedTuple):
     flat_errors: bool = False
     body: bytes | None = None
     way: str = "http"
+    council: str | None = None  # a council persona's call: the council's name
+    persona: str | None = None  # and the persona's
 
 
 class Entry(NamedTuple):

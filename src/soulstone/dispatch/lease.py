@@ -13,8 +13,9 @@ class Record:
     """What settlement needs to know about one request, gathered along the path."""
 
     __slots__ = (
-        "began", "client", "code", "content", "events", "forwarded", "heartbeat", "model",
-        "prompt_tokens", "request_id", "session_id", "settled", "total_tokens", "way",
+        "began", "client", "code", "content", "council", "events", "forwarded", "heartbeat",
+        "model", "persona", "prompt_tokens", "request_id", "session_id", "settled",
+        "total_tokens", "way",
     )  # fmt: skip
 
     def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
@@ -30,6 +31,8 @@ class Record:
         self.forwarded = False
         self.heartbeat: str | None = None  # the session's chain key, when it has a session
         self.settled = False
+        self.council: str | None = None
+        self.persona: str | None = None
 
     def used_tokens(self) -> int:
         """Tokens to charge: the engine's report, else prompt + streamed events, else none."""

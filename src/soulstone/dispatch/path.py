@@ -114,7 +114,9 @@ class RequestPath:
 
     async def dispatch(self, call: Call) -> Outcome:
         """Serve a call whose caller is already identified (a council persona)."""
-        return await self._run(call, Record(call.request_id, call.session_id, call.way))
+        record = Record(call.request_id, call.session_id, call.way)
+        record.council, record.persona = call.council, call.persona
+        return await self._run(call, record)
 
     # -- the path -----------------------------------------------------------------------
 
@@ -360,7 +362,8 @@ class RequestPath:
         services.requests_log.write(
             request_id=record.request_id, session_id=record.session_id,
             client=client.name if client else None, model=model, status=status,
-            code=record.code, way=record.way, prompt_tokens=record.prompt_tokens,
+            code=record.code, way=record.way, council=record.council, persona=record.persona,
+            prompt_tokens=record.prompt_tokens,
             total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
             content=record.content,
         )  # fmt: skip

@@ -64,6 +64,22 @@ class Metrics:
         self.in_flight = Gauge(
             "soulstone_in_flight", "Requests being served.", registry=self.registry
         )
+        self.council_runs = Counter(
+            "soulstone_council_runs", "Council runs, by council and outcome (answered or the "
+            "error code).", ["council", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.council_persona_seconds = Histogram(
+            "soulstone_council_persona_seconds", "Time one persona of a council took to answer.",
+            ["council", "persona"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.council_vetoes = Counter(
+            "soulstone_council_vetoes", "Drafts a council's veto persona sent back.",
+            ["council"], registry=self.registry,
+        )  # fmt: skip
+        self.council_quorum_failures = Counter(
+            "soulstone_council_quorum_failures", "Council rounds with fewer answers than the "
+            "quorum.", ["council"], registry=self.registry,
+        )  # fmt: skip
         # labels() takes a lock and builds a key on every call: keep the children.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._latency_children: dict[str, Any] = {}
