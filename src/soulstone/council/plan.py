@@ -137,26 +137,27 @@ def plan_waves(
     """The waves that ask these personas with the fewest swaps.
 
     `running` holds the ids of the soulstones running now: the wave holding
-    them goes first. `after` are personas asked once the waves are done (the
-    aggregator, the veto): a wave their soulstones can run beside goes last,
-    so they need no swap of their own when one can be spared. Raises the
-    request path's Refusal for a persona whose model nothing serves.
+    them goes first. `after` are personas asked once the waves are done, in
+    order (the aggregator, then the veto): the wave the first of them can run
+    beside goes last, so it needs no swap of its own, and so on down the
+    list. Raises the request path's Refusal for a persona whose model
+    nothing serves.
     """
     if not personas:
         return []
     served = persona_soulstones(personas, codex, adapters)
-    then = persona_soulstones(after, codex, adapters).values()
+    then = list(persona_soulstones(after, codex, adapters).values())
     by_id = {s.id: s for s in served.values()}
     stones = sorted(by_id.values(), key=lambda s: (s.id not in running, s.id))
     partition = _fewest_waves(stones, running)
     position = {p.name: i for i, p in enumerate(personas)}
 
-    def order(wave: list[Soulstone]) -> tuple[int, int, int]:
+    def order(wave: list[Soulstone]) -> tuple[int, tuple[bool, ...], int]:
         live = sum(s.id in running for s in wave)
-        beside_after = all(_compatible(wave, s) for s in then) and bool(then)
+        beside_after = tuple(_compatible(wave, s) for s in then)
         ids = {s.id for s in wave}
         first = min(position[n] for n, s in served.items() if s.id in ids)
-        return -live, int(beside_after), first
+        return -live, beside_after, first
 
     partition = sorted((sorted(w, key=lambda s: s.id) for w in partition), key=order)
     waves: list[Wave] = []
