@@ -44,14 +44,32 @@ class UsageError(SoulstoneError):
 
 
 class CodexError(SoulstoneError):
-    """The codex is invalid; carries every problem found, and any warnings."""
+    """The codex is invalid; carries every problem found, and any warnings.
 
-    def __init__(self, problems: tuple[Problem, ...], warnings: tuple[Problem, ...] = ()) -> None:
+    `subject` names what was checked ("the codex", "the councils", or both),
+    for the closing line of a report: "3 errors in the codex".
+    """
+
+    default_subject = "the codex"
+
+    def __init__(
+        self,
+        problems: tuple[Problem, ...],
+        warnings: tuple[Problem, ...] = (),
+        subject: str | None = None,
+    ) -> None:
         self.problems = problems
         self.warnings = warnings
+        self.subject = subject or self.default_subject
         count = len(problems)
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"the codex has {count} error{'s' if count != 1 else ''}:\n{lines}")
+        super().__init__(f"{count} error{'s' if count != 1 else ''} in {self.subject}:\n{lines}")
+
+
+class CouncilError(CodexError):
+    """The council files are invalid (SPEC C8); every problem, each naming file, table, field."""
+
+    default_subject = "the councils"
 
 
 class Refusal(SoulstoneError):

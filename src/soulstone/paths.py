@@ -44,6 +44,11 @@ class Paths:
         return self.config / "soulstones"
 
     @property
+    def councils(self) -> Path:
+        """The default council folder: `$XDG_CONFIG_HOME/soulstone/councils/`."""
+        return self.config / "councils"
+
+    @property
     def quadlet_units(self) -> Path:
         """The user's Quadlet folder: `$XDG_CONFIG_HOME/containers/systemd/`."""
         return self.config.parent / "containers" / "systemd"

@@ -23,7 +23,9 @@ LAYERS = {
 PURE_CORE = {"errors", "codex", "sse"}
 IMPURE_IN_CORE = {"soulstone.codex.load"}
 PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting",
-                  "soulstone.dispatch.refusals"}  # fmt: skip
+                  "soulstone.dispatch.refusals", "soulstone.council.models",
+                  "soulstone.council.parse", "soulstone.council.validate",
+                  "soulstone.council.route"}  # fmt: skip
 PURE_THIRD_PARTY = {"pydantic", "jsonschema", "orjson"}
 ONLY_IN = {"typer": {"cli"}, "rich": {"cli"}, "aiohttp.web": {"gateway"}}
 

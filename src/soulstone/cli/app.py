@@ -112,7 +112,7 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
         print_problems(err, error.problems, "error", "bold red")
         print_problems(err, error.warnings, "warning", "yellow")
         count = len(error.problems)
-        err.print(f"{count} error{'s' if count != 1 else ''} in the codex", style="red")
+        err.print(f"{count} error{'s' if count != 1 else ''} in {error.subject}", style="red")
         raise typer.Exit(1) from None
     except SoulstoneError as error:
         err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
@@ -124,6 +124,7 @@ def _register() -> None:
         audit,
         check,
         clients,
+        council,
         demo,
         engines,
         forge,
@@ -136,6 +137,7 @@ def _register() -> None:
     audit.register(app)
     check.register(app)
     clients.register(app)
+    council.register(app)
     demo.register(app)
     serve.register(app)
     forge.register(app)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
-from soulstone.cli.serve import default_socket
+from soulstone.cli.gateway_client import default_socket
 from soulstone.guard.audit import (
     Finding,
     audit_caches,

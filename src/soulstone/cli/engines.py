@@ -19,8 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from soulstone.cli.app import Session, guarded, session
-from soulstone.cli.gateway_client import GatewayClient, running_gateway
-from soulstone.cli.serve import default_socket
+from soulstone.cli.gateway_client import GatewayClient, default_socket, running_gateway
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import UsageError
 from soulstone.host import gpu_memory_by_pid

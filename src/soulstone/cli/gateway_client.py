@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,13 @@ from typing import Any
 import orjson
 
 from soulstone.errors import SoulstoneError, UsageError
+
+SOCKET_ENV = "SOULSTONE_SOCKET"
+
+
+def default_socket(runtime_folder: Path) -> Path:
+    """`$SOULSTONE_SOCKET`, else `$XDG_RUNTIME_DIR/soulstone/api.sock`."""
+    return Path(os.environ.get(SOCKET_ENV) or runtime_folder / "api.sock")
 
 
 class _UnixConnection(http.client.HTTPConnection):

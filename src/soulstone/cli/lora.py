@@ -11,8 +11,7 @@ import typer
 from rich.table import Table
 
 from soulstone.cli.app import Session, guarded, session
-from soulstone.cli.gateway_client import GatewayClient, running_gateway
-from soulstone.cli.serve import default_socket
+from soulstone.cli.gateway_client import GatewayClient, default_socket, running_gateway
 from soulstone.errors import SoulstoneError, UsageError
 from soulstone.lora.adapter import check_name, inspect_adapter
 from soulstone.lora.cache import AdapterCache

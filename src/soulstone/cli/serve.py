@@ -9,16 +9,11 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
+from soulstone.cli.council_files import CouncilsOption, load_checked
+from soulstone.cli.gateway_client import SOCKET_ENV, default_socket
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.runtimes.state import StateFolder
-
-SOCKET_ENV = "SOULSTONE_SOCKET"
-
-
-def default_socket(runtime_folder: Path) -> Path:
-    """`$SOULSTONE_SOCKET`, else `$XDG_RUNTIME_DIR/soulstone/api.sock`."""
-    return Path(os.environ.get(SOCKET_ENV) or runtime_folder / "api.sock")
 
 
 def _run(coroutine: object) -> None:
@@ -124,11 +119,14 @@ def serve_command(
             help="Connections one Unix user (or one TCP address) may hold; more are closed.",
         ),
     ] = 256,
+    councils: CouncilsOption = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
+    listen = socket or default_socket(s.paths.runtime)
+    _, declared = guarded(ctx, lambda: load_checked(s, councils, listen))
     options = ServeOptions(
-        socket=socket or default_socket(s.paths.runtime),
+        socket=listen, councils=declared,
         clients=clients or s.paths.config / "clients.yaml",
         max_parallel=max_parallel, queue=queue, timeout=timeout,
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",

@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from soulstone.codex.models import Codex
+from soulstone.council.models import Councils
 from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
 from soulstone.errors import CodexError, UsageError
@@ -78,6 +79,7 @@ class ServeOptions:
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
     max_connections_per_peer: int = 256
+    councils: Councils | None = None  # the validated council files (SPEC C8); None: not loaded
 
 
 async def reload_codex(

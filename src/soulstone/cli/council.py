@@ -1,0 +1,141 @@
+"""`soulstone council list|check|plan`: the declared councils, their problems, their waves."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from soulstone.cli.app import Session, guarded, session
+from soulstone.cli.council_files import CouncilsOption, adapter_records, load_checked
+from soulstone.cli.gateway_client import default_socket, running_gateway
+from soulstone.codex.models import Codex
+from soulstone.council.load import councils_source
+from soulstone.council.models import Council, Councils
+from soulstone.council.plan import Wave, plan_waves
+from soulstone.errors import UsageError
+
+council_app = typer.Typer(help="Councils: many personas asked at once (declared in TOML).",
+                          no_args_is_help=True)  # fmt: skip
+
+
+def _load(ctx: typer.Context, councils: CouncilsOption) -> tuple[Codex, Councils]:
+    s = session(ctx)
+    return guarded(ctx, lambda: load_checked(s, councils, default_socket(s.paths.runtime)))
+
+
+def _router(council: Council) -> str:
+    router = council.router
+    text: str = router.kind
+    if router.kind == "model" and router.persona:
+        text += f" ({router.persona})"
+    elif router.kind == "rules":
+        text += f" ({len(council.rules)})"
+    if router.max_personas is not None and router.kind != "all":
+        text += f", at most {router.max_personas}"
+    return text
+
+
+@council_app.command("list")
+def list_(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    councils: CouncilsOption = None,
+) -> None:
+    """Every council: personas, router, aggregator, veto and memory."""
+    s = session(ctx)
+    _, declared = _load(ctx, councils)
+    if as_json:
+        typer.echo(orjson.dumps(declared.summary(), option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="councils", title_justify="left")
+    for column in ("council", "personas", "router", "aggregator", "veto", "memory"):
+        table.add_column(column, overflow="fold")
+    for name, council in declared.councils.items():
+        memory = council.memory
+        table.add_row(
+            Text(name, style="bold"), ", ".join(council.personas), _router(council),
+            council.aggregator, council.veto or Text("none", style="dim"),
+            f"{memory.embed_model} (top {memory.top_k})" if memory else Text("off", style="dim"),
+        )  # fmt: skip
+    s.out.print(table)
+    if not declared.councils:
+        s.out.print(f"no councils declared in {councils_source(councils, s.paths)[0]}",
+                    highlight=False)  # fmt: skip
+
+
+@council_app.command("check")
+def check(ctx: typer.Context, councils: CouncilsOption = None) -> None:
+    """Validate the council files against the codex and the adapters (exit 1 listing problems)."""
+    from soulstone.cli.render import print_problems
+
+    s = session(ctx)
+    codex, declared = _load(ctx, councils)
+    print_problems(s.err, declared.warnings, "warning", "yellow")
+    count, personas = len(declared.councils), len(declared.personas)
+    files = len(set(declared.files.values()))
+    s.out.print(
+        f"councils OK: {count} council{'s' if count != 1 else ''}, {personas} persona"
+        f"{'s' if personas != 1 else ''} in {files} file{'s' if files != 1 else ''}, "
+        f"checked against {len(codex.soulstones)} soulstones",
+        highlight=False,
+    )
+
+
+def _running(s: Session, codex: Codex) -> set[str]:
+    """Ids of the soulstones running now: from the gateway when one runs, else the runtimes."""
+    gateway = running_gateway(default_socket(s.paths.runtime))
+    if gateway is not None:
+        answer = gateway.call("GET", "/admin/status")
+        return {r["id"] for r in answer["soulstones"] if r["state"] in ("running", "starting")}
+    from soulstone.runtimes.state import StateFolder
+    from soulstone.runtimes.table import make_runtimes
+    from soulstone.supervisor.supervisor import Supervisor
+
+    state = StateFolder(s.paths.state)
+    supervisor = Supervisor(codex, state, make_runtimes(state))
+    found = asyncio.run(supervisor.statuses(check_health=False))
+    return {st.id for st in found if st.active}
+
+
+def _waves(s: Session, codex: Codex, declared: Councils, name: str) -> list[Wave]:
+    council = declared.council(name)
+    if council is None:
+        known = ", ".join(declared.councils) or "none"
+        raise UsageError(f"no council named {name!r} (declared: {known})")
+    adapters = adapter_records(s.paths, default_socket(s.paths.runtime))
+    after = [p for n in (council.aggregator, council.veto) if n and (p := declared.persona(n))]
+    return plan_waves(declared.members(council), codex, adapters, _running(s, codex), after)
+
+
+@council_app.command("plan")
+def plan(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A council's name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    councils: CouncilsOption = None,
+) -> None:
+    """The waves a council's personas are asked in: soulstones that conflict never share one."""
+    s = session(ctx)
+    codex, declared = _load(ctx, councils)
+    waves = guarded(ctx, lambda: _waves(s, codex, declared, name))
+    if as_json:
+        document = {"waves": [w.summary() for w in waves]}
+        typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"council {name}: {len(waves)} wave{'s' if len(waves) != 1 else ''}",
+                  title_justify="left")  # fmt: skip
+    for column in ("wave", "personas", "soulstones", "why"):
+        table.add_column(column, overflow="fold")
+    for number, wave in enumerate(waves, start=1):
+        table.add_row(str(number), ", ".join(wave.personas), ", ".join(wave.soulstones), wave.why)
+    s.out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the command group of this module to the application."""
+    app.add_typer(council_app, name="council")

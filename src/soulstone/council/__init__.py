@@ -1,0 +1,1 @@
+"""Councils (SPEC C8): many personas asked at once, routed, aggregated, vetoed."""
