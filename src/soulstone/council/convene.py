@@ -185,6 +185,7 @@ class Convener:
                             messages: list[Message], usage: Usage,
                             ) -> AsyncGenerator[str, None]:  # fmt: skip
         """One persona's answer as its text arrives; Refusal 502 when it fails."""
+
         def failed(why: str) -> Refusal:
             return Refusal(502, "COUNCIL_AGGREGATOR_FAILED",
                            f"the aggregator {persona.name!r} failed: {why}")  # fmt: skip
