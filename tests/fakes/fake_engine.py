@@ -176,7 +176,7 @@ def forced_json(body: dict[str, Any], marks: dict[str, str]) -> str | None:
     if "json" in marks:
         return marks["json"]
     if "veto-while" in marks:
-        prompt = json.dumps(body.get("messages"))
+        prompt = json.dumps([m for m in body.get("messages") or [] if m.get("role") != "system"])
         if marks["veto-while"] in prompt:
             return json.dumps({"verdict": "veto", "reason": "not yet"})
         return json.dumps({"verdict": "accept", "reason": "fine"})
@@ -196,6 +196,8 @@ class Engine:
         self.loads = 0
         self.record: deque[str] = deque(maxlen=10_000)  # bounded: benchmarks send many
         self.gate = asyncio.Event()
+        # (request id, began, ended) on the machine's monotonic clock: overlaps across engines
+        self.calls: deque[dict[str, Any]] = deque(maxlen=10_000)
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
@@ -230,6 +232,9 @@ class Engine:
 
     async def record_view(self, _request: web.Request) -> web.Response:
         return web.json_response({"record": list(self.record)})
+
+    async def calls_view(self, _request: web.Request) -> web.Response:
+        return web.json_response({"calls": list(self.calls)})
 
     async def open_gate(self, _request: web.Request) -> web.Response:
         self.gate.set()
@@ -276,6 +281,17 @@ class Engine:
         self.record.append(f"begin {model}")
         headers = {"X-Request-ID": request.headers.get("X-Request-ID", "")}
         marks = directives(body) if kind == "chat" else {}
+        messages = body.get("messages") or [{}]
+        system = next((m.get("content") for m in messages if m.get("role") == "system"), None)
+        call = {
+            "id": headers["X-Request-ID"],
+            "model": model,
+            "began": time.monotonic(),
+            "ended": None,
+            "system": system,
+            "last": messages[-1],
+        }
+        self.calls.append(call)
         try:
             await asyncio.sleep(self.args.ttft_ms / 1000 + float(marks.get("delay", 0)) / 1000)
             if "fail" in marks:
@@ -345,6 +361,7 @@ class Engine:
             raise
         finally:
             self.stats["in_flight"] -= 1
+            call["ended"] = time.monotonic()
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -352,6 +369,7 @@ async def serve(args: argparse.Namespace) -> None:
     app = web.Application()
     app.router.add_get("/health", engine.health)
     app.router.add_get("/v1/models", engine.models)
+    app.router.add_get("/fake/calls", engine.calls_view)
     app.router.add_get("/fake/stats", engine.stats_view)
     app.router.add_get("/fake/last", engine.last_view)
     app.router.add_post("/v1/chat/completions", engine.generate)

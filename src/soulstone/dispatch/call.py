@@ -10,13 +10,14 @@ from soulstone.errors import Refusal
 from soulstone.guard.clients import Client
 from soulstone.guard.identity import Peer
 
-Endpoint = Literal["chat", "completions", "embeddings"]
+Endpoint = Literal["chat", "completions", "embeddings", "council"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "embeddings": "/v1/embeddings",
 }
 ENDPOINTS: dict[str, Endpoint] = {path: name for name, path in ENDPOINT_PATHS.items()}
+COUNCIL_MODEL_PREFIX = "council/"  # `council/NAME` on /v1/chat/completions asks a council
 
 REQUEST_ID = "X-Request-ID"
 SESSION_ID = "X-Conveyance-Session-ID"
@@ -64,6 +65,7 @@ class Entry(NamedTuple):
     way: str = "http"
     client: Client | None = None
     force_stream: bool = False
+    council: str | None = None  # POST /v1/council/{name}: the council's name
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from soulstone.codex.models import Soulstone
 from soulstone.dispatch.body import parse_document, parse_small
 from soulstone.dispatch.call import (
+    COUNCIL_MODEL_PREFIX,
     ENDPOINT_PATHS,
     TOOL_VALIDATION_HEADER,
     Answer,
@@ -46,6 +47,25 @@ CLIENT_GONE = 499  # the status logged for a request whose caller went away
 
 
 Outcome = Answer | Stream | Rejection
+
+
+class Councils(Protocol):
+    """Where the request path sends a council's calls (the council layer sits above it)."""
+
+    def names(self, client: Client | None = None) -> list[str]:
+        """The model names (`council/NAME`) of every council, or of those a client may ask."""
+
+    async def answer(self, call: Call) -> Outcome:
+        """Run the council the call asks for."""
+
+
+def _asks_council(call: Call) -> bool:
+    """A call for the council API, or a chat completion whose model is `council/NAME`."""
+    if call.endpoint == "council":
+        return True
+    model = call.document.get("model")
+    return call.endpoint == "chat" and isinstance(model, str) and model.startswith(
+        COUNCIL_MODEL_PREFIX)  # fmt: skip
 
 
 def _opted_in_content(client: Client, document: dict[str, Any]) -> Any:
@@ -76,6 +96,7 @@ class RequestPath:
     def __init__(self, services: Services, log: Any) -> None:
         self.services = services
         self.log = log
+        self.councils: Councils | None = None  # set by the gateway when it serves councils
 
     # -- ways in ------------------------------------------------------------------------
 
@@ -103,8 +124,10 @@ class RequestPath:
             entry.endpoint, document, client, entry.request_id, entry.session_id,
             entry.force_stream or document.get("stream") is True,
             "pass" if validation == "pass" else "refuse",
-            wants_flat_errors(entry.headers, client), body, entry.way,
+            wants_flat_errors(entry.headers, client), body, entry.way, entry.council,
         )  # fmt: skip
+        if _asks_council(call):
+            return await self._council(call, record)
         return await self._run(call, record)
 
     def refuse(self, request_id: str, session_id: str | None, way: str, refusal: Refusal,
@@ -117,6 +140,38 @@ class RequestPath:
         record = Record(call.request_id, call.session_id, call.way)
         record.council, record.persona = call.council, call.persona
         return await self._run(call, record)
+
+    # -- a council ----------------------------------------------------------------------
+
+    async def _council(self, call: Call, record: Record) -> Outcome:
+        """Hand a council call to the council layer; settle the caller's request once."""
+        record.client = call.client
+        councils = self.councils
+        try:
+            if councils is None:
+                raise Refusal(404, "COUNCIL_NOT_FOUND", "this gateway serves no councils",
+                              param="model")  # fmt: skip
+            name = call.council
+            if name is None:
+                name = call.document["model"][len(COUNCIL_MODEL_PREFIX) :]
+            if f"{COUNCIL_MODEL_PREFIX}{name}" in councils.names():
+                record.model = f"{COUNCIL_MODEL_PREFIX}{name}"
+                record.council = name
+            outcome = await councils.answer(call)
+        except Refusal as refusal:
+            return self._refuse(record, refusal, call.flat_errors)
+        except asyncio.CancelledError:
+            self._settle(record, CLIENT_GONE)
+            raise
+        except Exception as error:
+            return self._refuse(record, self._internal(error), call.flat_errors)
+        if isinstance(outcome, Stream):
+            outcome.on_close(lambda: self._settle(record, 200))
+        elif isinstance(outcome, Answer):
+            self._settle(record, outcome.status)
+        else:
+            self._settle(record, outcome.refusal.status)
+        return outcome
 
     # -- the path -----------------------------------------------------------------------
 

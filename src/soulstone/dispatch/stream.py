@@ -26,6 +26,18 @@ class Stream:
         # a write that waits as long as the completion timeout cuts the caller.
         self.progress = progress
 
+    def on_close(self, then: Callable[[], None]) -> None:
+        """Also run `then` when the stream closes (after what closing did already)."""
+        first = self._close
+
+        def both() -> None:
+            try:
+                first()
+            finally:
+                then()
+
+        self._close = both
+
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events
 

@@ -9,7 +9,7 @@ from aiohttp import web
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.dispatch.call import ENDPOINTS
 from soulstone.dispatch.path import RequestPath
-from soulstone.gateway.routes import generation, health, metrics, models, not_found
+from soulstone.gateway.routes import council, generation, health, metrics, models, not_found
 from soulstone.gateway.state import GATEWAY, REQUEST_PATH
 from soulstone.gateway.websocket import stream_socket
 
@@ -23,6 +23,7 @@ def make_app(path: RequestPath, admin: web.Application | None = None) -> web.App
     app[REQUEST_PATH] = path
     for route in ENDPOINTS:
         app.router.add_post(route, generation)
+    app.router.add_post("/v1/council/{name}", council)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/v1/stream", stream_socket)
     app.router.add_get("/health", health)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from soulstone.dispatch.call import ENDPOINTS, REQUEST_ID, SESSION_ID, Entry, wants_flat_errors
+from soulstone.dispatch.call import (
+    ENDPOINTS,
+    REQUEST_ID,
+    SESSION_ID,
+    Endpoint,
+    Entry,
+    wants_flat_errors,
+)
 from soulstone.dispatch.services import Services
 from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
@@ -32,10 +39,21 @@ async def read_body(request: web.Request) -> bytes:
 
 async def generation(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, /v1/completions, /v1/embeddings: through the request path."""
+    return await _through_path(request, ENDPOINTS[request.path])
+
+
+async def council(request: web.Request) -> web.StreamResponse:
+    """POST /v1/council/{name}: a council's result object, or its event stream."""
+    return await _through_path(request, "council", request.match_info["name"])
+
+
+async def _through_path(request: web.Request, endpoint: Endpoint,
+                        council_name: str | None = None) -> web.StreamResponse:  # fmt: skip
     services = request.app[GATEWAY]
     ids = correlation(services, request)
-    entry = Entry(ENDPOINTS[request.path], request.headers, peer_of_request(request),
-                  lambda: read_body(request), ids[REQUEST_ID], ids.get(SESSION_ID))  # fmt: skip
+    entry = Entry(endpoint, request.headers, peer_of_request(request),
+                  lambda: read_body(request), ids[REQUEST_ID], ids.get(SESSION_ID),
+                  council=council_name)  # fmt: skip
     outcome = await request.app[REQUEST_PATH].enter(entry)
     if isinstance(outcome, Stream):
         return await write_sse(request, outcome, ids)
@@ -74,6 +92,10 @@ async def models(request: web.Request) -> web.Response:
                          "owned_by": "soulstone", "parent": base.models[0], "soulstone": base.id,
                          "running": base.id in running, "adapter": True,
                          "state": services.adapter_state(record)})  # fmt: skip
+    councils = request.app[REQUEST_PATH].councils
+    for name in councils.names(client) if councils is not None else ():
+        data.append({"id": name, "object": "model", "created": 0, "owned_by": "soulstone",
+                     "council": name.split("/", 1)[1]})  # fmt: skip
     return web.Response(
         body=orjson.dumps({"object": "list", "data": data}),
         content_type="application/json", headers=correlation(services, request),

@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from soulstone.codex.models import Codex
+from soulstone.council.convene import Convener
+from soulstone.council.door import CouncilDoor
 from soulstone.council.models import Councils
 from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
@@ -192,8 +194,11 @@ async def serve(
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
+    request_path = RequestPath(gateway, log)
+    if options.councils is not None and options.councils.councils:
+        request_path.councils = CouncilDoor(Convener(request_path, options.councils))
     runner = web.AppRunner(
-        make_app(RequestPath(gateway, log), make_admin_app()), handler_cancellation=True,
+        make_app(request_path, make_admin_app()), handler_cancellation=True,
         access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
