@@ -154,7 +154,7 @@ def test_the_openai_client_asks_a_council_as_a_model(
     client = gateway.uds_client()
     listed = {m.id for m in client.models.list().data}
     assert "council/pantheon" in listed
-    messages = [{"role": "user", "content": "What is truth?"}]
+    messages: list[Any] = [{"role": "user", "content": "What is truth?"}]
     whole = client.chat.completions.create(model="council/pantheon", messages=messages)
     assert whole.model == "council/pantheon"
     content = whole.choices[0].message.content or ""
@@ -410,8 +410,10 @@ def test_a_caller_that_may_not_use_a_persona_or_is_over_its_tokens_runs_nothing(
     tmp_path: Path,
     start_gateway: StartGateway,
 ) -> None:
-    tables = [fake_table("a", "--tokens", "60", model="m-a", group="g"),
-              fake_table("b", model="m-b", group="g")]
+    tables = [
+        fake_table("a", "--tokens", "60", model="m-a", group="g"),
+        fake_table("b", model="m-b", group="g"),
+    ]
     councils = councils_folder(tmp_path / "councils", TRIO.replace(
         '[persona.roc]\nmodel = "m-c"', '[persona.roc]\nmodel = "m-b"'))  # fmt: skip
     narrow_key, narrow = keyed("narrow", models=["m-a"])
