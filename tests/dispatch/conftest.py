@@ -108,6 +108,7 @@ class FakeEngine:
         self.chunk_bytes = 0
         self.streams_open = 0
         self.stream_ended = asyncio.Event()
+        self.connections: set[int] = set()  # the connections answers were asked on
 
     @property
     def last(self) -> dict[str, Any]:
@@ -130,6 +131,7 @@ class FakeEngine:
         return web.json_response({"count": count, "max_model_len": 8192, "tokens": []})
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        self.connections.add(id(request.transport))
         self.raw.append(await request.read())
         body = await request.json()
         self.received.append(body)

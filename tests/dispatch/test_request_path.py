@@ -70,6 +70,16 @@ async def test_a_stream_gives_chunks_then_done_and_closing_releases_everything(
     rig.assert_nothing_held(small)
 
 
+async def test_answers_read_to_their_end_leave_the_engine_connection_for_the_next(
+    build_rig: BuildRig,
+) -> None:
+    rig = await build_rig()
+    for _ in range(2):
+        await drain(await stream_of(rig, CHAT))
+        answer_of(await rig.enter(CHAT))
+    assert len(rig.engine.connections) == 1  # one keep-alive connection served all four
+
+
 async def test_a_whole_tool_call_is_a_typed_event_of_its_own(build_rig: BuildRig) -> None:
     rig = await build_rig()
     tools = [{"type": "function", "function": {"name": "ping", "parameters": {}}}]

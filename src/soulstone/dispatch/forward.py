@@ -125,6 +125,7 @@ class Upstream:
         self.total_tokens: int | None = None
         self.failure: Refusal | None = None
         self.progress = Progress()
+        self.ended = False  # the events ended: the connection was released or closed
 
     async def events(
         self, on_failure: Callable[[], None], transform: ToolStream | None = None
@@ -171,6 +172,7 @@ class Upstream:
             yield Done(self.total_tokens)
         finally:
             watchdog.stop()
+            self.ended = True
             if whole:
                 response.release()  # the connection goes back to the pool
             else:
@@ -182,7 +184,8 @@ class Upstream:
         Needed when `events` was never started: closing an unstarted generator
         runs none of its code, so the engine would stay blocked on a full socket.
         """
-        self.response.close()
+        if not self.ended:
+            self.response.close()
 
 
 def request_head(prefix: bytes, request_id: str, length: int) -> bytes:
