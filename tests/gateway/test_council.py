@@ -8,11 +8,13 @@ machine's monotonic clock (`/fake/calls`), so overlap is read, not timed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx2
 import pytest
 
@@ -449,3 +451,47 @@ def test_an_unknown_council_is_a_404_in_openai_shape(
     assert answer.json()["error"]["code"] == "COUNCIL_NOT_FOUND"
     bad = ask(gateway, "pantheon", messages="not a list")
     assert bad.status_code == 400
+
+
+def test_the_websocket_asks_a_council_as_a_model(
+    trio: tuple[RunningGateway, list[str]],
+) -> None:
+    gateway, _ = trio
+
+    async def run() -> list[str]:
+        connector = aiohttp.UnixConnector(path=str(gateway.socket))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.ws_connect("http://localhost/v1/stream") as ws,
+        ):
+            await ws.send_str(json.dumps({"model": "council/pantheon", "messages": [
+                {"role": "user", "content": "What is truth?"}]}))  # fmt: skip
+            frames = []
+            while not frames or frames[-1] != "[DONE]":
+                message = await asyncio.wait_for(ws.receive(), 30)
+                assert message.type == aiohttp.WSMsgType.TEXT
+                frames.append(message.data)
+            return frames
+
+    frames = asyncio.run(run())
+    chunks = [json.loads(f) for f in frames[:-1]]
+    assert all(c["model"] == "council/pantheon" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert "[lilith]\ntruth is shadow" in text
+
+
+def test_the_cli_runs_a_council_live_and_as_json(
+    trio: tuple[RunningGateway, list[str]],
+) -> None:
+    gateway, _ = trio
+    whole = gateway.cli("council", "run", "pantheon", "What is truth?", "--json")
+    assert whole.returncode == 0, whole.stderr
+    result = json.loads(whole.stdout)
+    assert result["council"] == "pantheon" and result["final"]["persona"] == "thoth"
+    live = gateway.cli("council", "run", "pantheon", "What is truth?")
+    assert live.returncode == 0, live.stderr
+    assert "[maat]\ntruth is balance" in live.stdout  # the final answer
+    assert "lilith" in live.stderr and "answered" in live.stderr  # the live table
+    missing = gateway.cli("council", "run", "nobody", "What is truth?")
+    assert missing.returncode != 0
+    assert "no council is named 'nobody'" in missing.stderr

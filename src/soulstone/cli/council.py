@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import orjson
 import typer
@@ -12,12 +13,17 @@ from rich.text import Text
 
 from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.council_files import CouncilsOption, adapter_records, load_checked
-from soulstone.cli.gateway_client import default_socket, running_gateway
+from soulstone.cli.gateway_client import (
+    GatewayClient,
+    default_socket,
+    error_message,
+    running_gateway,
+)
 from soulstone.codex.models import Codex
 from soulstone.council.load import councils_source
 from soulstone.council.models import Council, Councils
 from soulstone.council.plan import Wave, plan_waves
-from soulstone.errors import UsageError
+from soulstone.errors import SoulstoneError, UsageError
 
 council_app = typer.Typer(help="Councils: many personas asked at once (declared in TOML).",
                           no_args_is_help=True)  # fmt: skip
@@ -134,6 +140,97 @@ def plan(
     for number, wave in enumerate(waves, start=1):
         table.add_row(str(number), ", ".join(wave.personas), ", ".join(wave.soulstones), wave.why)
     s.out.print(table)
+
+
+class _Board:
+    """The live table of a council run: each persona's state, tokens and time."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rows: dict[str, list[str]] = {}
+        self.notes: list[str] = []
+        self.final: list[str] = []
+
+    def routed(self, data: dict[str, Any]) -> None:
+        for persona in data["personas"]:
+            self.rows[persona] = [persona, "", f"asking (round {data['round']})", "", ""]
+        if data.get("fallback"):
+            self.notes.append(f"router fell back to every persona: {data['fallback']}")
+
+    def answered(self, data: dict[str, Any]) -> None:
+        tokens = data.get("completion_tokens")
+        state = "answered" if data.get("error") is None else f"failed: {data['error']}"
+        self.rows[data["persona"]] = [data["persona"], data["model"], state,
+                                      "" if tokens is None else str(tokens),
+                                      f"{data['ms']:.0f}"]  # fmt: skip
+
+    def table(self) -> Table:
+        table = Table(title=f"council {self.name}", title_justify="left")
+        for column in ("persona", "model", "state", "tokens", "ms"):
+            table.add_column(column, overflow="fold")
+        for row in self.rows.values():
+            table.add_row(*row)
+        for note in self.notes:
+            table.add_row("", "", Text(note, style="dim"), "", "")
+        return table
+
+
+def _run_live(s: Session, gateway: GatewayClient, name: str, question: str) -> None:
+    """Ask with the event stream, showing the personas live; then print the final answer."""
+    from rich.live import Live
+
+    board = _Board(name)
+    failure: str | None = None
+    body = {"messages": [{"role": "user", "content": question}], "stream": True}
+    with Live(board.table(), console=s.err, refresh_per_second=8, transient=False) as live:
+        for event, data in gateway.events(f"/v1/council/{name}", body):
+            if event == "routed":
+                board.routed(data)
+            elif event == "answer":
+                board.answered(data)
+            elif event == "draft":
+                board.notes.append(f"round {data['round']}: {data['persona']} drafted")
+            elif event == "veto":
+                board.notes.append(
+                    f"round {data['round']}: {data['verdict']}"
+                    + (f" ({data['reason']})" if data.get("reason") else "")
+                )
+            elif event == "final":
+                board.final.append(data["content"])
+            elif event == "message" and "error" in data:
+                failure = error_message(data, "the council failed")
+            live.update(board.table())
+    if failure is not None:
+        raise SoulstoneError(f"council {name!r} failed: {failure}")
+    s.out.print("".join(board.final), highlight=False, markup=False)
+
+
+@council_app.command("run")
+def run(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A council's name.")],
+    question: Annotated[str, typer.Argument(help="The question to ask it.")],
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print the result object of POST /v1/council/NAME.")] = False,
+) -> None:  # fmt: skip
+    """Ask a council of the running gateway; show each persona live, then the answer."""
+    s = session(ctx)
+    where = default_socket(s.paths.runtime)
+    gateway = running_gateway(where)
+    if gateway is None:
+        guarded(ctx, lambda: _no_gateway(where))
+        return
+    if as_json:
+        body = {"messages": [{"role": "user", "content": question}]}
+        result = guarded(ctx, lambda: gateway.call("POST", f"/v1/council/{name}", body))
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    guarded(ctx, lambda: _run_live(s, gateway, name, question))
+
+
+def _no_gateway(where: Path) -> None:
+    raise UsageError(f"no gateway answers on {where}: start one with `soulstone serve` "
+                     f"(or set $SOULSTONE_SOCKET)")  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
