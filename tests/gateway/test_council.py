@@ -466,7 +466,7 @@ def test_the_websocket_asks_a_council_as_a_model(
         ):
             await ws.send_str(json.dumps({"model": "council/pantheon", "messages": [
                 {"role": "user", "content": "What is truth?"}]}))  # fmt: skip
-            frames = []
+            frames: list[str] = []
             while not frames or frames[-1] != "[DONE]":
                 message = await asyncio.wait_for(ws.receive(), 30)
                 assert message.type == aiohttp.WSMsgType.TEXT
