@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from gateway_overhead import (
     measure,
     pinned,
     start_gateway,
+    stop_all,
     wait_listening,
     write_codex,
 )
@@ -102,12 +102,7 @@ def main() -> None:
                               f"p50={run['latency_ms']['p50']:.3f}ms errors={run['errors']}",
                               flush=True)  # fmt: skip
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
     args.out.mkdir(parents=True, exist_ok=True)
     document = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "before": args.before, "runs": runs}  # fmt: skip

@@ -169,6 +169,16 @@ def start_gateway(work: Path, codex: Path, key: str, source: Path | None = None,
     return gateway, socket_path, port
 
 
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each process, last started first; kill any that outlives a minute."""
+    for process in reversed(processes):
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bench-dir", type=Path, default=ROOT.parent / "shared" / "bench")
@@ -236,12 +246,7 @@ def main() -> None:
                               f"cpu/req={run['proxy_cpu_us_per_req'] or 0:.0f}us "
                               f"errors={run['errors']}", flush=True)  # fmt: skip
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_all(processes)
     args.out.mkdir(parents=True, exist_ok=True)
     document = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                             "python": platform.python_version()},

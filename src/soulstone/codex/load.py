@@ -95,15 +95,20 @@ def read_model_files(reference: str) -> ModelFiles | None:
         return None
 
 
-def _read(file: Path) -> tuple[list[Declaration], list[Problem]]:
+def read_toml_text(file: Path) -> str | Problem:
+    """A declaration file's text, or the Problem that it is unreadable or not UTF-8."""
     try:
-        text = file.read_bytes().decode("utf-8")
+        return file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        return [], [
-            Problem(str(file), "", "", f"not UTF-8 text: {error.reason} at byte {error.start}")
-        ]
+        return Problem(str(file), "", "", f"not UTF-8 text: {error.reason} at byte {error.start}")
     except OSError as error:
-        return [], [Problem(str(file), "", "", f"cannot read: {error.strerror}")]
+        return Problem(str(file), "", "", f"cannot read: {error.strerror}")
+
+
+def _read(file: Path) -> tuple[list[Declaration], list[Problem]]:
+    text = read_toml_text(file)
+    if isinstance(text, Problem):
+        return [], [text]
     return parse_text(text, str(file))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+from soulstone.codex.load import read_toml_text
 from soulstone.codex.models import Codex
 from soulstone.council.models import Councils
 from soulstone.council.parse import Declared, parse_councils
@@ -40,14 +41,9 @@ def council_files(source: Path, named: bool) -> list[Path]:
 
 
 def _read(file: Path) -> tuple[list[Declared], list[Problem]]:
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        return [], [
-            Problem(str(file), "", "", f"not UTF-8 text: {error.reason} at byte {error.start}")
-        ]
-    except OSError as error:
-        return [], [Problem(str(file), "", "", f"cannot read: {error.strerror}")]
+    text = read_toml_text(file)
+    if isinstance(text, Problem):
+        return [], [text]
     return parse_councils(text, str(file))
 
 

@@ -381,21 +381,16 @@ async def post(pool: EnginePool, head: bytes, body: bytes) -> tuple[EngineConnec
     A reused keep-alive connection that the engine closed before answering
     anything is retried once on a fresh connection.
     """
-    connection, reused = await pool.connect()
-    try:
-        await connection.send(head, body)
-        return connection, await connection.head()
-    except EngineConnectionError:
-        connection.close()
-        if not reused or connection.got_bytes:
+    for attempt in range(2):
+        connection, reused = await pool.connect()
+        try:
+            await connection.send(head, body)
+            return connection, await connection.head()
+        except EngineConnectionError:
+            connection.close()
+            if attempt or not reused or connection.got_bytes:
+                raise
+        except BaseException:
+            connection.close()
             raise
-    except BaseException:
-        connection.close()
-        raise
-    connection, _ = await pool.connect()
-    try:
-        await connection.send(head, body)
-        return connection, await connection.head()
-    except BaseException:
-        connection.close()
-        raise
+    raise AssertionError("unreachable")  # pragma: no cover
