@@ -495,3 +495,25 @@ def test_the_cli_runs_a_council_live_and_as_json(
     missing = gateway.cli("council", "run", "nobody", "What is truth?")
     assert missing.returncode != 0
     assert "no council is named 'nobody'" in missing.stderr
+
+
+def test_a_reload_reads_the_council_files_again_and_refuses_broken_ones(
+    tmp_path: Path,
+    trio: tuple[RunningGateway, list[str]],
+) -> None:
+    gateway, _ = trio
+    councils = tmp_path / "councils" / "councils.toml"
+    councils.write_text(TRIO + '\n[council.pair]\npersonas = ["maat", "roc"]\n'
+                        'aggregator = "thoth"\n')  # fmt: skip
+    assert ask(gateway, "pair").status_code == 404  # not read yet
+    with gateway.http() as http:
+        assert http.post("/admin/reload").json()["reloaded"] is True
+    paired = ask(gateway, "pair")
+    assert paired.status_code == 200, paired.text
+    assert paired.json()["rounds"][0]["routed"] == ["maat", "roc"]
+    councils.write_text(TRIO + '\n[council.broken]\npersonas = ["nobody"]\naggregator = "thoth"\n')
+    with gateway.http() as http:
+        refused = http.post("/admin/reload")
+    assert refused.status_code == 422
+    assert any("nobody" in e["message"] for e in refused.json()["errors"])
+    assert ask(gateway, "pair").status_code == 200  # the councils in force stay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,9 @@ import typer
 from soulstone.cli.app import guarded, session
 from soulstone.cli.council_files import CouncilsOption, load_checked
 from soulstone.cli.gateway_client import SOCKET_ENV, default_socket
+from soulstone.codex.models import Codex
+from soulstone.council.load import council_files, councils_source, load_council_files
+from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.runtimes.state import StateFolder
@@ -125,8 +129,14 @@ def serve_command(
     s = session(ctx)
     listen = socket or default_socket(s.paths.runtime)
     _, declared = guarded(ctx, lambda: load_checked(s, councils, listen))
+    source, named = councils_source(councils, s.paths)
+
+    def reload_councils(codex: Codex, adapters: Collection[str]) -> Councils:
+        files = council_files(source, named)
+        return load_council_files(files, codex, adapters) if files else Councils()
+
     options = ServeOptions(
-        socket=listen, councils=declared,
+        socket=listen, councils=declared, reload_councils=reload_councils,
         clients=clients or s.paths.config / "clients.yaml",
         max_parallel=max_parallel, queue=queue, timeout=timeout,
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",

@@ -8,7 +8,7 @@ import gc
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,14 +82,23 @@ class ServeOptions:
     idle_timeout: float = 30.0
     max_connections_per_peer: int = 256
     councils: Councils | None = None  # the validated council files (SPEC C8); None: not loaded
+    # Reads the council files again against a codex and the adapter names (on SIGHUP).
+    reload_councils: Callable[[Codex, Collection[str]], Councils] | None = None
 
 
 async def reload_codex(
-    gateway: Services, load: Callable[[], Codex], log: Any, tools: Path | None = None
-) -> dict[str, Any]:
-    """Load and validate the codex (and clients file) again; restart only what changed."""
+    gateway: Services, load: Callable[[], Codex], log: Any, tools: Path | None = None,
+    councils: tuple[Callable[[Codex, Collection[str]], Councils],
+                    Callable[[Councils], None]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Load and validate the codex (and clients file, councils) again; restart what changed.
+
+    `councils` reads the council files against the new codex, and then puts
+    them in force; nothing changes when either the codex or they are invalid.
+    """
     try:
         new = load()
+        declared = councils[0](new, gateway.adapters.keys()) if councils is not None else None
         gateway.guard.reload()
         if tools is not None:
             gateway.use_policy(load_policy(tools))
@@ -106,6 +115,8 @@ async def reload_codex(
         stopped = await gateway.scheduler.stop(changed, "its declaration changed")
         gateway.use(new)
         gateway.scheduler.retarget(new)
+    if councils is not None and declared is not None:
+        councils[1](declared)
     log.info("reloaded the codex", changed=sorted(changed), stopped=sorted(stopped))
     return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
 
@@ -185,8 +196,17 @@ async def serve(
     metrics.watch(scheduler.queued, scheduler.in_flight)
     await scheduler.sync()
 
+    def use_councils(declared: Councils | None) -> None:
+        if declared is None or not declared.councils:
+            request_path.councils = None
+        else:
+            request_path.councils = CouncilDoor(Convener(request_path, declared))
+
     async def reload() -> dict[str, Any]:
-        return await reload_codex(gateway, load, log, options.tools)
+        councils = None
+        if options.reload_councils is not None:
+            councils = (options.reload_councils, use_councils)
+        return await reload_codex(gateway, load, log, options.tools, councils)
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
                        strict=options.strict)  # fmt: skip
@@ -195,8 +215,7 @@ async def serve(
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
     request_path = RequestPath(gateway, log)
-    if options.councils is not None and options.councils.councils:
-        request_path.councils = CouncilDoor(Convener(request_path, options.councils))
+    use_councils(options.councils)
     runner = web.AppRunner(
         make_app(request_path, make_admin_app()), handler_cancellation=True,
         access_log=None, shutdown_timeout=options.shutdown_timeout,
