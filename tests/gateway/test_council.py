@@ -517,3 +517,51 @@ def test_a_reload_reads_the_council_files_again_and_refuses_broken_ones(
     assert refused.status_code == 422
     assert any("nobody" in e["message"] for e in refused.json()["errors"])
     assert ask(gateway, "pair").status_code == 200  # the councils in force stay
+
+
+def test_a_council_is_one_request_in_flight_for_its_caller(
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    """`concurrent = 1` lets a three-persona council through, and nothing beside it."""
+    table = fake_table("a", model="m-a")
+    councils = councils_folder(tmp_path / "councils", """
+[persona.p1]
+model = "m-a"
+system = "[[delay=1500]] [[say=one]]"
+[persona.p2]
+model = "m-a"
+system = "[[delay=1500]] [[say=two]]"
+[persona.p3]
+model = "m-a"
+system = "[[delay=1500]] [[say=three]]"
+[persona.agg]
+model = "m-a"
+system = "[[echo]]"
+[council.slow]
+personas = ["p1", "p2", "p3"]
+aggregator = "agg"
+""")  # fmt: skip
+    key, single = keyed("single", limits={"concurrent": 1})
+    gateway = start_gateway(fake_codex(tmp_path / "codex", table), "--councils", str(councils),
+                            clients={"clients": single})  # fmt: skip
+    base = f"http://127.0.0.1:{gateway.tcp_port}"
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"messages": [{"role": "user", "content": "Count."}]}
+
+    async def run() -> tuple[httpx2.Response, httpx2.Response]:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            council = asyncio.ensure_future(
+                http.post(f"{base}/v1/council/slow", json=body, headers=headers)
+            )
+            while len([c for c in engine_calls(table) if c["ended"] is None]) < 3:
+                await asyncio.sleep(0.02)  # until the three personas are being answered
+            beside = await http.post(f"{base}/v1/chat/completions", headers=headers,
+                                     json={"model": "m-a", **body})  # fmt: skip
+            return await council, beside
+
+    council, beside = asyncio.run(run())
+    assert council.status_code == 200, council.text
+    assert [a["error"] for a in council.json()["rounds"][0]["answers"]] == [None] * 3
+    assert beside.status_code == 429
+    assert beside.json()["error"]["code"] == "CONCURRENCY_LIMITED"

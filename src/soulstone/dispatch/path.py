@@ -147,6 +147,8 @@ class RequestPath:
         """Hand a council call to the council layer; settle the caller's request once."""
         record.client = call.client
         councils = self.councils
+        limiter = self.services.guard.limiter
+        spend: Spend | None = None
         try:
             if councils is None:
                 raise Refusal(404, "COUNCIL_NOT_FOUND", "this gateway serves no councils",
@@ -157,21 +159,37 @@ class RequestPath:
             if f"{COUNCIL_MODEL_PREFIX}{name}" in councils.names():
                 record.model = f"{COUNCIL_MODEL_PREFIX}{name}"
                 record.council = name
+            # The council is one request in flight; its personas' calls count their tokens.
+            spend = limiter.admit(call.client)
             outcome = await councils.answer(call)
         except Refusal as refusal:
+            self._end_council(call, spend)
             return self._refuse(record, refusal, call.flat_errors)
         except asyncio.CancelledError:
+            self._end_council(call, spend)
             self._settle(record, CLIENT_GONE)
             raise
         except Exception as error:
+            self._end_council(call, spend)
             return self._refuse(record, self._internal(error), call.flat_errors)
         if isinstance(outcome, Stream):
-            outcome.on_close(lambda: self._settle(record, 200))
-        elif isinstance(outcome, Answer):
-            self._settle(record, outcome.status)
+            ended = spend
+
+            def close() -> None:
+                self._end_council(call, ended)
+                self._settle(record, 200)
+
+            outcome.on_close(close)
         else:
-            self._settle(record, outcome.refusal.status)
+            self._end_council(call, spend)
+            self._settle(record, outcome.status if isinstance(outcome, Answer)
+                         else outcome.refusal.status)  # fmt: skip
         return outcome
+
+    def _end_council(self, call: Call, spend: Spend | None) -> None:
+        """The council's request ends: it leaves the caller's in-flight count."""
+        if spend is not None:
+            self.services.guard.limiter.settle(call.client, spend, None)
 
     # -- the path -----------------------------------------------------------------------
 
@@ -247,7 +265,8 @@ class RequestPath:
             per_answer = output.max_tokens or budget.max_output_tokens // output.sequences
             size = len(call.body) if call.body is not None else len(orjson.dumps(call.document))
             reserve = size // 4 + per_answer * output.sequences  # settled to the real usage
-        spend = guard.limiter.admit(client, reserve)
+        # A council's persona call is counted in flight by its council's request.
+        spend = guard.limiter.admit(client, reserve, in_flight=call.council is None)
         lease.hold(lambda: guard.limiter.settle(client, spend, record.used_tokens()))
         return spend
 

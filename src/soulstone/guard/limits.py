@@ -24,11 +24,12 @@ class Refused(Refusal):
 class Spend:
     """Tokens charged to a client at one moment: a reservation until settled."""
 
-    __slots__ = ("at", "counted", "tokens")
+    __slots__ = ("at", "counted", "in_flight", "tokens")
 
-    def __init__(self, at: float, tokens: int) -> None:
+    def __init__(self, at: float, tokens: int, in_flight: bool = True) -> None:
         self.at, self.tokens = at, tokens
         self.counted = True  # still inside the client's one-minute window
+        self.in_flight = in_flight  # counted in the client's concurrency until settled
 
 
 @dataclass
@@ -58,8 +59,12 @@ class ClientLimiter:
         self.clock = clock
         self._usage: dict[str, _Usage] = {}
 
-    def check(self, client: Client) -> None:
-        """Raise Refused (429) when a new request of this client would break a limit now."""
+    def check(self, client: Client, in_flight: bool = True) -> None:
+        """Raise Refused (429) when a new request of this client would break a limit now.
+
+        `in_flight=False`: a call inside a request already counted in flight
+        (a council's persona): its concurrency is the council's.
+        """
         limits = client.limits
         if (
             limits.concurrent is None
@@ -70,7 +75,7 @@ class ClientLimiter:
         usage = self._usage.setdefault(client.name, _Usage())
         now = self.clock()
         usage.trim(now)
-        if limits.concurrent is not None and usage.in_flight >= limits.concurrent:
+        if in_flight and limits.concurrent is not None and usage.in_flight >= limits.concurrent:
             message = (f"{client.name} already has {usage.in_flight} requests in flight "
                        f"(limit {limits.concurrent})")  # fmt: skip
             raise Refused(429, "CONCURRENCY_LIMITED", message, 1)
@@ -101,14 +106,18 @@ class ClientLimiter:
         usage.trim(self.clock())
         return usage.token_total
 
-    def admit(self, client: Client, reserve: int = 0) -> Spend:
-        """Count a new request and reserve its worst-case tokens, or raise Refused (429)."""
-        self.check(client)
+    def admit(self, client: Client, reserve: int = 0, in_flight: bool = True) -> Spend:
+        """Count a new request and reserve its worst-case tokens, or raise Refused (429).
+
+        `in_flight=False` leaves the concurrency count alone (see `check`).
+        """
+        self.check(client, in_flight)
         usage = self._usage.setdefault(client.name, _Usage())
         now = self.clock()
         usage.requests.append(now)
-        usage.in_flight += 1
-        spend = Spend(now, max(0, reserve))
+        if in_flight:
+            usage.in_flight += 1
+        spend = Spend(now, max(0, reserve), in_flight)
         usage.spends.append(spend)
         usage.token_total += spend.tokens
         return spend
@@ -124,7 +133,8 @@ class ClientLimiter:
     def settle(self, client: Client, spend: Spend, tokens: int | None) -> None:
         """A request ended: free its concurrency slot; charge what it used (None: as reserved)."""
         usage = self._usage.setdefault(client.name, _Usage())
-        usage.in_flight = max(0, usage.in_flight - 1)
+        if spend.in_flight:
+            usage.in_flight = max(0, usage.in_flight - 1)
         if tokens is not None:
             self.adjust(client, spend, tokens)
 
