@@ -24,9 +24,11 @@ from gateway_harness import (
     fake_codex,
     fake_table,
     keyed,
+    lora_table,
     request_lines,
     table_port,
 )
+from lora_helpers import write_adapter
 
 
 def councils_folder(folder: Path, text: str) -> Path:
@@ -565,3 +567,41 @@ aggregator = "agg"
     assert [a["error"] for a in council.json()["rounds"][0]["answers"]] == [None] * 3
     assert beside.status_code == 429
     assert beside.json()["error"]["code"] == "CONCURRENCY_LIMITED"
+
+
+def test_adapter_personas_on_one_base_wait_for_a_hot_slot_rather_than_fail(
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    """Two adapters and the base as personas, `max_loras = 1`: all answer, one adapter waits."""
+    table = lora_table("base", model="base", max_loras=1)
+    councils = councils_folder(tmp_path / "councils", '[persona.plain]\nmodel = "base"\n')
+    gateway = start_gateway(fake_codex(tmp_path / "codex", table), "--councils", str(councils))
+    with gateway.http() as http:
+        for name in ("a", "b"):
+            path = str(write_adapter(tmp_path / name))
+            added = http.post("/admin/lora/add",
+                              json={"name": name, "path": path, "base": "base"})  # fmt: skip
+            assert added.status_code == 200, added.text
+        (councils / "councils.toml").write_text("""
+[persona.plain]
+model = "base"
+system = "[[say=plain]]"
+[persona.first]
+model = "a"
+system = "[[delay=200]] [[say=first]]"
+[persona.second]
+model = "b"
+system = "[[delay=200]] [[say=second]]"
+[council.adapters]
+personas = ["plain", "first", "second"]
+aggregator = "plain"
+""")  # fmt: skip
+        assert http.post("/admin/reload").json()["reloaded"] is True
+    answer = ask(gateway, "adapters")
+    assert answer.status_code == 200, answer.text
+    contents = {a["persona"]: a["content"] for a in answer.json()["rounds"][0]["answers"]}
+    assert contents == {"plain": "plain", "first": "first", "second": "second"}
+    record = httpx2.get(f"http://127.0.0.1:{table_port(table)}/fake/record").json()["record"]
+    loads = [line for line in record if line.startswith(("load", "unload"))]
+    assert loads in (["load a", "unload a", "load b"], ["load b", "unload b", "load a"])
