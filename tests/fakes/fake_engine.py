@@ -52,6 +52,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--fork-child", action="store_true")
     parser.add_argument("--escape-child", action="store_true")
     parser.add_argument("--gate", action="store_true")
+    parser.add_argument("--metrics-delay", type=float, default=0.0)
     return parser.parse_args()
 
 
@@ -233,6 +234,27 @@ class Engine:
     async def record_view(self, _request: web.Request) -> web.Response:
         return web.json_response({"record": list(self.record)})
 
+    async def metrics(self, _request: web.Request) -> web.Response:
+        """vLLM's shape of /metrics (a gauge, a counter, a histogram), from this engine's stats."""
+        await asyncio.sleep(self.args.metrics_delay)
+        label = f'model_name="{self.args.model}"'
+        text = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            "# TYPE vllm:num_requests_running gauge\n"
+            f"vllm:num_requests_running{{{label}}} {self.stats['in_flight']}\n"
+            "# HELP vllm:request_success_total Count of successfully processed requests.\n"
+            "# TYPE vllm:request_success_total counter\n"
+            f"vllm:request_success_total{{{label}}} {self.stats['requests']}\n"
+            f"vllm:request_success_created{{{label}}} 1.7e9\n"
+            "# HELP vllm:iteration_tokens_total Histogram of tokens per engine step.\n"
+            "# TYPE vllm:iteration_tokens_total histogram\n"
+            f'vllm:iteration_tokens_total_bucket{{le="1.0",{label}}} 0\n'
+            f'vllm:iteration_tokens_total_bucket{{le="+Inf",{label}}} {self.stats["requests"]}\n'
+            f"vllm:iteration_tokens_total_count{{{label}}} {self.stats['requests']}\n"
+            f"vllm:iteration_tokens_total_sum{{{label}}} {8 * self.stats['requests']}\n"
+        )
+        return web.Response(text=text, content_type="text/plain")
+
     async def calls_view(self, _request: web.Request) -> web.Response:
         return web.json_response({"calls": list(self.calls)})
 
@@ -370,6 +392,7 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/health", engine.health)
     app.router.add_get("/v1/models", engine.models)
     app.router.add_get("/fake/calls", engine.calls_view)
+    app.router.add_get("/metrics", engine.metrics)
     app.router.add_get("/fake/stats", engine.stats_view)
     app.router.add_get("/fake/last", engine.last_view)
     app.router.add_post("/v1/chat/completions", engine.generate)

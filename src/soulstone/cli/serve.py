@@ -124,6 +124,30 @@ def serve_command(
         ),
     ] = 256,
     councils: CouncilsOption = None,
+    metrics_socket: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-socket",
+            metavar="PATH",
+            help="Also serve /metrics and /health (nothing else, no identity) on this Unix socket.",
+        ),
+    ] = None,
+    metrics_group: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-group",
+            metavar="GROUP",
+            help="The group given the --metrics-socket (mode 0660), e.g. prometheus's.",
+        ),
+    ] = None,
+    metrics_tcp: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-tcp",
+            metavar="HOST:PORT",
+            help="Also serve /metrics and /health on this loopback address (not with --strict).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
@@ -146,6 +170,7 @@ def serve_command(
         drain_timeout=drain_timeout,
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,
+        metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import AsyncGenerator, Callable
+from typing import NamedTuple
 
 from soulstone.dispatch.call import REQUEST_ID, Answer
 from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
@@ -19,14 +21,28 @@ from soulstone.tools.stream import ToolStream
 
 UPSTREAM_ERRORS = (OSError,)  # EngineConnectionError is a ConnectionError
 _ID_HEADER = f"{REQUEST_ID}: ".encode()
-_TOTAL_TOKENS = re.compile(rb'"total_tokens"\s*:\s*(\d+)')
+_USAGE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
 TAIL_BYTES = 4096
 
 
-def total_tokens(data: bytes) -> int | None:
-    """The last `usage.total_tokens` in a body or stream tail, without parsing the JSON."""
-    matches = _TOTAL_TOKENS.findall(data)
-    return int(matches[-1]) if matches else None
+class Usage(NamedTuple):
+    """The engine's reported usage (None where it said nothing)."""
+
+    prompt: int | None = None
+    completion: int | None = None
+    total: int | None = None
+
+
+NO_USAGE = Usage()
+
+
+def usage_in(data: bytes) -> Usage:
+    """The last `usage` counts in a body or stream tail, without parsing the JSON."""
+    found = {name: int(value) for name, value in _USAGE.findall(data)}  # the last one wins
+    if not found:
+        return NO_USAGE
+    return Usage(found.get(b"prompt_tokens"), found.get(b"completion_tokens"),
+                 found.get(b"total_tokens"))  # fmt: skip
 
 
 def engine_failed_refusal() -> Refusal:
@@ -123,6 +139,8 @@ class Upstream:
         self.content_type = content_type or "text/event-stream"
         self.events_seen = 0
         self.total_tokens: int | None = None
+        self.usage = NO_USAGE
+        self.first_at: float | None = None  # perf_counter() at the first chunk
         self.failure: Refusal | None = None
         self.progress = Progress()
         self.ended = False  # the events ended: the connection was released or closed
@@ -156,6 +174,8 @@ class Upstream:
                 if not chunk:
                     break
                 watchdog.last = loop.time()
+                if self.first_at is None:
+                    self.first_at = time.perf_counter()
                 self.events_seen += chunk.count(b"data:")
                 tail = (tail + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk
                 if transform is None:
@@ -168,7 +188,8 @@ class Upstream:
             if transform is not None and (rest := transform.finish()):
                 yield Chunk(rest)
             whole = True
-            self.total_tokens = total_tokens(tail[-TAIL_BYTES:])
+            self.usage = usage_in(tail[-TAIL_BYTES:])
+            self.total_tokens = self.usage.total
             yield Done(self.total_tokens)
         finally:
             watchdog.stop()

@@ -13,9 +13,9 @@ class Record:
     """What settlement needs to know about one request, gathered along the path."""
 
     __slots__ = (
-        "began", "client", "code", "content", "council", "events", "forwarded", "heartbeat",
-        "model", "persona", "prompt_tokens", "request_id", "session_id", "settled",
-        "total_tokens", "way",
+        "began", "client", "code", "completion_tokens", "content", "council", "events",
+        "first_at", "forwarded", "heartbeat", "model", "persona", "prompt_tokens",
+        "reported_prompt", "request_id", "session_id", "settled", "total_tokens", "way",
     )  # fmt: skip
 
     def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
@@ -33,6 +33,13 @@ class Record:
         self.settled = False
         self.council: str | None = None
         self.persona: str | None = None
+        self.reported_prompt: int | None = None  # the engine's usage, when it gave one
+        self.completion_tokens: int | None = None
+        self.first_at: float | None = None  # perf_counter() at a stream's first chunk
+
+    def reported(self, usage: tuple[int | None, int | None, int | None]) -> None:
+        """Keep the engine's reported usage (prompt, completion, total)."""
+        self.reported_prompt, self.completion_tokens, self.total_tokens = usage
 
     def used_tokens(self) -> int:
         """Tokens to charge: the engine's report, else prompt + streamed events, else none."""

@@ -28,7 +28,7 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.forward import TAIL_BYTES, Upstream, request_head, send, total_tokens
+from soulstone.dispatch.forward import TAIL_BYTES, Upstream, request_head, send, usage_in
 from soulstone.dispatch.lease import Lease, Record
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
@@ -221,7 +221,7 @@ class RequestPath:
             )  # fmt: skip
             if isinstance(result, Upstream):
                 return self._stream(call, prepared, result, record, lease)
-            record.total_tokens = total_tokens(result.body[-TAIL_BYTES:])
+            record.reported(usage_in(result.body[-TAIL_BYTES:]))
             if result.status == 200 and prepared.tools:
                 result = self._checked_answer(call, prepared, result, record)
         except Refusal as refusal:
@@ -385,7 +385,8 @@ class RequestPath:
             closed = True
             upstream.abort()  # nothing when the events ran to the end (released already)
             record.events = upstream.events_seen
-            record.total_tokens = upstream.total_tokens
+            record.reported(upstream.usage)
+            record.first_at = upstream.first_at
             if upstream.failure is not None:
                 record.code = upstream.failure.code
                 services.metrics.refused(upstream.failure.code)
@@ -431,8 +432,16 @@ class RequestPath:
         services = self.services
         seconds = time.perf_counter() - record.began
         model = record.model
-        services.metrics.request_done(model or "-", status, seconds if model else None)
         client = record.client
+        metrics = services.metrics
+        client_name = client.name if client else "-"
+        metrics.request_done(model or "-", status, client_name, seconds if model else None,
+                             record.request_id)  # fmt: skip
+        if record.forwarded and model:
+            prompt = record.reported_prompt or record.prompt_tokens
+            metrics.tokens(model, client_name, prompt, record.completion_tokens)
+            if record.first_at is not None:
+                metrics.first_token(model, record.first_at - record.began)
         services.requests_log.write(
             request_id=record.request_id, session_id=record.session_id,
             client=client.name if client else None, model=model, status=status,

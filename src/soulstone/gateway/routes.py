@@ -18,6 +18,7 @@ from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
 from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.errors import error_response, from_http
+from soulstone.gateway.observability import exposition
 from soulstone.gateway.relay import whole_response, write_sse
 from soulstone.gateway.state import GATEWAY, REQUEST_PATH, correlation
 from soulstone.guard.clients import Client
@@ -123,11 +124,9 @@ async def metrics(request: web.Request) -> web.Response:
         services, _client = await _guarded(request, admin=True)
     except Refusal as refusal:
         return _refused(request, refusal)
-    return web.Response(
-        body=services.metrics.render(),
-        headers={"Content-Type": services.metrics.content_type,
-                 **correlation(services, request)},
-    )  # fmt: skip
+    body, content_type = await exposition(services, request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type,
+                                            **correlation(services, request)})  # fmt: skip
 
 
 async def not_found(request: web.Request) -> web.Response:

@@ -39,6 +39,11 @@ from soulstone.gateway.listen import (
     prepare_socket,
     tcp_refusal,
 )
+from soulstone.gateway.observability import (
+    make_metrics_app,
+    metrics_socket,
+    metrics_tcp_address,
+)
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
@@ -84,6 +89,9 @@ class ServeOptions:
     councils: Councils | None = None  # the validated council files (SPEC C8); None: not loaded
     # Reads the council files again against a codex and the adapter names (on SIGHUP).
     reload_councils: Callable[[Codex, Collection[str]], Councils] | None = None
+    metrics_socket: Path | None = None  # the read-only observability listener (SPEC C9)
+    metrics_group: str | None = None  # the group that may read it
+    metrics_tcp: str | None = None  # or on loopback TCP (not under --strict)
 
 
 async def reload_codex(
@@ -139,6 +147,29 @@ def _listeners(options: ServeOptions) -> tuple[list[socket.socket], Path | None,
     return [bind_unix(options.socket)], options.socket, warnings
 
 
+async def _metrics_listener(
+    services: Services, options: ServeOptions, tcp: tuple[str, int] | None
+) -> tuple[web.AppRunner | None, list[str]]:
+    """Start the read-only observability listener when asked; its runner and addresses."""
+    if options.metrics_socket is None and tcp is None:
+        return None, []
+    runner = web.AppRunner(make_metrics_app(services), access_log=None)
+    await runner.setup()
+    addresses = []
+    try:
+        if options.metrics_socket is not None:
+            sock = metrics_socket(options.metrics_socket, options.metrics_group)
+            await web.SockSite(runner, sock).start()
+            addresses.append(f"unix:{options.metrics_socket}")
+        if tcp is not None:
+            await web.TCPSite(runner, tcp[0], tcp[1]).start()
+            addresses.append(f"tcp:{tcp[0]}:{tcp[1]}")
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, addresses
+
+
 def _tcp_keys(guard: Guard) -> int:
     return sum(1 for entry in guard.identities.keys.values() if "tcp" in entry.transports)
 
@@ -162,6 +193,10 @@ async def serve(
     log = make_logger("gateway", log_stream)
     if options.strict and options.tcp:
         raise UsageError("strict mode refuses TCP: leave out --tcp")
+    metrics_tcp = (metrics_tcp_address(options.metrics_tcp, options.strict)
+                   if options.metrics_tcp else None)  # fmt: skip
+    if options.metrics_group is not None and options.metrics_socket is None:
+        raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
     supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
     metrics = Metrics()
@@ -194,6 +229,8 @@ async def serve(
                           drain_timeout=options.drain_timeout, on_swap=metrics.swapped,
                           on_change=engines_changed)  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
+    metrics.watch_engines(lambda: {s.id: s.id in scheduler.running
+                                   for s in scheduler.codex.soulstones})  # fmt: skip
     await scheduler.sync()
 
     def use_councils(declared: Councils | None) -> None:
@@ -236,13 +273,22 @@ async def serve(
         await runner.cleanup()
         raise
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
+    metrics.watch_sockets([str(s.getsockname()) for s in sockets if s.family == socket.AF_UNIX])
+    try:
+        metrics_runner, metrics_addresses = await _metrics_listener(gateway, options, metrics_tcp)
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        await runner.cleanup()
+        raise
     write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
                                              "strict": options.strict})  # fmt: skip
     # Everything built so far lives as long as the gateway: keep it out of the garbage
     # collector's young generations, and collect those less often under load.
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    log.info("listening", on=addresses, soulstones=len(codex.soulstones),
+    log.info("listening", on=addresses, metrics_on=metrics_addresses or None,
+             soulstones=len(codex.soulstones),
              clients=str(options.clients) if options.clients.exists() else None,
              open_files=open_files, open_files_before=files_before)  # fmt: skip
     if ready is not None:
@@ -280,6 +326,10 @@ async def serve(
         while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
             await asyncio.sleep(0.05)
         await runner.cleanup()  # 3. close what is left
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+            if options.metrics_socket is not None:
+                options.metrics_socket.unlink(missing_ok=True)
         await scheduler.close()
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
         await upstreams.close()
