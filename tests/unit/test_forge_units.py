@@ -174,7 +174,7 @@ def test_strict_mode_serves_engines_on_sockets(tmp_path: Path) -> None:
     ]
     l_unit = forged["soulstone-l.container"]
     assert split_words(settings_of(l_unit, "Exec")[0]) == [
-        "-m", "/m.gguf", "--host", "/run/soulstone/soulstone-l.sock", "--alias", "l",
+        "-m", "/m.gguf", "--host", "/run/soulstone/soulstone-l.sock", "--alias", "l", "--metrics",
     ]  # fmt: skip
     assert "--unix-socket /run/soulstone/soulstone-l.sock" in settings_of(l_unit, "HealthCmd")[0]
     s = forged["soulstone-s.container"]
@@ -195,8 +195,8 @@ def test_llama_server_containers_get_the_served_name_as_alias(tmp_path: Path) ->
     forged = units(load(tmp_path))
     exec_of = {name: settings_of(forged[f"soulstone-{name}.container"], "Exec")
                for name in ("named", "own", "bare")}  # fmt: skip
-    assert split_words(exec_of["named"][0]) == ["-m", "/m.gguf", "--alias", "chat"]
-    assert split_words(exec_of["own"][0]) == ["-m", "/m.gguf", "-a", "mine"]
+    assert split_words(exec_of["named"][0]) == ["-m", "/m.gguf", "--alias", "chat", "--metrics"]
+    assert split_words(exec_of["own"][0]) == ["-m", "/m.gguf", "-a", "mine", "--metrics"]
     assert exec_of["bare"] == []  # the image's own command runs unchanged
 
 

@@ -89,10 +89,13 @@ def test_llama_server_is_told_the_first_served_name_as_its_alias(tmp_path: Path)
         '[vllm]\nport = 8000\nexec = ["vllm", "serve", "/m"]\n'
     )})  # fmt: skip
     argv = {s.id: served_argv(s) for s in load(tmp_path).soulstones}
-    assert argv["plain"] == ("llama-server", "-m", "/m.gguf", "--port", "8080", "--alias", "m1")
-    assert argv["long"] == ("llama-server", "--alias", "mine", "--port", "8081")
-    assert argv["short"] == ("llama-server", "-a=mine", "--port", "8082")
-    assert argv["env"] == ("llama-server", "--port", "8083")
-    assert argv["py"][-2:] == ("--model_alias", "py")
-    assert argv["sock"] == ("llama-server", "--host", "/run/s.sock", "--alias", "sock")
-    assert "--alias" not in argv["vllm"]
+    # ... and `--metrics`, so the gateway can scrape its Prometheus endpoint.
+    assert argv["plain"] == ("llama-server", "-m", "/m.gguf", "--port", "8080", "--alias", "m1",
+                             "--metrics")  # fmt: skip
+    assert argv["long"] == ("llama-server", "--alias", "mine", "--port", "8081", "--metrics")
+    assert argv["short"] == ("llama-server", "-a=mine", "--port", "8082", "--metrics")
+    assert argv["env"] == ("llama-server", "--port", "8083", "--metrics")
+    assert argv["py"][-2:] == ("--model_alias", "py")  # llama-cpp-python: no --metrics
+    assert argv["sock"] == ("llama-server", "--host", "/run/s.sock", "--alias", "sock",
+                            "--metrics")  # fmt: skip
+    assert "--alias" not in argv["vllm"] and "--metrics" not in argv["vllm"]

@@ -193,7 +193,28 @@ def alias_arguments(soulstone: Soulstone) -> tuple[str, ...]:
     return (options[0], soulstone.models[0])
 
 
+def metrics_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """`--metrics` for llama-server (its Prometheus endpoint is off by default), else ().
+
+    Nothing is derived when exec already has it, when `LLAMA_ARG_ENDPOINT_METRICS`
+    is in env, for llama-cpp-python's server, or when there is no exec.
+    """
+    argv = soulstone.argv
+    if soulstone.engine != "llamacpp" or not argv or "--metrics" in argv:
+        return ()
+    if any(word.lower().startswith("llama_cpp.server") for word in argv):
+        return ()
+    if any(key == "LLAMA_ARG_ENDPOINT_METRICS" for key, _ in soulstone.env):
+        return ()
+    return ("--metrics",)
+
+
+def derived_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """What soulstone adds to an engine's exec: the served name and the metrics endpoint."""
+    return (*alias_arguments(soulstone), *metrics_arguments(soulstone))
+
+
 def served_argv(soulstone: Soulstone) -> tuple[str, ...]:
-    """The command the process runtime runs: `launch_argv` plus the derived alias."""
+    """The command the process runtime runs: `launch_argv` plus the derived arguments."""
     argv = launch_argv(soulstone.engine, soulstone.argv, soulstone.port, soulstone.socket)
-    return (*argv, *alias_arguments(soulstone))
+    return (*argv, *derived_arguments(soulstone))

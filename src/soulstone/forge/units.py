@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from soulstone.codex.conflicts import in_conflict
-from soulstone.codex.engines import TRAITS, alias_arguments, serve_on_socket
+from soulstone.codex.engines import TRAITS, derived_arguments, serve_on_socket
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import CodexError, Problem
 from soulstone.forge.quoting import (
@@ -165,7 +165,7 @@ def container_unit(
             f"the container's port {soulstone.port} is not published, so the gateway cannot "
             f"reach {soulstone.uri} under the quadlet runtime: set port_expose = true",
         ))  # fmt: skip
-    argv = (*argv, *alias_arguments(soulstone))
+    argv = (*argv, *derived_arguments(soulstone))
     if (reason := quadlet_exec_problem(argv)) is not None:
         problem("exec", reason)
     try:
