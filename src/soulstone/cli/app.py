@@ -130,6 +130,7 @@ def _register() -> None:
         forge,
         init,
         lora,
+        observe,
         serve,
         tools,
     )
@@ -144,6 +145,7 @@ def _register() -> None:
     engines.register(app)
     init.register(app)
     lora.register(app)
+    observe.register(app)
     tools.register(app)
 
 
