@@ -6,8 +6,6 @@ absent, failing instead when `CI` is set.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_harness import SCRIPT, StartGateway, fake_codex, fake_table
+from gateway_harness import StartGateway, fake_codex, fake_table
 from helpers import free_port
 from observe_files import expressions
 from prometheus_harness import StartPrometheus, Target
@@ -98,24 +96,10 @@ def test_prometheus_scrapes_the_gateway_over_its_api_with_a_key(
     assert prometheus.value(expr, until=lambda v: v == 4) == 4
 
 
-def _has_metrics_tcp() -> bool:
-    done = subprocess.run(
-        [str(SCRIPT), "serve", "--help"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-        timeout=60,
-        check=False,
-    )
-    return "--metrics-tcp" in done.stdout
-
-
 def test_prometheus_scrapes_the_observability_listener(
     tmp_path: Path, start_gateway: StartGateway, start_prometheus: StartPrometheus
 ) -> None:
     """`serve --metrics-tcp`: Prometheus needs no key and counts what the test asked."""
-    if not _has_metrics_tcp():
-        pytest.skip("soulstone serve has no --metrics-tcp yet (issue 14)")
     port = free_port()
     codex = fake_codex(tmp_path / "codex", fake_table("alpha", model="alpha"))
     gateway = start_gateway(codex, "--metrics-tcp", f"127.0.0.1:{port}")

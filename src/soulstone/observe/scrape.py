@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 
 SCRAPE_TIMEOUT_S = 1.0
 # A sample line: a metric name, labels or not, then a number (what anything else is, is dropped).
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})? '
-                     r"([-+]?(?:[0-9.]+(?:[eE][-+]?[0-9]+)?|Inf|NaN))( -?[0-9]+)?$")
+_SAMPLE = re.compile(
+    r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[^"}]|"(?:[^"\\]|\\.)*")*\})? '
+    r"([-+]?(?:[0-9.]+(?:[eE][-+]?[0-9]+)?|Inf|NaN))( -?[0-9]+)?$"
+)
 _OPENMETRICS_TYPES = {"untyped": "unknown"}
 
 
