@@ -105,3 +105,21 @@ def test_the_metrics_socket_is_group_readable_and_strict_refuses_tcp(
     refused = gateway.cli("serve", "--strict", "--metrics-tcp", "127.0.0.1:9")
     assert refused.returncode != 0
     assert re.search(r"strict mode refuses TCP", refused.stderr + refused.stdout)
+
+
+def test_only_requests_to_engines_without_an_id_count_as_missing_ids(
+    tmp_path: Path, start_gateway: StartGateway,
+) -> None:
+    port = free_port()
+    gateway = start_gateway(fake_codex(tmp_path / "codex", fake_table("a", model="m-a")),
+                            "--metrics-tcp", f"127.0.0.1:{port}")  # fmt: skip
+    with gateway.http() as http:
+        for _ in range(2):
+            http.post("/v1/chat/completions", json={"model": "m-a", "messages": []})
+        http.post("/v1/chat/completions", headers={"X-Request-ID": "given"},
+                  json={"model": "m-a", "messages": []})  # fmt: skip
+        for path in ("/health", "/v1/models", "/admin/status", "/metrics"):
+            assert http.get(path).status_code == 200
+    for _ in range(3):  # scrapes, as Prometheus makes them: no id
+        text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+    assert sample(text, "soulstone_request_ids_generated_total") == 2

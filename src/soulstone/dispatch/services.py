@@ -80,9 +80,10 @@ class Services:
         self.routes = {model: s for s in codex.soulstones for model in s.models}
         self.upstreams.forget()
 
-    def new_request_id(self) -> str:
-        """A fresh request id (counted: the caller sent none)."""
-        self.metrics.generated_ids.inc()
+    def new_request_id(self, counted: bool = True) -> str:
+        """A fresh request id (counted, unless told otherwise: the caller sent none)."""
+        if counted:
+            self.metrics.generated_ids.inc()
         return f"{self._id_prefix}{next(self._ids):08x}"
 
     def engine_failed(self, soulstone: Soulstone) -> None:

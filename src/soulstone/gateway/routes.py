@@ -51,7 +51,7 @@ async def council(request: web.Request) -> web.StreamResponse:
 async def _through_path(request: web.Request, endpoint: Endpoint,
                         council_name: str | None = None) -> web.StreamResponse:  # fmt: skip
     services = request.app[GATEWAY]
-    ids = correlation(services, request)
+    ids = correlation(services, request, counted=True)
     entry = Entry(endpoint, request.headers, peer_of_request(request),
                   lambda: read_body(request), ids[REQUEST_ID], ids.get(SESSION_ID),
                   council=council_name)  # fmt: skip

@@ -23,7 +23,7 @@ HEARTBEAT_S = 30
 async def stream_socket(request: web.Request) -> web.StreamResponse:
     """GET /v1/stream: one chat request per text frame, its chunks back as frames."""
     services, path = request.app[GATEWAY], request.app[REQUEST_PATH]
-    ids = correlation(services, request)
+    ids = correlation(services, request, counted=True)
     peer = peer_of_request(request)
     try:
         client = await services.guard.identities.identify(request.headers, peer)
