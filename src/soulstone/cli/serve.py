@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from soulstone.council.load import council_files, councils_source, load_council_
 from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
+from soulstone.observe.logging import LogFile, Tee
 from soulstone.runtimes.state import StateFolder
 
 
@@ -177,7 +179,13 @@ def serve_command(
     def ready(addresses: list[str]) -> None:
         s.err.print("soulstone gateway listening on " + ", ".join(addresses), highlight=False)
 
-    guarded(ctx, lambda: _run(serve(options, s.load, state, ready)))
+    state.ensure()
+    log_file = LogFile(state.gateway_log)  # what `soulstone logs --gateway` reads
+    try:
+        guarded(ctx, lambda: _run(serve(options, s.load, state, ready,
+                                        log_stream=Tee(sys.stderr, log_file))))  # fmt: skip
+    finally:
+        log_file.close()
 
 
 def reload(ctx: typer.Context) -> None:

@@ -446,7 +446,9 @@ class RequestPath:
             request_id=record.request_id, session_id=record.session_id,
             client=client.name if client else None, model=model, status=status,
             code=record.code, way=record.way, council=record.council, persona=record.persona,
-            prompt_tokens=record.prompt_tokens,
+            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
             total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
+            ttft_ms=None if record.first_at is None else round(
+                (record.first_at - record.began) * 1000, 2),
             content=record.content,
         )  # fmt: skip
