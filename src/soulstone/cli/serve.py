@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
-from soulstone.cli.council_files import CouncilsOption, load_checked
+from soulstone.cli.council_files import CouncilsOption, MemoryUrlOption, load_checked
 from soulstone.cli.gateway_client import SOCKET_ENV, default_socket
 from soulstone.codex.models import Codex
 from soulstone.council.load import council_files, councils_source, load_council_files
@@ -124,6 +124,7 @@ def serve_command(
         ),
     ] = 256,
     councils: CouncilsOption = None,
+    memory_url: MemoryUrlOption = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
@@ -146,6 +147,7 @@ def serve_command(
         drain_timeout=drain_timeout,
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,
+        memory=s.paths.memory, memory_url=memory_url,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 
