@@ -254,3 +254,19 @@ def request_lines(gateway: RunningGateway, *request_ids: str,
             assert not missing, f"no request-log line for {sorted(missing)}"
             return found
         time.sleep(0.05)
+
+
+def write_councils(folder: Path, text: str) -> Path:
+    """A council folder holding one file, councils.toml, of this text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "councils.toml").write_text(text)
+    return folder
+
+
+def fake_engine_calls(table: str) -> list[dict[str, Any]]:
+    """The chat calls a fake engine received (`/fake/calls`; none when it never started)."""
+    try:
+        answer = httpx2.get(f"http://127.0.0.1:{table_port(table)}/fake/calls")
+    except httpx2.ConnectError:
+        return []
+    return list(answer.json()["calls"])

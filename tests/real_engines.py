@@ -63,3 +63,33 @@ def vllm_table(
         f'[{table}]\nexec = {json.dumps(command)}\nsocket = "{socket}"\n{extra_lines}'
         f"env = {{ {env} }}\nhealth = {{ start_timeout = 300, interval = 1 }}\n"
     )
+
+
+MINILM_VERSION = "0.1.0"
+
+
+def minilm_model() -> Path:
+    """all-MiniLM-L6-v2 as a Hugging Face folder, fetched by scripts/get-minilm."""
+    folder = build_cache() / f"all-minilm-l6-v2-{MINILM_VERSION}"
+    require(folder / ".complete", "scripts/get-minilm")
+    return folder / "model"
+
+
+def minilm_table(table: str, served: str, socket: Path, scratch: Path,
+                 extra_lines: str = "") -> str:  # fmt: skip
+    """A codex table for all-MiniLM-L6-v2 served on /v1/embeddings by vLLM on the CPU.
+
+    Its embeddings are real: texts of close meaning get close vectors.
+    """
+    command = [
+        str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model",
+        str(minilm_model()), "--served-model-name", served, "--runner", "pooling",
+        "--max-model-len", "256", "--dtype", "float32", "--kv-cache-memory-bytes", "64M",
+    ]  # fmt: skip
+    env = (f'VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
+           f'HF_HUB_OFFLINE = "1", TMPDIR = "{scratch}"')  # fmt: skip
+    return (
+        f'[{table}]\nexec = {json.dumps(command)}\nsocket = "{socket}"\n'
+        f'models = ["{served}"]\n{extra_lines}'
+        f"env = {{ {env} }}\nhealth = {{ start_timeout = 600, interval = 1 }}\n"
+    )

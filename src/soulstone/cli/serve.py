@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
-from soulstone.cli.council_files import CouncilsOption, load_checked
+from soulstone.cli.council_files import CouncilsOption, MemoryUrlOption, load_checked
 from soulstone.cli.gateway_client import SOCKET_ENV, default_socket
 from soulstone.codex.models import Codex
 from soulstone.council.load import council_files, councils_source, load_council_files
@@ -150,6 +150,7 @@ def serve_command(
             help="Also serve /metrics and /health on this loopback address (not with --strict).",
         ),
     ] = None,
+    memory_url: MemoryUrlOption = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
@@ -173,6 +174,7 @@ def serve_command(
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,
         metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
+        memory=s.paths.memory, memory_url=memory_url,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from soulstone.codex.models import Codex
 from soulstone.council.convene import Convener
 from soulstone.council.door import CouncilDoor
+from soulstone.council.memory import ResonanceMemory
 from soulstone.council.models import Councils
 from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
@@ -92,6 +93,8 @@ class ServeOptions:
     metrics_socket: Path | None = None  # the read-only observability listener (SPEC C9)
     metrics_group: str | None = None  # the group that may read it
     metrics_tcp: str | None = None  # or on loopback TCP (not under --strict)
+    memory: Path | None = None  # the councils' resonance memory folder; None: no memory
+    memory_url: str | None = None  # a Qdrant server that replaces the folder
 
 
 async def reload_codex(
@@ -232,12 +235,14 @@ async def serve(
     metrics.watch_engines(lambda: {s.id: s.id in scheduler.running
                                    for s in scheduler.codex.soulstones})  # fmt: skip
     await scheduler.sync()
+    memory = None if options.memory is None else ResonanceMemory(options.memory,
+                                                                 options.memory_url)  # fmt: skip
 
     def use_councils(declared: Councils | None) -> None:
         if declared is None or not declared.councils:
             request_path.councils = None
         else:
-            request_path.councils = CouncilDoor(Convener(request_path, declared))
+            request_path.councils = CouncilDoor(Convener(request_path, declared, memory))
 
     async def reload() -> dict[str, Any]:
         councils = None
@@ -254,7 +259,7 @@ async def serve(
     request_path = RequestPath(gateway, log)
     use_councils(options.councils)
     runner = web.AppRunner(
-        make_app(request_path, make_admin_app()), handler_cancellation=True,
+        make_app(request_path, make_admin_app(memory)), handler_cancellation=True,
         access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
@@ -336,6 +341,8 @@ async def serve(
         gateway.requests_log.flush()
         if hot is not None:
             await hot.registry.close()
+        if memory is not None:
+            await memory.close()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()
