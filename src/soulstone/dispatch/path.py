@@ -203,7 +203,7 @@ class RequestPath:
             record.model = prepared.model
             if call.client.log_content:
                 record.content = _opted_in_content(call.client, call.document)
-            if call.session_id:
+            if call.session_id and call.council is None:  # not a council persona's call
                 self._heartbeat(call, record)
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
             spend = self._reserve(call, prepared, budget, record, lease)
@@ -304,7 +304,7 @@ class RequestPath:
             hot = services.hot
             await hot.acquire(soulstone, adapter)
             lease.hold(lambda: hot.release(soulstone, adapter.name))
-            if call.session_id:
+            if call.session_id and call.council is None:
                 self._prefetch_next(soulstone, call.session_id, adapter)
 
     def _prefetch_next(self, soulstone: Soulstone, session: str, adapter: AdapterRecord) -> None:
