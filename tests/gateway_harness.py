@@ -7,7 +7,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import kill_recorded
-from helpers import FAKE_ENGINE, free_port, write
+from helpers import FAKE_ENGINE, free_port, terminate, write
 from soulstone.guard.keys import hash_key, new_key
 from soulstone.runtimes.state import StateFolder
 
@@ -77,14 +76,7 @@ class RunningGateway:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
 
 def _answers(path: Path) -> bool:
