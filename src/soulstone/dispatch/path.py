@@ -452,3 +452,6 @@ class RequestPath:
                 (record.first_at - record.began) * 1000, 2),
             content=record.content,
         )  # fmt: skip
+        services.live.request(record.request_id, model, client_name if client else None, status,
+                              record.code, seconds, record.way, record.council,
+                              record.persona)  # fmt: skip
