@@ -45,12 +45,14 @@ from soulstone.gateway.observability import (
     metrics_socket,
     metrics_tcp_address,
 )
+from soulstone.gateway.ui_listener import Dashboard, make_ui_door
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.hot import HotAdapters, upstream_call
 from soulstone.lora.owner import RegistryOwner
 from soulstone.lora.registry import RegistryError
+from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.state import StateFolder, write_json
@@ -132,10 +134,11 @@ async def reload_codex(
     return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
 
 
-def _log_event(log: Any) -> Callable[[Event], None]:
+def _log_event(log: Any, live: LiveHub) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         log.info(event.kind, soulstone=event.soulstone, detail=event.detail or None,
                  seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
+        live.supervisor_event(event)  # the dashboard's feed
 
     return emit
 
@@ -201,7 +204,8 @@ async def serve(
     if options.metrics_group is not None and options.metrics_socket is None:
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
-    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
+    live = LiveHub()
+    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log, live))
     metrics = Metrics()
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
@@ -230,7 +234,7 @@ async def serve(
 
     scheduler = Scheduler(supervisor, max_wait=options.max_wait,
                           drain_timeout=options.drain_timeout, on_swap=metrics.swapped,
-                          on_change=engines_changed)  # fmt: skip
+                          on_change=engines_changed, on_wave=live.swap)  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
     metrics.watch_engines(lambda: {s.id: s.id in scheduler.running
                                    for s in scheduler.codex.soulstones})  # fmt: skip
@@ -251,15 +255,18 @@ async def serve(
         return await reload_codex(gateway, load, log, options.tools, councils)
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
-                       strict=options.strict)  # fmt: skip
+                       strict=options.strict, live=live)  # fmt: skip
     await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
+        hot.on_change = live.adapter
     request_path = RequestPath(gateway, log)
     use_councils(options.councils)
+    dashboard = Dashboard(request_path, state.root / "gateway.json", options.strict, log)
     runner = web.AppRunner(
-        make_app(request_path, make_admin_app(memory)), handler_cancellation=True,
+        make_app(request_path, make_admin_app(memory), make_ui_door(dashboard)),
+        handler_cancellation=True,
         access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
@@ -327,6 +334,8 @@ async def serve(
         idle.cancel()
         for listener in listeners:  # 1. stop accepting
             listener.close()
+        live.close()  # the dashboard's live feeds end
+        await dashboard.close()
         deadline = loop.time() + options.shutdown_timeout
         while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
             await asyncio.sleep(0.05)
