@@ -279,20 +279,23 @@ async def serve(
     gate = ConnectionGate(runner.server, connection_options, _on_refused(log))
     for warning in warnings:
         log.warning(warning)
+    # The observability listener first: once the API answers, everything listens.
+    try:
+        metrics_runner, metrics_addresses = await _metrics_listener(gateway, options, metrics_tcp)
+    except BaseException:
+        await runner.cleanup()
+        raise
     try:
         listeners = await gate.listen(sockets, parse_tcp(options.tcp) if options.tcp else None)
     except BaseException:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+            if options.metrics_socket is not None:
+                options.metrics_socket.unlink(missing_ok=True)
         await runner.cleanup()
         raise
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
     metrics.watch_sockets([str(s.getsockname()) for s in sockets if s.family == socket.AF_UNIX])
-    try:
-        metrics_runner, metrics_addresses = await _metrics_listener(gateway, options, metrics_tcp)
-    except BaseException:
-        for listener in listeners:
-            listener.close()
-        await runner.cleanup()
-        raise
     write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
                                              "strict": options.strict})  # fmt: skip
     # Everything built so far lives as long as the gateway: keep it out of the garbage
