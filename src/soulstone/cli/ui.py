@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from soulstone.cli.app import guarded, session
+from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.gateway_client import default_socket, running_gateway
-from soulstone.errors import SoulstoneError
 
 
 def has_graphical_browser(environ: dict[str, str] | None = None) -> bool:
@@ -49,14 +48,18 @@ def ui(
     role = "admin: may act" if answer.get("admin") else "view only"
     s.err.print(f"the dashboard of {path}, as {answer.get('client')} ({role}); the token "
                 "works once, in one browser", highlight=False)  # fmt: skip
-    if no_open:
-        return
+    if not no_open:
+        open_browser(s, url)
+
+
+def open_browser(s: Session, url: str) -> None:
+    """Open the URL in a browser when one would show a window; else say to open it."""
     if not has_graphical_browser():
         s.err.print("no graphical browser here: open the URL above yourself", highlight=False)
         return
     try:
         webbrowser.open(url)
-    except (webbrowser.Error, OSError, SoulstoneError) as error:
+    except (webbrowser.Error, OSError) as error:
         s.err.print(f"could not open a browser ({error}): open the URL above yourself",
                     highlight=False)  # fmt: skip
 
