@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jsonschema
 import pytest
 
@@ -65,13 +67,24 @@ def test_router_schema_accepts_only_council_personas() -> None:
     assert schema == {
         "type": "object",
         "properties": {"personas": {"type": "array",
-                                    "items": {"enum": ["maat", "lilith", "thoth", "isis"]}}},
+                                    "items": {"enum": ["maat", "lilith", "thoth", "isis"]},
+                                    "minItems": 1, "maxItems": 2}},
         "required": ["personas"],
     }  # fmt: skip
     jsonschema.validate({"personas": ["maat", "isis"]}, schema)
-    for bad in ({"personas": ["ra"]}, {}, {"personas": "maat"}):
+    bad_answers: list[dict[str, Any]] = [
+        {"personas": ["ra"]}, {}, {"personas": "maat"},
+        {"personas": []},  # none: it would only fall back
+        {"personas": ["maat", "isis", "thoth"]},  # over max_personas
+    ]  # fmt: skip
+    for bad in bad_answers:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+    uncapped = router_schema(
+        PANTHEON.model_copy(update={"router": Router(kind="model", persona="maat")})
+    )
+    assert "maxItems" not in uncapped["properties"]["personas"]
+    jsonschema.validate({"personas": ["maat", "lilith", "thoth", "isis"]}, uncapped)
     assert response_format("router", schema) == {
         "type": "json_schema",
         "json_schema": {"name": "router", "schema": schema, "strict": True},
