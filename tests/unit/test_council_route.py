@@ -97,6 +97,8 @@ def test_verdicts_parse_and_fit_their_schema() -> None:
         jsonschema.validate(document, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"verdict": "maybe", "reason": ""}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the grammar stops a reason that runs on
+        jsonschema.validate({"verdict": "veto", "reason": "no " * 300}, schema)
     assert parse_verdict('{"verdict": "veto", "reason": "it lies"}') == Verdict("veto", "it lies")
     assert parse_verdict('{"verdict": "accept"}') == Verdict("accept", "")
     assert parse_verdict('```\n{"verdict": "accept", "reason": "fine"}\n```') == Verdict(

@@ -93,13 +93,16 @@ def router_schema(council: Council) -> dict[str, Any]:
     return {"type": "object", "properties": {"personas": names}, "required": ["personas"]}
 
 
+VERDICT_REASON_CHARS = 600  # a weak model under a grammar could write until max_tokens
+
+
 def veto_schema() -> dict[str, Any]:
-    """The JSON schema the veto persona's answer is forced to: a verdict and its reason."""
+    """The JSON schema the veto persona's answer is forced to: a verdict and a short reason."""
     return {
         "type": "object",
         "properties": {
             "verdict": {"type": "string", "enum": ["accept", "veto"]},
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "maxLength": VERDICT_REASON_CHARS},
         },
         "required": ["verdict", "reason"],
     }
