@@ -6,7 +6,8 @@
   against its peers, at the lowest and the highest concurrency, plain and
   streamed, and the proxy's CPU per request;
 - lora.json: an adapter cold, warm and hot against the base model;
-- metrics_scrape.json: what a /metrics scrape costs with and without engines.
+- metrics_scrape.json: what a /metrics scrape costs with and without engines;
+- council.json: council wall time against its floor and in turn, and the vLLM batch.
 
 A report no plotter knows is named and left alone; one that cannot be read or
 lacks what its plotter needs is named with the reason (exit 1 at the end).
@@ -137,11 +138,42 @@ def scrape_figure(report: dict[str, Any], title: str) -> Figure:
     return figure
 
 
+def council_figure(report: dict[str, Any], title: str) -> Figure:
+    """Council wall time against its floor and against asking in turn; the vLLM batch."""
+    fake = report["fake"]
+    sizes = sorted((key for key in fake if key.isdigit()), key=int)
+    if not sizes:
+        raise ReportError("needs `fake` results by number of personas")
+    figure = Figure(figsize=(11, 4))
+    times, batch = figure.subplots(1, 2)
+    positions = range(len(sizes))
+    council = [float(fake[n]["council_ms"]["p50"]) for n in sizes]
+    in_turn = [float(fake[n]["in_turn_ms"]["p50"]) for n in sizes]
+    times.bar([p - 0.2 for p in positions], council, width=0.4, label="council (p50)")
+    times.bar([p + 0.2 for p in positions], in_turn, width=0.4, label="asked in turn (p50)")
+    floor = float(fake["floor_ms"])
+    times.axhline(floor, color="black", linestyle=":", label=f"floor {floor:.0f} ms")
+    times.axhline(floor + float(fake["target_overhead_ms"]), color="red", linestyle="--",
+                  label="target: floor + 20 ms")  # fmt: skip
+    times.set_xticks(list(positions), [f"{n} personas" for n in sizes])
+    times.set_ylabel("wall ms (fake engines)")
+    times.legend(fontsize=8)
+    vllm = report.get("vllm") or {}
+    cases = [name for name in ("solo", "solo-adapter", "trio-base", "trio") if name in vllm]
+    batch.bar(cases, [float(vllm[c]["council_ms"]["p50"]) for c in cases], color="#8f7bff")
+    batch.set_ylabel("council wall ms p50 (vLLM CPU)")
+    batch.set_title("one persona against three on one base", fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
 PLOTTERS: dict[str, tuple[Callable[[dict[str, Any], str], Figure], str]] = {
     "gateway_overhead": (latency_figure, "Gateway overhead: latency against the peers"),
     "gateway_ab": (latency_figure, "Gateway A/B: latency now against before"),
     "lora": (lora_figure, "LoRA adapters on the CPU vLLM engine: cold, warm, hot"),
     "metrics_scrape": (scrape_figure, "What a /metrics scrape costs"),
+    "council": (council_figure, "Councils: wall time against the floor, and the vLLM batch"),
 }
 
 
