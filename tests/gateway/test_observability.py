@@ -152,6 +152,11 @@ def test_the_gateway_log_is_kept_for_soulstone_logs_gateway(
     assert streamed["status"] == 200 and 0 < streamed["ttft_ms"] <= streamed["ms"]
     assert whole["completion_tokens"] == 8 and whole["prompt_tokens"] > 0
     assert any(entry.get("event") == "listening" for entry in lines)
-    assert "MARKER-7731" not in gateway.state.gateway_log.read_text()
+    with gateway.http() as http:
+        assert "MARKER-7731" not in http.get("/metrics").text
+    # ... and in no file the gateway wrote: state, logs, config, data, its stderr.
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert gateway.state.gateway_log in written and gateway.log in written
+    assert [p for p in written if b"MARKER-7731" in p.read_bytes()] == []
     neither = gateway.cli("logs")
     assert neither.returncode != 0 and "--gateway" in neither.stderr
