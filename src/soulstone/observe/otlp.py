@@ -1,0 +1,270 @@
+"""Export request traces over OTLP/HTTP with the OpenTelemetry SDK (the `otel` extra).
+
+Imported only when tracing is on. Spans are built when a request is settled,
+from the notes its path wrote (`observe.trace.Notes`), with the times they
+recorded: no live span objects, no context switching on the hot path. They
+go to the SDK's BatchSpanProcessor (a bounded queue and a thread of its own:
+a request never waits for, or fails because of, the collector) and from
+there to the OTLP/HTTP exporter. The batch is encoded here, into the same
+protobuf message the SDK's encoder builds, at a fifth of its cost (see
+benchmarks/gateway_overhead.md); the exporter's HTTP client sends it (its
+retries, headers, TLS and compression settings from the standard OTEL_*
+variables). A collector that cannot be reached is logged once per outage,
+not per request or batch; the SDK's own log lines are silenced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from soulstone.observe.trace import Attribute, Notes, Target, shown_url
+
+SCOPE = "soulstone"
+SERVICE = "soulstone"
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_KINDS: dict[SpanKind, Any] = {
+    SpanKind.INTERNAL: ProtoSpan.SPAN_KIND_INTERNAL, SpanKind.SERVER: ProtoSpan.SPAN_KIND_SERVER,
+    SpanKind.CLIENT: ProtoSpan.SPAN_KIND_CLIENT, SpanKind.PRODUCER: ProtoSpan.SPAN_KIND_PRODUCER,
+    SpanKind.CONSUMER: ProtoSpan.SPAN_KIND_CONSUMER,
+}  # fmt: skip
+_HAS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
+_IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
+_OK = Status(StatusCode.UNSET)
+
+
+# -- encoding ---------------------------------------------------------------------------------
+
+
+def _put(target: Any, attributes: Any) -> None:
+    """Append attributes (str, bool, int, float, or sequences of them) as KeyValues."""
+    for key, value in attributes.items():
+        pair = target.add()
+        pair.key = key
+        _value(pair.value, value)
+
+
+def _value(slot: Any, value: Any) -> None:
+    if isinstance(value, str):
+        slot.string_value = value
+    elif isinstance(value, bool):
+        slot.bool_value = value
+    elif isinstance(value, int):
+        slot.int_value = value
+    elif isinstance(value, float):
+        slot.double_value = value
+    elif isinstance(value, bytes):
+        slot.bytes_value = value
+    elif isinstance(value, Sequence):
+        values = slot.array_value.values
+        for item in value:
+            _value(values.add(), item)
+    else:
+        raise TypeError(f"a span attribute cannot be a {type(value).__name__}")
+
+
+def _span(out: ProtoSpan, span: ReadableSpan) -> None:
+    context = span.context
+    assert context is not None
+    out.trace_id = context.trace_id.to_bytes(16, "big")
+    out.span_id = context.span_id.to_bytes(8, "big")
+    parent = span.parent
+    flags: int = _HAS_REMOTE
+    if parent is not None:
+        out.parent_span_id = parent.span_id.to_bytes(8, "big")
+        if parent.is_remote:
+            flags |= _IS_REMOTE
+    out.flags = flags
+    out.name = span.name
+    out.kind = _KINDS[span.kind]
+    out.start_time_unix_nano = span.start_time or 0
+    out.end_time_unix_nano = span.end_time or 0
+    if span.attributes:
+        _put(out.attributes, span.attributes)
+    for event in span.events:
+        encoded = out.events.add()
+        encoded.name = event.name
+        encoded.time_unix_nano = event.timestamp
+        if event.attributes:
+            _put(encoded.attributes, event.attributes)
+    status = span.status
+    out.status.SetInParent()
+    out.status.code = status.status_code.value  # type: ignore[assignment]
+    if status.description:
+        out.status.message = status.description
+
+
+def encode(spans: Sequence[ReadableSpan]) -> bytes:
+    """The ExportTraceServiceRequest of these spans, serialized (what the SDK's encoder makes).
+
+    Spans are grouped by resource and scope, as the SDK groups them; links
+    and trace state, which this gateway never sets, are left out.
+    """
+    request = ExportTraceServiceRequest()
+    groups: dict[tuple[int, int], Any] = {}
+    resources: dict[int, Any] = {}
+    for span in spans:
+        resource, scope = span.resource, span.instrumentation_scope
+        key = (id(resource), id(scope))
+        out = groups.get(key)
+        if out is None:
+            resource_spans = resources.get(id(resource))
+            if resource_spans is None:
+                resource_spans = resources[id(resource)] = request.resource_spans.add()
+                resource_spans.resource.SetInParent()
+                _put(resource_spans.resource.attributes, resource.attributes)
+                if resource.schema_url:
+                    resource_spans.schema_url = resource.schema_url
+            scope_spans = resource_spans.scope_spans.add()
+            scope_spans.scope.SetInParent()
+            if scope is not None:
+                scope_spans.scope.name = scope.name
+                if scope.version:
+                    scope_spans.scope.version = scope.version
+                if scope.attributes:
+                    _put(scope_spans.scope.attributes, scope.attributes)
+                if scope.schema_url:
+                    scope_spans.schema_url = scope.schema_url
+            out = groups[key] = scope_spans.spans
+        _span(out.add(), span)
+    data: bytes = request.SerializeToString()
+    return data
+
+
+# -- exporting --------------------------------------------------------------------------------
+
+
+class LoggedExporter(SpanExporter):
+    """The OTLP/HTTP exporter, logging a collector it cannot reach once per outage.
+
+    Encodes batches itself and sends them with the exporter's HTTP client;
+    an exporter without that client (another SDK version) exports as it
+    does itself.
+    """
+
+    def __init__(self, exporter: OTLPSpanExporter, url: str, log: Any) -> None:
+        self.exporter = exporter
+        self.url = shown_url(url)
+        self.log = log
+        self.failing = False
+        self.lost = 0  # spans in batches that could not be exported during this outage
+
+    def _send(self, spans: Sequence[ReadableSpan]) -> bool:
+        client = getattr(self.exporter, "_client", None)
+        if client is None or not callable(getattr(client, "export", None)):
+            return self.exporter.export(spans) is SpanExportResult.SUCCESS
+        return bool(getattr(client.export(encode(spans)), "success", False))
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Send one batch; note (once) that the collector cannot be reached, or is back."""
+        try:
+            sent = self._send(spans)
+        except Exception as error:  # never let the processor's thread see it
+            sent, why = False, type(error).__name__
+        else:
+            why = "the collector did not take the batch"
+        if sent:
+            if self.failing:
+                self.failing = False
+                self.log.info("traces are exported again", endpoint=self.url, lost_spans=self.lost)
+            return SpanExportResult.SUCCESS
+        self.lost += len(spans)
+        if not self.failing:
+            self.failing, self.lost = True, len(spans)
+            self.log.warning("traces cannot be exported; requests go on, spans are dropped "
+                             "until the collector answers (logged once)", endpoint=self.url,
+                             reason=why)  # fmt: skip
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        """Stop the exporter (its retries end at once)."""
+        self.exporter.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is held here."""
+        return True
+
+
+class OtlpTracer:
+    """Builds each settled request's spans from its notes and queues them for export."""
+
+    def __init__(self, processor: SpanProcessor, exporter: SpanExporter,
+                 resource: Resource) -> None:  # fmt: skip
+        self.processor = processor
+        self.exporter = exporter
+        self.resource = resource
+        self.scope = InstrumentationScope(SCOPE)
+
+    def finish(self, notes: Notes, attributes: dict[str, Attribute], status: int) -> None:
+        """Queue the request's span and its phases' (none for a caller's unsampled trace)."""
+        if not notes.sampled:
+            return
+        end = notes.ns(time.perf_counter())
+        trace_id, resource, scope = notes.trace_id, self.resource, self.scope
+        emit = self.processor.on_end
+        own = SpanContext(trace_id, notes.span_id, False, _SAMPLED)
+        for phase in notes.phases:
+            events = [Event(name, None, notes.ns(moment)) for name, moment in phase.events]
+            kind = SpanKind.CLIENT if phase.client else SpanKind.INTERNAL
+            emit(ReadableSpan(
+                phase.name, SpanContext(trace_id, phase.span_id, False, _SAMPLED), own, resource,
+                phase.attributes, events, (), kind, None, _OK, notes.ns(phase.start),
+                notes.ns(phase.end) if phase.end is not None else end, scope,
+            ))  # fmt: skip
+        parent = notes.parent
+        caller = (SpanContext(parent.trace_id, parent.span_id, parent.remote, _SAMPLED)
+                  if parent is not None else None)  # fmt: skip
+        code = attributes.get("error_code")
+        outcome = Status(StatusCode.ERROR, str(code)) if status >= 500 else _OK
+        emit(ReadableSpan("soulstone.request", own, caller, resource, attributes, (), (),
+                          SpanKind.SERVER, None, outcome, notes.wall, end, scope))  # fmt: skip
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Export what is queued (at most `timeout_s`), then stop the exporter and its thread."""
+        done = threading.Event()
+
+        def close() -> None:
+            try:
+                self.processor.force_flush()
+            finally:
+                self.exporter.shutdown()
+                self.processor.shutdown()
+                done.set()
+
+        # A daemon thread: a collector that hangs cannot hold the gateway's exit.
+        threading.Thread(target=close, name="soulstone-traces-close", daemon=True).start()
+        await asyncio.to_thread(done.wait, timeout_s)
+
+
+def service_resource() -> Resource:
+    """The SDK's resource (OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME); service soulstone."""
+    resource = Resource.create({})
+    name = str(resource.attributes.get("service.name", ""))
+    if not name or name.startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": SERVICE}))
+    return resource
+
+
+def start_tracing(target: Target, log: Any) -> OtlpTracer:
+    """A tracer exporting to the target's URL (queue, batch and timeout from OTEL_* variables)."""
+    # The SDK logs every failed batch and every dropped span; the exporter above logs once.
+    sdk_log = logging.getLogger("opentelemetry")
+    sdk_log.addHandler(logging.NullHandler())
+    sdk_log.propagate = False
+    exporter = LoggedExporter(OTLPSpanExporter(endpoint=target.url), target.url, log)
+    processor = BatchSpanProcessor(exporter)
+    return OtlpTracer(processor, exporter, service_resource())
