@@ -108,7 +108,8 @@ def test_the_metrics_socket_is_group_readable_and_strict_refuses_tcp(
 
 
 def test_only_requests_to_engines_without_an_id_count_as_missing_ids(
-    tmp_path: Path, start_gateway: StartGateway,
+    tmp_path: Path,
+    start_gateway: StartGateway,
 ) -> None:
     port = free_port()
     gateway = start_gateway(fake_codex(tmp_path / "codex", fake_table("a", model="m-a")),

@@ -17,6 +17,7 @@ from soulstone.council.load import council_files, councils_source, load_council_
 from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
+from soulstone.observe.trace import traces_target
 from soulstone.runtimes.state import StateFolder
 
 
@@ -148,9 +149,19 @@ def serve_command(
             help="Also serve /metrics and /health on this loopback address (not with --strict).",
         ),
     ] = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            metavar="URL",
+            help="Send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
+            "http://127.0.0.1:4318 (also OTEL_EXPORTER_OTLP_ENDPOINT; off by default).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
+    otlp = guarded(ctx, lambda: traces_target(otlp_endpoint, os.environ))
     listen = socket or default_socket(s.paths.runtime)
     _, declared = guarded(ctx, lambda: load_checked(s, councils, listen))
     source, named = councils_source(councils, s.paths)
@@ -171,6 +182,7 @@ def serve_command(
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,
         metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
+        otlp=otlp,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 
