@@ -18,8 +18,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otlp_receiver import Receiver
 from soulstone.observe.logging import make_logger
-from soulstone.observe.otlp import LoggedExporter, OtlpTracer, encode, service_resource
+from soulstone.observe.otlp import LoggedExporter, OtlpTracer, service_resource
 from soulstone.observe.trace import Notes, parse_traceparent
+from soulstone.observe.wire import SpanEncoder
 
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -92,10 +93,17 @@ def test_batches_are_encoded_as_the_sdks_encoder_encodes_them() -> None:
     tracer = OtlpTracer(SimpleSpanProcessor(memory), memory, service_resource())
     traced_request(tracer, 502)
     notes = Notes(None)
-    tracer.finish(notes, {"request_id": "r-2", "ratio": 0.5, "flag": False, "n": -3}, 200)
+    varied: dict[str, Any] = {"request_id": "r-2", "ratio": 0.5, "flag": False, "n": -3,
+                              "zero": 0, "empty": "", "text": "ünï ✓", "big": 2**62,
+                              "many": ["a", "b"], "on": True}  # fmt: skip
+    tracer.finish(notes, varied, 200)
     spans = memory.get_finished_spans()
     assert len(spans) == 6
-    assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
+    encoder = SpanEncoder()
+    for _ in range(2):  # the second time from remembered attributes
+        encoded = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+        assert encoded == encode_spans(spans)
+    assert encoder.encode([]) == encode_spans([]).SerializeToString() == b""
 
 
 def test_an_outage_is_logged_once_and_its_end_once(otlp_receiver: Receiver) -> None:

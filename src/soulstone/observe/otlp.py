@@ -5,9 +5,9 @@ from the notes its path wrote (`observe.trace.Notes`), with the times they
 recorded: no live span objects, no context switching on the hot path. They
 go to the SDK's BatchSpanProcessor (a bounded queue and a thread of its own:
 a request never waits for, or fails because of, the collector) and from
-there to the OTLP/HTTP exporter. The batch is encoded here, into the same
-protobuf message the SDK's encoder builds, at a fifth of its cost (see
-benchmarks/gateway_overhead.md); the exporter's HTTP client sends it (its
+there to the OTLP/HTTP exporter. Batches are encoded by `observe.wire`
+(the message the SDK's encoder builds, at a fraction of its cost: see
+benchmarks/gateway_overhead.md) and sent by the exporter's HTTP client (its
 retries, headers, TLS and compression settings from the standard OTEL_*
 variables). A collector that cannot be reached is logged once per outage,
 not per request or batch; the SDK's own log lines are silenced.
@@ -23,9 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
-from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -33,116 +30,12 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from soulstone.observe.trace import Attribute, Notes, Target, shown_url
+from soulstone.observe.wire import SpanEncoder
 
 SCOPE = "soulstone"
 SERVICE = "soulstone"
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_KINDS: dict[SpanKind, Any] = {
-    SpanKind.INTERNAL: ProtoSpan.SPAN_KIND_INTERNAL, SpanKind.SERVER: ProtoSpan.SPAN_KIND_SERVER,
-    SpanKind.CLIENT: ProtoSpan.SPAN_KIND_CLIENT, SpanKind.PRODUCER: ProtoSpan.SPAN_KIND_PRODUCER,
-    SpanKind.CONSUMER: ProtoSpan.SPAN_KIND_CONSUMER,
-}  # fmt: skip
-_HAS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK)
-_IS_REMOTE = int(SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK)
 _OK = Status(StatusCode.UNSET)
-
-
-# -- encoding ---------------------------------------------------------------------------------
-
-
-def _put(target: Any, attributes: Any) -> None:
-    """Append attributes (str, bool, int, float, or sequences of them) as KeyValues."""
-    for key, value in attributes.items():
-        pair = target.add()
-        pair.key = key
-        _value(pair.value, value)
-
-
-def _value(slot: Any, value: Any) -> None:
-    if isinstance(value, str):
-        slot.string_value = value
-    elif isinstance(value, bool):
-        slot.bool_value = value
-    elif isinstance(value, int):
-        slot.int_value = value
-    elif isinstance(value, float):
-        slot.double_value = value
-    elif isinstance(value, bytes):
-        slot.bytes_value = value
-    elif isinstance(value, Sequence):
-        values = slot.array_value.values
-        for item in value:
-            _value(values.add(), item)
-    else:
-        raise TypeError(f"a span attribute cannot be a {type(value).__name__}")
-
-
-def _span(out: ProtoSpan, span: ReadableSpan) -> None:
-    context = span.context
-    assert context is not None
-    out.trace_id = context.trace_id.to_bytes(16, "big")
-    out.span_id = context.span_id.to_bytes(8, "big")
-    parent = span.parent
-    flags: int = _HAS_REMOTE
-    if parent is not None:
-        out.parent_span_id = parent.span_id.to_bytes(8, "big")
-        if parent.is_remote:
-            flags |= _IS_REMOTE
-    out.flags = flags
-    out.name = span.name
-    out.kind = _KINDS[span.kind]
-    out.start_time_unix_nano = span.start_time or 0
-    out.end_time_unix_nano = span.end_time or 0
-    if span.attributes:
-        _put(out.attributes, span.attributes)
-    for event in span.events:
-        encoded = out.events.add()
-        encoded.name = event.name
-        encoded.time_unix_nano = event.timestamp
-        if event.attributes:
-            _put(encoded.attributes, event.attributes)
-    status = span.status
-    out.status.SetInParent()
-    out.status.code = status.status_code.value  # type: ignore[assignment]
-    if status.description:
-        out.status.message = status.description
-
-
-def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """The ExportTraceServiceRequest of these spans, serialized (what the SDK's encoder makes).
-
-    Spans are grouped by resource and scope, as the SDK groups them; links
-    and trace state, which this gateway never sets, are left out.
-    """
-    request = ExportTraceServiceRequest()
-    groups: dict[tuple[int, int], Any] = {}
-    resources: dict[int, Any] = {}
-    for span in spans:
-        resource, scope = span.resource, span.instrumentation_scope
-        key = (id(resource), id(scope))
-        out = groups.get(key)
-        if out is None:
-            resource_spans = resources.get(id(resource))
-            if resource_spans is None:
-                resource_spans = resources[id(resource)] = request.resource_spans.add()
-                resource_spans.resource.SetInParent()
-                _put(resource_spans.resource.attributes, resource.attributes)
-                if resource.schema_url:
-                    resource_spans.schema_url = resource.schema_url
-            scope_spans = resource_spans.scope_spans.add()
-            scope_spans.scope.SetInParent()
-            if scope is not None:
-                scope_spans.scope.name = scope.name
-                if scope.version:
-                    scope_spans.scope.version = scope.version
-                if scope.attributes:
-                    _put(scope_spans.scope.attributes, scope.attributes)
-                if scope.schema_url:
-                    scope_spans.schema_url = scope.schema_url
-            out = groups[key] = scope_spans.spans
-        _span(out.add(), span)
-    data: bytes = request.SerializeToString()
-    return data
 
 
 # -- exporting --------------------------------------------------------------------------------
@@ -160,6 +53,7 @@ class LoggedExporter(SpanExporter):
         self.exporter = exporter
         self.url = shown_url(url)
         self.log = log
+        self.encoder = SpanEncoder()
         self.failing = False
         self.lost = 0  # spans in batches that could not be exported during this outage
 
@@ -167,7 +61,7 @@ class LoggedExporter(SpanExporter):
         client = getattr(self.exporter, "_client", None)
         if client is None or not callable(getattr(client, "export", None)):
             return self.exporter.export(spans) is SpanExportResult.SUCCESS
-        return bool(getattr(client.export(encode(spans)), "success", False))
+        return bool(getattr(client.export(self.encoder.encode(spans)), "success", False))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Send one batch; note (once) that the collector cannot be reached, or is back."""

@@ -193,8 +193,8 @@ class Notes:
                       client=True)  # fmt: skip
         self.phases.append(phase)
         self.upstream = phase
-        return b"traceparent: %s\r\n" % traceparent(self.trace_id, phase.span_id,
-                                                      self.sampled).encode()  # fmt: skip
+        flags = b"01" if self.sampled else b"00"
+        return b"traceparent: 00-%032x-%016x-%s\r\n" % (self.trace_id, phase.span_id, flags)
 
     def answered(self, status: int, first_at: float | None = None, chunks: int = 0,
                  code: str | None = None) -> None:  # fmt: skip
