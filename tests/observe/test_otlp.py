@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otlp_receiver import Receiver
 from soulstone.observe.logging import make_logger
-from soulstone.observe.otlp import LoggedExporter, OtlpTracer, service_resource
+from soulstone.observe.otlp import LoggedExporter, OtlpTracer, expand, service_resource
 from soulstone.observe.trace import Notes, parse_traceparent
 from soulstone.observe.wire import SpanEncoder
 
@@ -37,11 +37,18 @@ def traced_request(tracer: OtlpTracer, status: int = 200) -> Notes:
     return notes
 
 
-def spans_of(status: int = 200) -> tuple[Notes, dict[str, ReadableSpan]]:
+def queued_of(status: int = 200) -> tuple[Notes, ReadableSpan]:
+    """A traced request's notes, and what its tracer queued: one object, its span."""
     memory = InMemorySpanExporter()
     tracer = OtlpTracer(SimpleSpanProcessor(memory), memory, service_resource())
     notes = traced_request(tracer, status)
-    return notes, {span.name: span for span in memory.get_finished_spans()}
+    [queued] = memory.get_finished_spans()
+    return notes, queued
+
+
+def spans_of(status: int = 200) -> tuple[Notes, dict[str, ReadableSpan]]:
+    notes, queued = queued_of(status)
+    return notes, {span.name: span for span in expand([queued])}
 
 
 def test_a_request_span_and_its_phases_are_built_from_the_notes() -> None:
@@ -97,13 +104,27 @@ def test_batches_are_encoded_as_the_sdks_encoder_encodes_them() -> None:
                               "zero": 0, "empty": "", "text": "ünï ✓", "big": 2**62,
                               "many": ["a", "b"], "on": True}  # fmt: skip
     tracer.finish(notes, varied, 200)
-    spans = memory.get_finished_spans()
-    assert len(spans) == 6
+    queued = memory.get_finished_spans()
+    spans = expand(queued)
+    assert len(queued) == 2 and len(spans) == 6
+    expected = encode_spans(spans)
     encoder = SpanEncoder()
+    plain = [span for span in spans if not hasattr(span, "notes")]  # SDK spans, as they come
     for _ in range(2):  # the second time from remembered attributes
-        encoded = ExportTraceServiceRequest.FromString(encoder.encode(spans))
-        assert encoded == encode_spans(spans)
+        assert ExportTraceServiceRequest.FromString(encoder.encode(queued)) == expected
+        decoded = ExportTraceServiceRequest.FromString(encoder.encode(plain))
+        assert decoded == encode_spans(plain)
     assert encoder.encode([]) == encode_spans([]).SerializeToString() == b""
+
+
+def test_text_that_is_not_utf_8_is_replaced_not_a_lost_batch() -> None:
+    memory = InMemorySpanExporter()
+    tracer = OtlpTracer(SimpleSpanProcessor(memory), memory, service_resource())
+    tracer.finish(Notes(None), {"request_id": "bad-\udcff-id", "status": 200}, 200)
+    decoded = ExportTraceServiceRequest.FromString(SpanEncoder().encode(
+        memory.get_finished_spans()))  # fmt: skip
+    [span] = decoded.resource_spans[0].scope_spans[0].spans
+    assert span.attributes[0].value.string_value == "bad-?-id"
 
 
 def test_an_outage_is_logged_once_and_its_end_once(otlp_receiver: Receiver) -> None:
@@ -112,21 +133,21 @@ def test_an_outage_is_logged_once_and_its_end_once(otlp_receiver: Receiver) -> N
     exporter = LoggedExporter(OTLPSpanExporter(endpoint=url),
                               url.replace("http://", "http://me:secret@"),
                               make_logger("test", log))  # fmt: skip
-    batch = list(spans_of()[1].values())
+    batch = [queued_of()[1]]
     results = []
     for status in (200, 500, 500, 500, 200, 200, 500):  # 500: refused, and not retried
         otlp_receiver.status = status
         results.append(exporter.export(batch))
     ok, failed = SpanExportResult.SUCCESS, SpanExportResult.FAILURE
     assert results == [ok, failed, failed, failed, ok, ok, failed]
-    assert otlp_receiver.posts == 7 and len(otlp_receiver.spans) == 3 * len(batch)
+    assert otlp_receiver.posts == 7 and len(otlp_receiver.spans) == 3 * 5  # a request: 5 spans
     lines: list[dict[str, Any]] = [json.loads(line) for line in log.getvalue().splitlines()]
     assert [line["event"].split(";")[0] for line in lines] == [
         "traces cannot be exported",
         "traces are exported again",
         "traces cannot be exported",
     ]
-    assert lines[1]["lost_spans"] == 3 * len(batch)
+    assert lines[1]["lost_requests"] == 3
     assert all(line["endpoint"] == url for line in lines)  # never the credentials
     exporter.shutdown()
 
@@ -145,5 +166,29 @@ def test_an_exporter_that_raises_is_a_failed_batch_not_a_crash() -> None:
     log = io.StringIO()
     exporter = LoggedExporter(Broken(), "http://127.0.0.1:9/v1/traces",  # type: ignore[arg-type]
                               make_logger("test", log))  # fmt: skip
-    assert exporter.export(list(spans_of()[1].values())) is SpanExportResult.FAILURE
+    assert exporter.export([queued_of()[1]]) is SpanExportResult.FAILURE
     assert json.loads(log.getvalue())["reason"] == "ConnectionError"
+
+
+class Keeping:
+    """An exporter without an HTTP client of its own: it gets every span as a ReadableSpan."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += spans
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return
+
+
+def test_an_exporter_without_its_own_client_gets_every_span_itself() -> None:
+    kept = Keeping()
+    exporter = LoggedExporter(kept, "http://127.0.0.1:9/v1/traces",  # type: ignore[arg-type]
+                              make_logger("test", io.StringIO()))  # fmt: skip
+    assert exporter.export([queued_of()[1]]) is SpanExportResult.SUCCESS
+    assert sorted(span.name for span in kept.spans) == [
+        "soulstone.council", "soulstone.queue", "soulstone.request", "soulstone.tool_check",
+        "soulstone.upstream"]  # fmt: skip

@@ -2,8 +2,9 @@
 
 Imported only when tracing is on. Spans are built when a request is settled,
 from the notes its path wrote (`observe.trace.Notes`), with the times they
-recorded: no live span objects, no context switching on the hot path. They
-go to the SDK's BatchSpanProcessor (a bounded queue and a thread of its own:
+recorded: no live span objects, no context switching on the hot path. One
+object per request (its span, carrying its phases) goes to the SDK's
+BatchSpanProcessor (a bounded queue and a thread of its own:
 a request never waits for, or fails because of, the collector) and from
 there to the OTLP/HTTP exporter. Batches are encoded by `observe.wire`
 (the message the SDK's encoder builds, at a fraction of its cost: see
@@ -55,12 +56,12 @@ class LoggedExporter(SpanExporter):
         self.log = log
         self.encoder = SpanEncoder()
         self.failing = False
-        self.lost = 0  # spans in batches that could not be exported during this outage
+        self.lost = 0  # requests whose spans could not be exported during this outage
 
     def _send(self, spans: Sequence[ReadableSpan]) -> bool:
         client = getattr(self.exporter, "_client", None)
         if client is None or not callable(getattr(client, "export", None)):
-            return self.exporter.export(spans) is SpanExportResult.SUCCESS
+            return self.exporter.export(expand(spans)) is SpanExportResult.SUCCESS
         return bool(getattr(client.export(self.encoder.encode(spans)), "success", False))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -74,7 +75,8 @@ class LoggedExporter(SpanExporter):
         if sent:
             if self.failing:
                 self.failing = False
-                self.log.info("traces are exported again", endpoint=self.url, lost_spans=self.lost)
+                self.log.info("traces are exported again", endpoint=self.url,
+                              lost_requests=self.lost)  # fmt: skip
             return SpanExportResult.SUCCESS
         self.lost += len(spans)
         if not self.failing:
@@ -93,8 +95,49 @@ class LoggedExporter(SpanExporter):
         return True
 
 
+class RequestSpan(ReadableSpan):
+    """A request's span, carrying the notes of its phases: one object per request queued.
+
+    The exporter writes the phases as the span's children (`expand` makes
+    them ReadableSpans for an exporter that needs those).
+    """
+
+    def __init__(self, notes: Notes, context: SpanContext, parent: SpanContext | None,
+                 resource: Resource, attributes: dict[str, Attribute], status: Status, end: int,
+                 scope: InstrumentationScope) -> None:  # fmt: skip
+        super().__init__("soulstone.request", context, parent, resource, attributes, (), (),
+                         SpanKind.SERVER, None, status, notes.wall, end, scope)  # fmt: skip
+        self.notes = notes
+
+
+def expand(spans: Sequence[ReadableSpan]) -> list[ReadableSpan]:
+    """Every span, each request's span preceded by its phases' spans (as the encoder writes)."""
+    out: list[ReadableSpan] = []
+    for span in spans:
+        notes = getattr(span, "notes", None)
+        if isinstance(notes, Notes) and span.context is not None and span.end_time is not None:
+            out += _phase_spans(notes, span.context, span.end_time, span.resource,
+                                span.instrumentation_scope)  # fmt: skip
+        out.append(span)
+    return out
+
+
+def _phase_spans(notes: Notes, own: SpanContext, end: int, resource: Resource,
+                 scope: InstrumentationScope | None) -> list[ReadableSpan]:  # fmt: skip
+    spans: list[ReadableSpan] = []
+    for phase in notes.phases:
+        events = [Event(name, None, notes.ns(moment)) for name, moment in phase.events]
+        kind = SpanKind.CLIENT if phase.client else SpanKind.INTERNAL
+        spans.append(ReadableSpan(
+            phase.name, SpanContext(own.trace_id, phase.span_id, False, _SAMPLED), own, resource,
+            phase.attributes, events, (), kind, None, _OK, notes.ns(phase.start),
+            notes.ns(phase.end) if phase.end is not None else end, scope,
+        ))  # fmt: skip
+    return spans
+
+
 class OtlpTracer:
-    """Builds each settled request's spans from its notes and queues them for export."""
+    """Builds each settled request's span from its notes and queues it for export."""
 
     def __init__(self, processor: SpanProcessor, exporter: SpanExporter,
                  resource: Resource) -> None:  # fmt: skip
@@ -104,28 +147,19 @@ class OtlpTracer:
         self.scope = InstrumentationScope(SCOPE)
 
     def finish(self, notes: Notes, attributes: dict[str, Attribute], status: int) -> None:
-        """Queue the request's span and its phases' (none for a caller's unsampled trace)."""
+        """Queue the request's span, with its phases (none for a caller's unsampled trace)."""
         if not notes.sampled:
             return
         end = notes.ns(time.perf_counter())
-        trace_id, resource, scope = notes.trace_id, self.resource, self.scope
-        emit = self.processor.on_end
-        own = SpanContext(trace_id, notes.span_id, False, _SAMPLED)
-        for phase in notes.phases:
-            events = [Event(name, None, notes.ns(moment)) for name, moment in phase.events]
-            kind = SpanKind.CLIENT if phase.client else SpanKind.INTERNAL
-            emit(ReadableSpan(
-                phase.name, SpanContext(trace_id, phase.span_id, False, _SAMPLED), own, resource,
-                phase.attributes, events, (), kind, None, _OK, notes.ns(phase.start),
-                notes.ns(phase.end) if phase.end is not None else end, scope,
-            ))  # fmt: skip
         parent = notes.parent
         caller = (SpanContext(parent.trace_id, parent.span_id, parent.remote, _SAMPLED)
                   if parent is not None else None)  # fmt: skip
-        code = attributes.get("error_code")
-        outcome = Status(StatusCode.ERROR, str(code)) if status >= 500 else _OK
-        emit(ReadableSpan("soulstone.request", own, caller, resource, attributes, (), (),
-                          SpanKind.SERVER, None, outcome, notes.wall, end, scope))  # fmt: skip
+        outcome = (
+            Status(StatusCode.ERROR, str(attributes.get("error_code"))) if status >= 500 else _OK
+        )
+        own = SpanContext(notes.trace_id, notes.span_id, False, _SAMPLED)
+        self.processor.on_end(RequestSpan(notes, own, caller, self.resource, attributes, outcome,
+                                          end, self.scope))  # fmt: skip
 
     async def aclose(self, timeout_s: float) -> None:
         """Export what is queued (at most `timeout_s`), then stop the exporter and its thread."""
