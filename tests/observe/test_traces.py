@@ -24,8 +24,10 @@ from gateway_harness import (
     fake_codex,
     fake_table,
     gateway_starter,
+    lora_table,
     table_port,
 )
+from lora_helpers import write_adapter
 from otlp_receiver import ReceivedSpan, Receiver, running_receiver
 
 MARKER = "quartz-zebra-7731"  # in every prompt here; in nothing the collector gets
@@ -165,6 +167,26 @@ def test_a_swap_shows_as_the_engine_start_of_the_request_that_waited_for_it(
         start = children["soulstone.engine_start"]
         assert start.attributes == {"soulstone": soulstone, "wait": "engine", "swapped": swapped}
         assert within(start, request) and start.end <= children["soulstone.upstream"].start
+    assert_no_marker(otlp_receiver)
+
+
+def test_an_adapter_that_was_not_hot_is_loaded_in_a_phase_of_its_own(
+    tmp_path: Path, start_gateway: StartGateway, otlp_receiver: Receiver,
+) -> None:  # fmt: skip
+    codex = fake_codex(tmp_path / "c", lora_table("base", model="base", max_loras=1))
+    gateway = start_gateway(codex, env=traced(otlp_receiver))
+    added = gateway.cli("lora", "add", "x", str(write_adapter(tmp_path / "x")), "--base", "base")
+    assert added.returncode == 0, added.stderr
+    with gateway.http() as http:
+        for index in range(2):  # loaded for the first, hot for the second
+            answer = http.post("/v1/chat/completions", json=chat("x", "adapter"),
+                               headers={"X-Request-ID": f"adapter-{index}"})  # fmt: skip
+            assert answer.status_code == 200, answer.text
+    first, second = (otlp_receiver.request_span(f"adapter-{i}") for i in range(2))
+    load = otlp_receiver.children(first)["soulstone.adapter_load"]
+    assert load.attributes == {"adapter": "x", "soulstone": "base"} and within(load, first)
+    assert first.attributes["model"] == "x"
+    assert "soulstone.adapter_load" not in otlp_receiver.children(second)
     assert_no_marker(otlp_receiver)
 
 
