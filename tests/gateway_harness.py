@@ -7,7 +7,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import kill_recorded
-from helpers import FAKE_ENGINE, free_port, write
+from helpers import FAKE_ENGINE, free_port, terminate, write
 from soulstone.guard.keys import hash_key, new_key
 from soulstone.runtimes.state import StateFolder
 
@@ -77,14 +76,7 @@ class RunningGateway:
         self.process.send_signal(signum)
 
     def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process, timeout)
 
 
 def _answers(path: Path) -> bool:
@@ -254,3 +246,19 @@ def request_lines(gateway: RunningGateway, *request_ids: str,
             assert not missing, f"no request-log line for {sorted(missing)}"
             return found
         time.sleep(0.05)
+
+
+def write_councils(folder: Path, text: str) -> Path:
+    """A council folder holding one file, councils.toml, of this text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "councils.toml").write_text(text)
+    return folder
+
+
+def fake_engine_calls(table: str) -> list[dict[str, Any]]:
+    """The chat calls a fake engine received (`/fake/calls`; none when it never started)."""
+    try:
+        answer = httpx2.get(f"http://127.0.0.1:{table_port(table)}/fake/calls")
+    except httpx2.ConnectError:
+        return []
+    return list(answer.json()["calls"])

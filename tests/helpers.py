@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,15 @@ def codex_of(*soulstones: Soulstone) -> Codex:
     """A codex of these soulstones, sorted by id, with their conflict pairs."""
     ordered = tuple(sorted(soulstones, key=lambda s: s.id))
     return Codex(ordered, conflict_pairs(ordered))
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM a process, SIGKILL it when it has not exited within `timeout`; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,7 +22,7 @@ import httpx2
 import pytest
 import yaml
 
-from helpers import free_port
+from helpers import free_port, terminate
 
 HOW = "scripts/get-prometheus (Debian's prometheus package)"
 READY_S = 60.0
@@ -117,13 +116,7 @@ class RunningPrometheus:
     def stop(self, timeout: float = 20) -> None:
         """SIGTERM, then SIGKILL when it has not exited within `timeout`."""
         self._http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout)
 
 
 def prometheus_config(targets: Sequence[Target], rule_files: Sequence[Path] = ()) -> str:

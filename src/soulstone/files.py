@@ -1,4 +1,4 @@
-"""Whole-or-nothing file writes: a temporary file in the same folder, then a rename."""
+"""Whole-or-nothing file writes (a temporary file, then a rename), and reading a tail."""
 
 from __future__ import annotations
 
@@ -21,3 +21,15 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600, folder_mode: int = 
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def tail_lines(path: Path, lines: int, window: int = 64 * 1024) -> str:
+    """The last lines of a text file (read from its last `window` bytes); '' if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - window))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

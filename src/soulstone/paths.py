@@ -49,6 +49,11 @@ class Paths:
         return self.config / "councils"
 
     @property
+    def memory(self) -> Path:
+        """The councils' resonance memory (embedded Qdrant): `$XDG_DATA_HOME/soulstone/memory/`."""
+        return self.data / "memory"
+
+    @property
     def quadlet_units(self) -> Path:
         """The user's Quadlet folder: `$XDG_CONFIG_HOME/containers/systemd/`."""
         return self.config.parent / "containers" / "systemd"

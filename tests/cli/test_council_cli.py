@@ -224,3 +224,39 @@ aggregator = "two"
     )
     assert answer.choices[0].message.content
     assert first_wave() == ["west.m2"]  # what runs goes first
+
+
+def test_council_forget_with_no_gateway_opens_the_memory_folder_itself(
+    run: Run, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from soulstone.council.memory import Remembered, ResonanceMemory
+
+    folder = tmp_path / "data" / "soulstone" / "memory"
+    nothing = run("council", "forget", "s1", "--json")
+    assert nothing.returncode == 0, nothing.stderr
+    assert json.loads(nothing.stdout) == {"session": "s1", "forgotten": 0, "where": str(folder)}
+    assert not folder.exists()  # forgetting creates no store
+
+    async def remember() -> ResonanceMemory:
+        memory = ResonanceMemory(folder)
+        await memory.store("pantheon", "s1", [Remembered("maat", 1, "a", [1.0, 0.0]),
+                                              Remembered("roc", 1, "b", [0.0, 1.0])])  # fmt: skip
+        await memory.store("pantheon", "s2", [Remembered("maat", 1, "c", [1.0, 0.0])])
+        return memory
+
+    async def close(memory: ResonanceMemory) -> None:
+        await memory.close()
+
+    held = asyncio.run(remember())  # still open: this process holds the folder's lock
+    try:
+        busy = run("council", "forget", "s1")
+        assert busy.returncode == 1
+        assert f"{folder} is in use by another process" in " ".join(busy.stderr.split())
+    finally:
+        asyncio.run(close(held))
+    forgot = run("council", "forget", "s1")
+    assert forgot.returncode == 0, forgot.stderr
+    assert f"forgot 2 memories of session 's1' ({folder})" in forgot.stdout
+    assert json.loads(run("council", "forget", "s2", "--json").stdout)["forgotten"] == 1

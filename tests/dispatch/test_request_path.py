@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatch.conftest import OWN_PEER, USAGE_TOTAL, BuildRig, Rig, peer
-from soulstone.dispatch.call import Answer, Rejection
+from soulstone.dispatch.call import Answer, Call, Rejection
 from soulstone.dispatch.events import Chunk, Done, Event, ToolCall
 from soulstone.dispatch.stream import Stream
 from soulstone.guard.clients import ClientDecl, ClientsDecl, GatewayDecl
@@ -207,6 +207,24 @@ async def test_heartbeat_chains_are_kept_per_client_and_session(build_rig: Build
     refusal_of(await rig.enter(beat, caller=alice, session="s1"), 429,
                "HEARTBEAT_DEPTH_EXCEEDED")  # fmt: skip
     answer_of(await rig.enter(plain, caller=bob, session="s1"))
+    rig.assert_nothing_held()
+
+
+async def test_a_council_personas_calls_leave_the_callers_heartbeat_chain_alone(
+    build_rig: BuildRig,
+) -> None:
+    rig = await build_rig(TWO_USERS, HEARTBEAT_POLICY)
+    alice = peer(4101)
+    beat = {**CHAT, "tools": [PING_TOOL],
+            "messages": [{"role": "user", "content": "CALL:heartbeat"}]}  # fmt: skip
+    answer_of(await rig.enter(beat, caller=alice, session="s1"))  # opens alice's chain
+    chain = rig.services.heartbeats.chains["alice\0s1"]
+    client = rig.client("alice")
+    for persona in ("maat", "thoth"):  # a plain answer would end the chain; these do not
+        persona_call = Call("chat", {**CHAT, "tools": [PING_TOOL]}, client, f"c.{persona}",
+                            "s1", council="pantheon", persona=persona)  # fmt: skip
+        answer_of(await rig.path.dispatch(persona_call))
+    assert rig.services.heartbeats.chains == {"alice\0s1": chain}
     rig.assert_nothing_held()
 
 

@@ -22,28 +22,15 @@ from gateway_harness import (
     RunningGateway,
     StartGateway,
     fake_codex,
+    fake_engine_calls,
     fake_table,
     keyed,
     lora_table,
     request_lines,
     table_port,
+    write_councils,
 )
 from lora_helpers import write_adapter
-
-
-def councils_folder(folder: Path, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "councils.toml").write_text(text)
-    return folder
-
-
-def engine_calls(table: str) -> list[dict[str, Any]]:
-    """The calls a fake engine received (none when it never started)."""
-    try:
-        answer = httpx2.get(f"http://127.0.0.1:{table_port(table)}/fake/calls")
-    except httpx2.ConnectError:
-        return []
-    return list(answer.json()["calls"])
 
 
 def ask(gateway: RunningGateway, name: str, question: str = "What is truth?",
@@ -100,7 +87,7 @@ aggregator = "thoth"
 def trio(tmp_path: Path, start_gateway: StartGateway) -> tuple[RunningGateway, list[str]]:
     tables = [fake_table(name, model=f"m-{name}", group="g") for name in ("a", "b", "c")]
     codex = fake_codex(tmp_path / "codex", *tables)
-    councils = councils_folder(tmp_path / "councils", TRIO)
+    councils = write_councils(tmp_path / "councils", TRIO)
     return start_gateway(codex, "--councils", str(councils)), tables
 
 
@@ -133,12 +120,12 @@ def test_every_persona_answers_at_once_and_the_aggregator_sees_every_answer(
     assert result["usage"]["total_tokens"] == (result["usage"]["prompt_tokens"]
                                                + result["usage"]["completion_tokens"])  # fmt: skip
     # The three members overlapped on their engines: each began before any other ended.
-    calls = [c for t in tables for c in engine_calls(t) if c["id"] != "council-1.thoth"]
+    calls = [c for t in tables for c in fake_engine_calls(t) if c["id"] != "council-1.thoth"]
     assert sorted(c["id"] for c in calls) == ["council-1.lilith", "council-1.maat",
                                               "council-1.roc"]  # fmt: skip
     assert max(c["began"] for c in calls) < min(c["ended"] for c in calls)
     # ... and the aggregator began after the last of them ended.
-    [aggregated] = [c for c in engine_calls(tables[0]) if c["id"] == "council-1.thoth"]
+    [aggregated] = [c for c in fake_engine_calls(tables[0]) if c["id"] == "council-1.thoth"]
     assert aggregated["began"] >= max(c["ended"] for c in calls)
     assert result["ms"] < 900  # three 300 ms personas one after another could not be this fast
     # One request-log line per persona call (council and persona named), one for the council.
@@ -198,7 +185,7 @@ def test_a_failed_persona_is_recorded_and_the_council_goes_on_while_quorum_holds
     start_gateway: StartGateway,
 ) -> None:
     table = fake_table("a", model="m-a")
-    councils = councils_folder(tmp_path / "councils", """
+    councils = write_councils(tmp_path / "councils", """
 [persona.good1]
 model = "m-a"
 system = "[[say=one]]"
@@ -248,7 +235,7 @@ def test_a_veto_sends_the_draft_back_for_one_more_round(
     start_gateway: StartGateway,
 ) -> None:
     table = fake_table("a", model="m-a")
-    councils = councils_folder(tmp_path / "councils", """
+    councils = write_councils(tmp_path / "councils", """
 [persona.one]
 model = "m-a"
 system = "[[say=first thought]]"
@@ -285,7 +272,7 @@ max_rounds = 2
     assert second["veto"] == {"verdict": "accept", "reason": "fine"}
     assert result["final"]["content"] == second["draft"]
     # The second round's persona saw the vetoed draft and the reason.
-    last = [c for c in engine_calls(table) if c["id"].endswith(".one")][-1]["last"]
+    last = [c for c in fake_engine_calls(table) if c["id"].endswith(".one")][-1]["last"]
     assert "vetoed: not yet" in last["content"]
     stubborn = ask(gateway, "stubborn").json()
     assert len(stubborn["rounds"]) == 2
@@ -299,7 +286,7 @@ def test_routers_choose_by_rules_and_by_a_forced_json_answer(
     start_gateway: StartGateway,
 ) -> None:
     table = fake_table("a", model="m-a")
-    councils = councils_folder(tmp_path / "councils", """
+    councils = write_councils(tmp_path / "councils", """
 [persona.isis]
 model = "m-a"
 system = "[[say=isis]]"
@@ -340,7 +327,7 @@ router = { kind = "model", persona = "confused" }
     assert unmatched["routed"] == ["isis", "thoth"] and unmatched["fallback"]
     picked = ask(gateway, "picked").json()["rounds"][0]
     assert picked["routed"] == ["thoth"] and picked["fallback"] is None
-    router_call = [c for c in engine_calls(table) if c["id"].endswith(".picker")][-1]
+    router_call = [c for c in fake_engine_calls(table) if c["id"].endswith(".picker")][-1]
     assert "isis" in router_call["last"]["content"]  # the router saw the personas to pick from
     fell = ask(gateway, "fallback").json()["rounds"][0]
     assert fell["routed"] == ["isis", "thoth"]
@@ -353,7 +340,7 @@ def test_personas_on_conflicting_engines_run_in_waves_with_one_swap(
 ) -> None:
     """Group A's personas first (A runs), then B's with the aggregator: one swap, none back."""
     tables = [fake_table("a", model="m-a", group="ga"), fake_table("b", model="m-b", group="gb")]
-    councils = councils_folder(tmp_path / "councils", """
+    councils = write_councils(tmp_path / "councils", """
 [persona.a1]
 model = "m-a"
 system = "[[say=a1]]"
@@ -394,7 +381,7 @@ def test_twenty_personas_finish_through_four_slots(
     personas = "".join(f'[persona.p{i}]\nmodel = "m-a"\nsystem = "[[delay=50]] [[say=p{i}]]"\n'
                        for i in range(20))  # fmt: skip
     names = ", ".join(f'"p{i}"' for i in range(20))
-    councils = councils_folder(tmp_path / "councils", personas + f"""
+    councils = write_councils(tmp_path / "councils", personas + f"""
 [persona.agg]
 model = "m-a"
 system = "[[echo]]"
@@ -418,7 +405,7 @@ def test_a_caller_that_may_not_use_a_persona_or_is_over_its_tokens_runs_nothing(
         fake_table("a", "--tokens", "60", model="m-a", group="g"),
         fake_table("b", model="m-b", group="g"),
     ]
-    councils = councils_folder(tmp_path / "councils", TRIO.replace(
+    councils = write_councils(tmp_path / "councils", TRIO.replace(
         '[persona.roc]\nmodel = "m-c"', '[persona.roc]\nmodel = "m-b"'))  # fmt: skip
     narrow_key, narrow = keyed("narrow", models=["m-a"])
     thrifty_key, thrifty = keyed("thrifty", limits={"tokens_per_minute": 40})
@@ -440,7 +427,7 @@ def test_a_caller_that_may_not_use_a_persona_or_is_over_its_tokens_runs_nothing(
                        headers={"Authorization": f"Bearer {thrifty_key}"})  # fmt: skip
     assert over.status_code == 429
     assert over.json()["error"]["code"] == "TOKEN_RATE_LIMITED"
-    persona_calls = [c for t in tables for c in engine_calls(t) if "." in c["id"]]
+    persona_calls = [c for t in tables for c in fake_engine_calls(t) if "." in c["id"]]
     assert persona_calls == []  # no persona ran for either refusal
 
 
@@ -527,7 +514,7 @@ def test_a_council_is_one_request_in_flight_for_its_caller(
 ) -> None:
     """`concurrent = 1` lets a three-persona council through, and nothing beside it."""
     table = fake_table("a", model="m-a")
-    councils = councils_folder(tmp_path / "councils", """
+    councils = write_councils(tmp_path / "councils", """
 [persona.p1]
 model = "m-a"
 system = "[[delay=1500]] [[say=one]]"
@@ -556,7 +543,7 @@ aggregator = "agg"
             council = asyncio.ensure_future(
                 http.post(f"{base}/v1/council/slow", json=body, headers=headers)
             )
-            while len([c for c in engine_calls(table) if c["ended"] is None]) < 3:
+            while len([c for c in fake_engine_calls(table) if c["ended"] is None]) < 3:
                 await asyncio.sleep(0.02)  # until the three personas are being answered
             beside = await http.post(f"{base}/v1/chat/completions", headers=headers,
                                      json={"model": "m-a", **body})  # fmt: skip
@@ -575,7 +562,7 @@ def test_adapter_personas_on_one_base_wait_for_a_hot_slot_rather_than_fail(
 ) -> None:
     """Two adapters and the base as personas, `max_loras = 1`: all answer, one adapter waits."""
     table = lora_table("base", model="base", max_loras=1)
-    councils = councils_folder(tmp_path / "councils", '[persona.plain]\nmodel = "base"\n')
+    councils = write_councils(tmp_path / "councils", '[persona.plain]\nmodel = "base"\n')
     gateway = start_gateway(fake_codex(tmp_path / "codex", table), "--councils", str(councils))
     with gateway.http() as http:
         for name in ("a", "b"):

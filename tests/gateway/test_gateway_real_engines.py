@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import openai
@@ -11,17 +10,9 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from gateway_harness import StartGateway
 from helpers import free_port, write
-from real_engines import llama_server, tiny_gguf
+from real_engines import llama_table
 
 pytestmark = pytest.mark.engine
-
-
-def llama_table(table: str, model: str, group: str, address: str) -> str:
-    command = [str(llama_server()), "-m", str(tiny_gguf()), "-c", "512", "-t", "1", "--no-warmup"]
-    return (
-        f'[{table}]\n{address}\nexec = {json.dumps(command)}\nmodels = ["{model}"]\n'
-        f'groups = ["{group}"]\nhealth = {{ start_timeout = 60, interval = 0.1 }}\n'
-    )
 
 
 def exercise(client: openai.OpenAI, model: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -124,3 +125,38 @@ def test_only_requests_to_engines_without_an_id_count_as_missing_ids(
     for _ in range(3):  # scrapes, as Prometheus makes them: no id
         text = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
     assert sample(text, "soulstone_request_ids_generated_total") == 2
+
+
+def test_the_gateway_log_is_kept_for_soulstone_logs_gateway(
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    gateway = start_gateway(fake_codex(tmp_path / "codex", fake_table("a", model="m-a")))
+    with gateway.http() as http:
+        for request_id, stream in (("logged-1", True), ("logged-2", False)):
+            http.post("/v1/chat/completions", headers={"X-Request-ID": request_id},
+                      json={"model": "m-a", "stream": stream,
+                            "messages": [{"role": "user", "content": "MARKER-7731"}]})  # fmt: skip
+    deadline = time.monotonic() + 15
+    while True:
+        shown = gateway.cli("logs", "--gateway", "-n", "50")
+        lines = [json.loads(line) for line in shown.stdout.splitlines() if line.startswith("{")]
+        found = {line["request_id"]: line for line in lines
+                 if line.get("request_id") in ("logged-1", "logged-2")}  # fmt: skip
+        if len(found) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert shown.returncode == 0, shown.stderr
+    streamed, whole = found["logged-1"], found["logged-2"]
+    assert streamed["client"] == "owner" and streamed["model"] == "m-a"
+    assert streamed["status"] == 200 and 0 < streamed["ttft_ms"] <= streamed["ms"]
+    assert whole["completion_tokens"] == 8 and whole["prompt_tokens"] > 0
+    assert any(entry.get("event") == "listening" for entry in lines)
+    with gateway.http() as http:
+        assert "MARKER-7731" not in http.get("/metrics").text
+    # ... and in no file the gateway wrote: state, logs, config, data, its stderr.
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert gateway.state.gateway_log in written and gateway.log in written
+    assert [p for p in written if b"MARKER-7731" in p.read_bytes()] == []
+    neither = gateway.cli("logs")
+    assert neither.returncode != 0 and "--gateway" in neither.stderr

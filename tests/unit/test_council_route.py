@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jsonschema
 import pytest
 
@@ -65,13 +67,24 @@ def test_router_schema_accepts_only_council_personas() -> None:
     assert schema == {
         "type": "object",
         "properties": {"personas": {"type": "array",
-                                    "items": {"enum": ["maat", "lilith", "thoth", "isis"]}}},
+                                    "items": {"enum": ["maat", "lilith", "thoth", "isis"]},
+                                    "minItems": 1, "maxItems": 2}},
         "required": ["personas"],
     }  # fmt: skip
     jsonschema.validate({"personas": ["maat", "isis"]}, schema)
-    for bad in ({"personas": ["ra"]}, {}, {"personas": "maat"}):
+    bad_answers: list[dict[str, Any]] = [
+        {"personas": ["ra"]}, {}, {"personas": "maat"},
+        {"personas": []},  # none: it would only fall back
+        {"personas": ["maat", "isis", "thoth"]},  # over max_personas
+    ]  # fmt: skip
+    for bad in bad_answers:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+    uncapped = router_schema(
+        PANTHEON.model_copy(update={"router": Router(kind="model", persona="maat")})
+    )
+    assert "maxItems" not in uncapped["properties"]["personas"]
+    jsonschema.validate({"personas": ["maat", "lilith", "thoth", "isis"]}, uncapped)
     assert response_format("router", schema) == {
         "type": "json_schema",
         "json_schema": {"name": "router", "schema": schema, "strict": True},
@@ -84,6 +97,8 @@ def test_verdicts_parse_and_fit_their_schema() -> None:
         jsonschema.validate(document, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"verdict": "maybe", "reason": ""}, schema)
+    with pytest.raises(jsonschema.ValidationError):  # the grammar stops a reason that runs on
+        jsonschema.validate({"verdict": "veto", "reason": "no " * 300}, schema)
     assert parse_verdict('{"verdict": "veto", "reason": "it lies"}') == Verdict("veto", "it lies")
     assert parse_verdict('{"verdict": "accept"}') == Verdict("accept", "")
     assert parse_verdict('```\n{"verdict": "accept", "reason": "fine"}\n```') == Verdict(

@@ -133,6 +133,7 @@ def _register() -> None:
         observe,
         serve,
         tools,
+        ui,
     )
 
     audit.register(app)
@@ -147,6 +148,7 @@ def _register() -> None:
     lora.register(app)
     observe.register(app)
     tools.register(app)
+    ui.register(app)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from soulstone.guard.audit import (
     audit_caches,
     audit_clients,
     audit_codex,
+    audit_dashboard,
     audit_listeners,
     audit_socket,
     model_caches,
@@ -36,6 +37,7 @@ def audit(
     findings: list[Finding] = []
     if strict:
         findings += audit_listeners(StateFolder(s.paths.state))
+    findings += audit_dashboard(StateFolder(s.paths.state))
     findings += audit_socket(socket or default_socket(s.paths.runtime))
     findings += audit_caches(model_caches(os.environ, s.paths.cache))
     findings += audit_clients(clients or s.paths.config / "clients.yaml")

@@ -1,4 +1,4 @@
-"""`soulstone council list|check|plan`: the declared councils, their problems, their waves."""
+"""`soulstone council list|check|plan|run|forget`: councils, their problems, waves and memory."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from rich.table import Table
 from rich.text import Text
 
 from soulstone.cli.app import Session, guarded, session
-from soulstone.cli.council_files import CouncilsOption, adapter_records, load_checked
+from soulstone.cli.council_files import (
+    CouncilsOption,
+    MemoryUrlOption,
+    adapter_records,
+    load_checked,
+)
 from soulstone.cli.gateway_client import (
     GatewayClient,
     default_socket,
@@ -226,6 +231,43 @@ def run(
         typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
         return
     guarded(ctx, lambda: _run_live(s, gateway, name, question))
+
+
+def _forget(s: Session, session_id: str, memory_url: str | None) -> dict[str, Any]:
+    """Forget through the running gateway (it holds the store's lock), else open the store here."""
+    gateway = running_gateway(default_socket(s.paths.runtime))
+    if gateway is not None:
+        return gateway.call("POST", "/admin/memory/forget", {"session": session_id})
+    from soulstone.council.memory import forget_session
+
+    forgotten = forget_session(s.paths.memory, memory_url, session_id)
+    return {"session": session_id, "forgotten": forgotten,
+            "where": memory_url or str(s.paths.memory)}  # fmt: skip
+
+
+@council_app.command("forget")
+def forget(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(
+        metavar="SESSION", help="The session id (X-Conveyance-Session-ID) to forget.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    memory_url: MemoryUrlOption = None,
+) -> None:  # fmt: skip
+    """Delete a session's resonance memories in every council (through the gateway when it runs)."""
+    s = session(ctx)
+    if not session_id:
+        guarded(ctx, _empty_session)
+    result = guarded(ctx, lambda: _forget(s, session_id, memory_url))
+    if as_json:
+        typer.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+        return
+    count = result["forgotten"]
+    s.out.print(f"forgot {count} memor{'y' if count == 1 else 'ies'} of session {session_id!r} "
+                f"({result['where']})", highlight=False, markup=False)  # fmt: skip
+
+
+def _empty_session() -> None:
+    raise UsageError("SESSION is empty: give the session id to forget")
 
 
 def _no_gateway(where: Path) -> None:

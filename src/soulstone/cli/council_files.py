@@ -20,6 +20,16 @@ from soulstone.errors import CodexError, CouncilError, Problem, SoulstoneError
 from soulstone.lora.registry import AdapterRecord
 from soulstone.paths import Paths
 
+MemoryUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-url",
+        metavar="URL",
+        envvar="SOULSTONE_MEMORY_URL",
+        help="A Qdrant server holding the councils' resonance memory, in place of the "
+        "embedded store in $XDG_DATA_HOME/soulstone/memory/.",
+    ),
+]
 CouncilsOption = Annotated[
     Path | None,
     typer.Option(

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import socket
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from soulstone.cli.app import Session, guarded, session
+from soulstone.cli.ui import open_browser
 from soulstone.codex.load import load_codex
 from soulstone.codex.models import Codex
 from soulstone.demo.artifacts import build_cache, ensure_llama_server, ensure_tiny_gguf
@@ -84,9 +88,49 @@ async def _ask(socket_path: Path, model: str) -> tuple[dict[str, Any], float]:
         return answer, time.monotonic() - began
 
 
+async def _open_dashboard(socket_path: Path) -> str:
+    """The dashboard's URL (with its one-time token) from the demo's gateway."""
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(socket_path))) as client,
+        client.post("http://localhost/ui/open", json={}) as response,
+    ):
+        answer: dict[str, Any] = await response.json()
+        if response.status != 200:
+            raise SoulstoneError(f"the gateway would not open its dashboard: {answer}")
+        return str(answer["url"])
+
+
+async def _enter(s: Session, prompt: str, server: asyncio.Task[None]) -> None:
+    """Wait for Enter on stdin (at once when stdin cannot be waited on, or the gateway ends)."""
+    loop = asyncio.get_running_loop()
+    pressed: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        return
+
+    def ready() -> None:
+        loop.remove_reader(fd)
+        with contextlib.suppress(OSError):
+            os.read(fd, 4096)  # the line (or the end of the input)
+        if not pressed.done():
+            pressed.set_result(None)
+
+    try:
+        loop.add_reader(fd, ready)
+    except (OSError, ValueError, NotImplementedError):  # a file or /dev/null: nothing to wait for
+        return
+    s.err.print(prompt, highlight=False)
+    try:
+        await asyncio.wait([pressed, server], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(fd)
+
+
 async def _through_gateway(
-    s: Session, codex: Codex, state: StateFolder, socket_path: Path
-) -> list[tuple[str, dict[str, Any], float]]:
+    s: Session, codex: Codex, state: StateFolder, socket_path: Path, ui: bool = False,
+    open_it: bool = True,
+) -> list[tuple[str, dict[str, Any], float]]:  # fmt: skip
     stop = asyncio.Event()
     ready = asyncio.Event()
     options = ServeOptions(socket=socket_path, clients=state.root / "clients.yaml",
@@ -98,19 +142,36 @@ async def _through_gateway(
         ))  # fmt: skip
         try:
             await asyncio.wait_for(ready.wait(), 30)
+            if ui:
+                url = await _open_dashboard(socket_path)
+                print(url, flush=True)
+                if open_it:
+                    open_browser(s, url)
+                await _enter(s, "the dashboard is open: press Enter to ask the engines, and "
+                             "watch them start and swap on its Timeline", server)  # fmt: skip
             answers = []
             for model in ("tiny-north", "tiny-south"):
                 s.out.print(f"asking [bold]{model}[/bold] through the gateway "
                             f"(unix:{socket_path})...", highlight=False)  # fmt: skip
                 answer, seconds = await _ask(socket_path, model)
                 answers.append((model, answer, seconds))
+            if ui:
+                await _enter(s, "both answered: press Enter to stop the gateway and its engines "
+                             "(the dashboard closes with it)", server)  # fmt: skip
             return answers
         finally:
             stop.set()
             await server
 
 
-def demo(ctx: typer.Context) -> None:
+def demo(
+    ctx: typer.Context,
+    ui: Annotated[bool, typer.Option(
+        "--ui", help="Open the dashboard first (its URL prints first on stdout) and wait for "
+        "Enter, to watch the engines start and swap live.")] = False,
+    no_open: Annotated[bool, typer.Option("--no-open", help="With --ui: print the URL only.")
+                       ] = False,
+) -> None:  # fmt: skip
     """Build (once) two tiny llama.cpp engines, and ask each through the gateway."""
     s = session(ctx)
     binary, model = guarded(ctx, lambda: _artifacts(s))
@@ -118,7 +179,8 @@ def demo(ctx: typer.Context) -> None:
     state = StateFolder(s.paths.state / "demo")
     state.ensure()
     socket_path = s.paths.state / "demo" / "api.sock"
-    answers = guarded(ctx, lambda: asyncio.run(_through_gateway(s, codex, state, socket_path)))
+    answers = guarded(ctx, lambda: asyncio.run(_through_gateway(s, codex, state, socket_path,
+                                                                ui, not no_open)))  # fmt: skip
     for name, answer, seconds in answers:
         reply = answer["choices"][0]["message"]["content"]
         usage = answer.get("usage", {})

@@ -22,6 +22,7 @@ from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.gateway_client import GatewayClient, default_socket, running_gateway
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import UsageError
+from soulstone.files import tail_lines
 from soulstone.host import gpu_memory_by_pid
 from soulstone.runtimes import procfs
 from soulstone.runtimes.base import EngineStatus
@@ -242,14 +243,23 @@ def _one_soulstone(codex: Codex, name: str) -> Soulstone:
 
 def logs(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="A soulstone id.")],
+    name: Annotated[str | None, typer.Argument(help="A soulstone id.")] = None,
     follow: Annotated[
         bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
     ] = False,
     lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines to show.")] = 200,
+    gateway: Annotated[
+        bool, typer.Option("--gateway", help="The gateway's own JSON log instead.")
+    ] = False,
 ) -> None:
     """Print a soulstone's engine log (process runtime: its log file; quadlet: the journal)."""
     s = session(ctx)
+    if gateway == (name is not None):
+        guarded(ctx, lambda: _usage("name a soulstone, or give --gateway (not both)"))
+    if gateway:
+        _print_log(s, StateFolder(s.paths.state).gateway_log, "the gateway", lines, follow)
+        return
+    assert name is not None
     codex = guarded(ctx, s.load)
     soulstone = guarded(ctx, lambda: _one_soulstone(codex, name))
     state = StateFolder(s.paths.state)
@@ -257,12 +267,20 @@ def logs(
     command = runtime.log_command(soulstone, follow)
     if command is not None:
         raise typer.Exit(subprocess.call([*command, "-n", str(lines)]))
-    path = state.log(soulstone.id)
+    _print_log(s, state.log(soulstone.id), soulstone.id, lines, follow)
+
+
+def _usage(message: str) -> None:
+    raise UsageError(message)
+
+
+def _print_log(s: Session, path: Path, whose: str, lines: int, follow: bool) -> None:
+    """The last lines of a log file, then (following) what is added, across a rotation."""
     if not path.exists():
-        s.err.print(f"no log yet for {soulstone.id} ({path})")
+        s.err.print(f"no log yet for {whose} ({path})")
         raise typer.Exit(1)
     try:
-        print(runtime.log_tail(soulstone, lines), flush=True)
+        print(tail_lines(path, lines), flush=True)
         if follow:
             _follow(path)
     except KeyboardInterrupt:
@@ -270,15 +288,26 @@ def logs(
 
 
 def _follow(path: Path) -> None:
-    with path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
+    handle = path.open("rb")
+    handle.seek(0, os.SEEK_END)
+    try:
         while True:
             chunk = handle.read()
             if chunk:
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
+                continue
+            try:
+                rotated = os.stat(path).st_ino != os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False
+            if rotated:  # the file was rotated: read the new one from its start
+                handle.close()
+                handle = path.open("rb")
             else:
                 time.sleep(0.3)
+    finally:
+        handle.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated
@@ -10,13 +11,14 @@ from typing import Annotated
 import typer
 
 from soulstone.cli.app import guarded, session
-from soulstone.cli.council_files import CouncilsOption, load_checked
+from soulstone.cli.council_files import CouncilsOption, MemoryUrlOption, load_checked
 from soulstone.cli.gateway_client import SOCKET_ENV, default_socket
 from soulstone.codex.models import Codex
 from soulstone.council.load import council_files, councils_source, load_council_files
 from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
+from soulstone.observe.logging import LogFile, Tee
 from soulstone.observe.trace import traces_target
 from soulstone.runtimes.state import StateFolder
 
@@ -149,6 +151,7 @@ def serve_command(
             help="Also serve /metrics and /health on this loopback address (not with --strict).",
         ),
     ] = None,
+    memory_url: MemoryUrlOption = None,
     otlp_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -182,6 +185,7 @@ def serve_command(
         idle_check=idle_check, header_timeout=header_timeout, idle_timeout=idle_timeout,
         max_connections_per_peer=max_connections_per_peer,
         metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
+        memory=s.paths.memory, memory_url=memory_url,
         otlp=otlp,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
@@ -189,7 +193,13 @@ def serve_command(
     def ready(addresses: list[str]) -> None:
         s.err.print("soulstone gateway listening on " + ", ".join(addresses), highlight=False)
 
-    guarded(ctx, lambda: _run(serve(options, s.load, state, ready)))
+    state.ensure()
+    log_file = LogFile(state.gateway_log)  # what `soulstone logs --gateway` reads
+    try:
+        guarded(ctx, lambda: _run(serve(options, s.load, state, ready,
+                                        log_stream=Tee(sys.stderr, log_file))))  # fmt: skip
+    finally:
+        log_file.close()
 
 
 def reload(ctx: typer.Context) -> None:

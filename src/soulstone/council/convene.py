@@ -27,6 +27,7 @@ from soulstone.council.events import (
     Routed,
     Usage,
 )
+from soulstone.council.memory import ResonanceMemory
 from soulstone.council.models import Council, Councils, Persona
 from soulstone.council.plan import plan_waves
 from soulstone.council.prompts import (
@@ -37,6 +38,7 @@ from soulstone.council.prompts import (
     router_messages,
     veto_messages,
 )
+from soulstone.council.resonance import SessionMemory, session_memory
 from soulstone.council.route import (
     Verdict,
     parse_router_choice,
@@ -105,9 +107,11 @@ def _delta_text(data: bytes) -> tuple[str, Any]:
 class Convener:
     """Runs councils for one gateway, on its request path."""
 
-    def __init__(self, path: RequestPath, councils: Councils) -> None:
+    def __init__(self, path: RequestPath, councils: Councils,
+                 memory: ResonanceMemory | None = None) -> None:  # fmt: skip
         self.path = path
         self.councils = councils
+        self.memory = memory  # resonance memory (SPEC C8); None: no council remembers
 
     # -- checks before anything runs ----------------------------------------------------
 
@@ -260,8 +264,12 @@ class Convener:
 
     async def fan_out(self, council: Council, call: Call, routed: Sequence[str],
                       conversation: list[Message], vetoed: tuple[str, str] | None,
-                      usage: Usage) -> AsyncGenerator[PersonaAnswer, None]:  # fmt: skip
-        """Every routed persona's answer, wave by wave, each as soon as it comes."""
+                      usage: Usage, memories: Sequence[str] = (),
+                      ) -> AsyncGenerator[PersonaAnswer, None]:  # fmt: skip
+        """Every routed persona's answer, wave by wave, each as soon as it comes.
+
+        `memories` are the session's recalled memories, given to every member.
+        """
         services = self.path.services
         personas = [self.councils.personas[name] for name in routed]
         after = [self.councils.personas[n] for n in (council.aggregator, council.veto) if n]
@@ -271,7 +279,7 @@ class Convener:
         for wave in waves:
             tasks = [asyncio.create_task(self.ask(
                 council, call, by_name[name],
-                member_messages(by_name[name], conversation, (), vetoed), None, usage))
+                member_messages(by_name[name], conversation, memories, vetoed), None, usage))
                 for name in wave.personas]  # fmt: skip
             try:
                 for next_answer in asyncio.as_completed(tasks):
@@ -289,8 +297,9 @@ class Convener:
         """
         metrics = self.path.services.metrics
         outcome = "answered"
+        memory = session_memory(self.memory, self.path, council, call)
         try:
-            async for event in self._run(council, call):
+            async for event in self._run(council, call, memory):
                 yield event
         except Refusal as refusal:
             outcome = refusal.code
@@ -299,12 +308,17 @@ class Convener:
             outcome = "cancelled"
             raise
         finally:
+            if memory is not None:
+                memory.close()
             metrics.council_runs.labels(council.name, outcome).inc()
 
-    async def _run(self, council: Council, call: Call) -> AsyncGenerator[CouncilEvent, None]:
+    async def _run(self, council: Council, call: Call, memory: SessionMemory | None,
+                   ) -> AsyncGenerator[CouncilEvent, None]:  # fmt: skip
         began = time.perf_counter()
         conversation = conversation_of(call.document)
         usage = Usage()
+        if memory is not None:
+            memory.begin(last_user_text(conversation))
         rounds: list[Round] = []
         routed, fallback = await self.route(council, call, conversation, usage)
         vetoed: tuple[str, str] | None = None
@@ -314,7 +328,9 @@ class Convener:
             current = Round(number, routed, fallback if number == 1 else None)
             rounds.append(current)
             yield Routed(number, routed, current.fallback)
-            async for answer in self.fan_out(council, call, routed, conversation, vetoed, usage):
+            memories = await memory.recall() if memory is not None else ()
+            async for answer in self.fan_out(council, call, routed, conversation, vetoed, usage,
+                                             memories):  # fmt: skip
                 current.answers.append(answer)
                 yield Answered(number, answer)
             order = {name: index for index, name in enumerate(routed)}
@@ -327,6 +343,8 @@ class Convener:
                               f"{len(answered)} of {len(routed)} personas answered; the council "
                               f"{council.name!r} needs {quorum}",
                               answers=[a.document() for a in current.answers])  # fmt: skip
+            if memory is not None:
+                memory.remember(number, answered)
             messages = aggregator_messages(aggregator, conversation, answered, council.anonymous)
             if council.veto is None:
                 pieces = []
@@ -351,10 +369,12 @@ class Convener:
             if call.stream:
                 yield FinalText(final)
             break
+        remembered = await memory.finish() if memory is not None else None
         yield Finished({
             "id": f"council-{call.request_id}", "council": council.name,
             "final": {"persona": aggregator.name, "content": final},
             "rounds": [r.document() for r in rounds], "usage": usage.document(),
+            "memory": remembered,
             "ms": round((time.perf_counter() - began) * 1000, 1),
         })  # fmt: skip
 

@@ -81,23 +81,28 @@ def parse_router_choice(council: Council, text: str) -> tuple[tuple[str, ...], s
 
 
 def router_schema(council: Council) -> dict[str, Any]:
-    """The JSON schema the router persona's answer is forced to: `{"personas": [names]}`."""
-    return {
-        "type": "object",
-        "properties": {
-            "personas": {"type": "array", "items": {"enum": list(council.personas)}},
-        },
-        "required": ["personas"],
-    }
+    """The JSON schema the router persona's answer is forced to: `{"personas": [names]}`.
+
+    At least one name, and at most `max_personas` when the router has a cap:
+    a forced empty list would only fall back to every persona.
+    """
+    names: dict[str, Any] = {"type": "array", "items": {"enum": list(council.personas)},
+                             "minItems": 1}  # fmt: skip
+    if council.router.max_personas is not None:
+        names["maxItems"] = council.router.max_personas
+    return {"type": "object", "properties": {"personas": names}, "required": ["personas"]}
+
+
+VERDICT_REASON_CHARS = 600  # a weak model under a grammar could write until max_tokens
 
 
 def veto_schema() -> dict[str, Any]:
-    """The JSON schema the veto persona's answer is forced to: a verdict and its reason."""
+    """The JSON schema the veto persona's answer is forced to: a verdict and a short reason."""
     return {
         "type": "object",
         "properties": {
             "verdict": {"type": "string", "enum": ["accept", "veto"]},
-            "reason": {"type": "string"},
+            "reason": {"type": "string", "maxLength": VERDICT_REASON_CHARS},
         },
         "required": ["verdict", "reason"],
     }

@@ -215,7 +215,7 @@ class RequestPath:
             record.model = prepared.model
             if call.client.log_content:
                 record.content = _opted_in_content(call.client, call.document)
-            if call.session_id:
+            if call.session_id and call.council is None:  # not a council persona's call
                 self._heartbeat(call, record)
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
             spend = self._reserve(call, prepared, budget, record, lease)
@@ -342,7 +342,7 @@ class RequestPath:
                 trace.add("soulstone.adapter_load", began, adapter=adapter.name,
                           soulstone=soulstone.id)  # fmt: skip
             lease.hold(lambda: hot.release(soulstone, adapter.name))
-            if call.session_id:
+            if call.session_id and call.council is None:
                 self._prefetch_next(soulstone, call.session_id, adapter)
 
     def _prefetch_next(self, soulstone: Soulstone, session: str, adapter: AdapterRecord) -> None:
@@ -505,9 +505,14 @@ class RequestPath:
             request_id=record.request_id, session_id=record.session_id,
             client=client.name if client else None, model=model, status=status,
             code=record.code, way=record.way, council=record.council, persona=record.persona,
-            prompt_tokens=record.prompt_tokens,
+            prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
             total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
+            ttft_ms=None if record.first_at is None else round(
+                (record.first_at - record.began) * 1000, 2),
             content=record.content,
         )  # fmt: skip
+        services.live.request(record.request_id, model, client_name if client else None, status,
+                              record.code, seconds, record.way, record.council,
+                              record.persona)  # fmt: skip
         if record.trace is not None and self.tracer is not None:  # trace: the spans go out
             self.tracer.finish(record.trace, record.span_attributes(status), status)

@@ -15,6 +15,7 @@ from soulstone.guard.guard import Guard
 from soulstone.lora.hot import HotAdapters
 from soulstone.lora.prefetch import Transitions
 from soulstone.lora.registry import AdapterRecord
+from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog
 from soulstone.observe.metrics import Metrics
 from soulstone.runtimes.upstream import Upstreams
@@ -46,6 +47,7 @@ class Services:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     routes: dict[str, Soulstone] = field(default_factory=dict)
     big_parses: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BIG_PARSES))
+    live: LiveHub = field(default_factory=LiveHub)  # what the dashboard shows as it happens
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -90,3 +92,4 @@ class Services:
         """Note an engine that stopped answering: the next request restarts it."""
         self.scheduler.failed(soulstone)
         self.metrics.engine_failures.labels(soulstone.id).inc()
+        self.live.engine(soulstone.id, "failed", "stopped answering mid-request")

@@ -1,4 +1,7 @@
-"""The admin API the CLI uses while a gateway runs: status, up, down, reload (admins only)."""
+"""The admin API the CLI uses while a gateway runs: status, up, down, reload, lora, memory.
+
+Admin clients only.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from soulstone.codex.models import Soulstone
+from soulstone.council.memory import MemoryStoreError, ResonanceMemory
 from soulstone.dispatch.call import wants_flat_errors
 from soulstone.dispatch.services import Services
 from soulstone.errors import Refusal, SoulstoneError, UsageError
@@ -22,6 +26,7 @@ from soulstone.lora.registry import AdapterRecord, RegistryError
 from soulstone.supervisor.plan import Target, make_plan, name_target, resolve
 
 routes = web.RouteTableDef()
+MEMORY = web.AppKey("memory", ResonanceMemory)
 
 
 def _json(
@@ -231,8 +236,29 @@ async def _unload(hot: HotAdapters, base: Soulstone, name: str) -> bool:
     return await hot.unload(base, name)
 
 
-def make_admin_app() -> web.Application:
-    """The admin sub-application, mounted at /admin/."""
+@routes.post("/memory/forget")
+async def memory_forget(request: web.Request) -> web.Response:
+    """Delete a session's resonance memories in every council (the gateway holds the store)."""
+    gateway = request.config_dict[GATEWAY]
+    memory = request.config_dict.get(MEMORY)
+    if memory is None:
+        raise Refusal(409, "NO_MEMORY", "this gateway runs without resonance memory")
+    session = (await _body(request)).get("session")
+    if not isinstance(session, str) or not session:
+        raise Refusal(400, "BAD_REQUEST", "the body needs `session`: a session id",
+                      param="session")  # fmt: skip
+    try:
+        forgotten = await memory.forget(session)
+    except MemoryStoreError as error:
+        raise Refusal(503, "MEMORY_FAILED", str(error)) from None
+    return _json(gateway, request, {"session": session, "forgotten": forgotten,
+                                    "where": memory.where})  # fmt: skip
+
+
+def make_admin_app(memory: ResonanceMemory | None = None) -> web.Application:
+    """The admin sub-application, mounted at /admin/ (`memory`: the councils' memory)."""
     admin = web.Application(middlewares=[admin_guard])
+    if memory is not None:
+        admin[MEMORY] = memory
     admin.add_routes(routes)
     return admin

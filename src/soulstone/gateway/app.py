@@ -16,8 +16,9 @@ from soulstone.gateway.websocket import stream_socket
 MAX_BODY_BYTES = 8 * 2**20  # decompressed: a gzip bomb stops here
 
 
-def make_app(path: RequestPath, admin: web.Application | None = None) -> web.Application:
-    """The aiohttp application serving this gateway (the admin API mounted at /admin/)."""
+def make_app(path: RequestPath, admin: web.Application | None = None,
+             ui: web.Application | None = None) -> web.Application:  # fmt: skip
+    """The aiohttp application serving this gateway (the admin API at /admin/, `ui` at /ui/)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[GATEWAY] = path.services
     app[REQUEST_PATH] = path
@@ -30,6 +31,8 @@ def make_app(path: RequestPath, admin: web.Application | None = None) -> web.App
     app.router.add_get("/metrics", metrics)
     if admin is not None:
         app.add_subapp("/admin/", admin)
+    if ui is not None:
+        app.add_subapp("/ui/", ui)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
 

@@ -251,18 +251,25 @@ class ConnectionGate:
     async def listen(
         self, sockets: list[socket.socket], tcp: tuple[str, int] | None
     ) -> list[asyncio.AbstractServer]:
-        """Serve on these listening sockets (and TCP host, port); ListenError if TCP is taken."""
-        servers: list[asyncio.AbstractServer] = [
-            await self.loop.create_server(self, sock=s, backlog=BACKLOG) for s in sockets
-        ]
+        """Serve on these listening sockets (and TCP host, port); ListenError if TCP is taken.
+
+        TCP first: once the Unix socket answers (what callers and tests wait
+        for), the TCP listener is there too.
+        """
+        servers: list[asyncio.AbstractServer] = []
         if tcp is not None:
             try:
                 servers.append(await self.loop.create_server(self, tcp[0], tcp[1],
                                                              backlog=BACKLOG))  # fmt: skip
             except OSError as error:
-                for server in servers:
-                    server.close()
                 raise ListenError(f"cannot listen on --tcp {tcp[0]}:{tcp[1]}: {error}") from None
+        try:
+            for sock in sockets:
+                servers.append(await self.loop.create_server(self, sock=sock, backlog=BACKLOG))
+        except BaseException:
+            for server in servers:
+                server.close()
+            raise
         return servers
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from soulstone.codex.models import Codex
 from soulstone.council.convene import Convener
 from soulstone.council.door import CouncilDoor
+from soulstone.council.memory import ResonanceMemory
 from soulstone.council.models import Councils
 from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
@@ -44,12 +45,14 @@ from soulstone.gateway.observability import (
     metrics_socket,
     metrics_tcp_address,
 )
+from soulstone.gateway.ui_listener import Dashboard, make_ui_door
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.hot import HotAdapters, upstream_call
 from soulstone.lora.owner import RegistryOwner
 from soulstone.lora.registry import RegistryError
+from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
@@ -94,6 +97,8 @@ class ServeOptions:
     metrics_socket: Path | None = None  # the read-only observability listener (SPEC C9)
     metrics_group: str | None = None  # the group that may read it
     metrics_tcp: str | None = None  # or on loopback TCP (not under --strict)
+    memory: Path | None = None  # the councils' resonance memory folder; None: no memory
+    memory_url: str | None = None  # a Qdrant server that replaces the folder
     otlp: Target | None = None  # where traces go (--otlp-endpoint, OTEL_*); None: tracing off
 
 
@@ -132,10 +137,11 @@ async def reload_codex(
     return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
 
 
-def _log_event(log: Any) -> Callable[[Event], None]:
+def _log_event(log: Any, live: LiveHub) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         log.info(event.kind, soulstone=event.soulstone, detail=event.detail or None,
                  seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
+        live.supervisor_event(event)  # the dashboard's feed
 
     return emit
 
@@ -224,7 +230,8 @@ async def serve(
     if options.metrics_group is not None and options.metrics_socket is None:
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
-    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log))
+    live = LiveHub()
+    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log, live))
     metrics = Metrics()
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
@@ -253,17 +260,19 @@ async def serve(
 
     scheduler = Scheduler(supervisor, max_wait=options.max_wait,
                           drain_timeout=options.drain_timeout, on_swap=metrics.swapped,
-                          on_change=engines_changed)  # fmt: skip
+                          on_change=engines_changed, on_wave=live.swap)  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
     metrics.watch_engines(lambda: {s.id: s.id in scheduler.running
                                    for s in scheduler.codex.soulstones})  # fmt: skip
     await scheduler.sync()
+    memory = None if options.memory is None else ResonanceMemory(options.memory,
+                                                                 options.memory_url)  # fmt: skip
 
     def use_councils(declared: Councils | None) -> None:
         if declared is None or not declared.councils:
             request_path.councils = None
         else:
-            request_path.councils = CouncilDoor(Convener(request_path, declared))
+            request_path.councils = CouncilDoor(Convener(request_path, declared, memory))
 
     async def reload() -> dict[str, Any]:
         councils = None
@@ -272,15 +281,18 @@ async def serve(
         return await reload_codex(gateway, load, log, options.tools, councils)
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
-                       strict=options.strict)  # fmt: skip
+                       strict=options.strict, live=live)  # fmt: skip
     await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
+        hot.on_change = live.adapter
     request_path = RequestPath(gateway, log, start_tracer(options.otlp, log))
     use_councils(options.councils)
+    dashboard = Dashboard(request_path, state.root / "gateway.json", options.strict, log)
     runner = web.AppRunner(
-        make_app(request_path, make_admin_app()), handler_cancellation=True,
+        make_app(request_path, make_admin_app(memory), make_ui_door(dashboard)),
+        handler_cancellation=True,
         access_log=None, shutdown_timeout=options.shutdown_timeout,
     )  # fmt: skip
     await runner.setup()
@@ -293,20 +305,23 @@ async def serve(
     gate = ConnectionGate(runner.server, connection_options, _on_refused(log))
     for warning in warnings:
         log.warning(warning)
+    # The observability listener first: once the API answers, everything listens.
+    try:
+        metrics_runner, metrics_addresses = await _metrics_listener(gateway, options, metrics_tcp)
+    except BaseException:
+        await runner.cleanup()
+        raise
     try:
         listeners = await gate.listen(sockets, parse_tcp(options.tcp) if options.tcp else None)
     except BaseException:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+            if options.metrics_socket is not None:
+                options.metrics_socket.unlink(missing_ok=True)
         await runner.cleanup()
         raise
     addresses = [describe(s) for s in sockets] + ([f"tcp:{options.tcp}"] if options.tcp else [])
     metrics.watch_sockets([str(s.getsockname()) for s in sockets if s.family == socket.AF_UNIX])
-    try:
-        metrics_runner, metrics_addresses = await _metrics_listener(gateway, options, metrics_tcp)
-    except BaseException:
-        for listener in listeners:
-            listener.close()
-        await runner.cleanup()
-        raise
     write_json(state.root / "gateway.json", {"pid": os.getpid(), "on": addresses,
                                              "strict": options.strict})  # fmt: skip
     # Everything built so far lives as long as the gateway: keep it out of the garbage
@@ -348,6 +363,8 @@ async def serve(
         idle.cancel()
         for listener in listeners:  # 1. stop accepting
             listener.close()
+        live.close()  # the dashboard's live feeds end
+        await dashboard.close()
         deadline = loop.time() + options.shutdown_timeout
         while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
             await asyncio.sleep(0.05)
@@ -364,6 +381,8 @@ async def serve(
             await request_path.tracer.aclose(TRACES_CLOSE_S)
         if hot is not None:
             await hot.registry.close()
+        if memory is not None:
+            await memory.close()
         if owned_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 owned_path.unlink()

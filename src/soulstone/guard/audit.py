@@ -108,6 +108,23 @@ def audit_listeners(state: StateFolder) -> list[Finding]:
     return findings
 
 
+def audit_dashboard(state: StateFolder) -> list[Finding]:
+    """A strict gateway keeps its dashboard closed (`soulstone ui --allow-strict` opens TCP)."""
+    gateway = read_json(state.root / "gateway.json")
+    if not gateway or not procfs.alive(gateway.get("pid")) or not gateway.get("dashboard"):
+        return []
+    if not gateway.get("strict") and not gateway.get("dashboard_strict_override"):
+        return []
+    return [
+        Finding(
+            f"pid {gateway['pid']}",
+            f"the strict gateway serves its dashboard on "
+            f"{gateway['dashboard']} (opened with `soulstone ui --allow-strict`); "
+            "strict mode allows Unix sockets only: restart the gateway to close it",
+        )
+    ]
+
+
 def audit_socket(socket: Path) -> list[Finding]:
     """The gateway's socket folder is 0700 and the socket 0660."""
     findings = []

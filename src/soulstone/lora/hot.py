@@ -91,6 +91,8 @@ class HotAdapters:
         self.on_load: Callable[[], None] = lambda: None
         self.on_evict: Callable[[], None] = lambda: None
         self.on_wait: Callable[[], None] = lambda: None  # a load waits for a slot
+        # (action: load, evict or unload; soulstone id; adapter name), for the live feed
+        self.on_change: Callable[[str, str, str], None] = lambda _action, _soulstone, _name: None
 
     def hot(self, soulstone_id: str) -> list[str]:
         """The adapters loaded in this soulstone's engine, least recently used first."""
@@ -192,6 +194,7 @@ class HotAdapters:
             engine.signal()
         self.loads += 1
         self.on_load()
+        self.on_change("load", soulstone.id, record.name)
 
     async def _reserve(
         self, soulstone: Soulstone, engine: _Engine, max_loras: int, wait: float
@@ -219,6 +222,7 @@ class HotAdapters:
                     raise
                 self.evictions += 1
                 self.on_evict()
+                self.on_change("evict", soulstone.id, idle)
                 return
             remaining = deadline - loop.time()
             busy = AdapterUnavailable(
@@ -249,4 +253,5 @@ class HotAdapters:
             await self._unload(soulstone, engine, name)
         finally:
             engine.signal()
+        self.on_change("unload", soulstone.id, name)
         return True

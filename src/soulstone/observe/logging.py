@@ -3,11 +3,64 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import orjson
 import structlog
+
+LOG_FILE_LIMIT = 16 * 2**20  # bytes before the gateway's log file is rotated (one old kept)
+
+
+class LogFile:
+    """An append-only log file (0600) that rotates to `NAME.1` past a size."""
+
+    def __init__(self, path: Path, limit: int = LOG_FILE_LIMIT) -> None:
+        self.path, self.limit = path, limit
+        self._handle = self._open()
+
+    def _open(self) -> IO[str]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        return os.fdopen(descriptor, "a", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        """Append text; rotate first when the file passed its limit."""
+        if self._handle.tell() > self.limit:
+            self._handle.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._handle = self._open()
+        self._handle.write(text)
+
+    def flush(self) -> None:
+        """Hand what was written to the system."""
+        self._handle.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._handle.close()
+
+
+class Tee:
+    """Writes to several streams at once (stderr and the log file)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> None:
+        """Write to each stream (one that fails does not stop the others)."""
+        for stream in self.streams:
+            with contextlib.suppress(OSError, ValueError):
+                stream.write(text)
+
+    def flush(self) -> None:
+        """Flush each stream."""
+        for stream in self.streams:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
 
 
 def make_logger(name: str, stream: Any = None) -> Any:

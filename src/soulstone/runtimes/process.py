@@ -17,6 +17,7 @@ import orjson
 
 from soulstone.codex.engines import served_argv
 from soulstone.codex.models import RuntimeName, Soulstone
+from soulstone.files import tail_lines
 from soulstone.runtimes import procfs
 from soulstone.runtimes.base import EngineState, EngineStatus, StartError
 from soulstone.runtimes.state import StateFolder, read_json, write_json
@@ -179,14 +180,7 @@ class ProcessRuntime:
 
     def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:
         """The last lines of the engine's log file."""
-        try:
-            with self.state.log(soulstone.id).open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - 64 * 1024))
-                text = handle.read().decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_lines(self.state.log(soulstone.id), lines)
 
     def log_command(self, soulstone: Soulstone, follow: bool) -> list[str] | None:
         """None: the CLI reads the log file itself."""

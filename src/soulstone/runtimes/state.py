@@ -52,6 +52,11 @@ class StateFolder:
         """The engine's log file."""
         return self.root / "logs" / f"{soulstone_id}.log"
 
+    @property
+    def gateway_log(self) -> Path:
+        """The gateway's own JSON log (also written to its stderr)."""
+        return self.root / "logs" / "gateway.log"
+
     def ensure(self) -> None:
         """Create the folders (0700: logs may hold what engines print)."""
         for folder in (self.root, self.root / "engines", self.root / "logs"):

@@ -43,6 +43,15 @@ class Unavailable(Refusal):
         super().__init__(503, "ENGINE_UNAVAILABLE", message, retry_after=retry_after)
 
 
+@dataclass(frozen=True)
+class Swap:
+    """One executed wave: the soulstones it stopped and started, and how long it took."""
+
+    stopped: tuple[str, ...]
+    started: tuple[str, ...]
+    seconds: float
+
+
 @dataclass(eq=False)
 class _Ticket:
     soulstone: str
@@ -79,12 +88,14 @@ class Scheduler:
         on_swap: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[str]], None] | None = None,
+        on_wave: Callable[[Swap], None] | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.max_wait = max_wait
         self.drain_timeout = drain_timeout
         self.on_swap = on_swap or (lambda _seconds: None)
         self.on_change = on_change or (lambda _ids: None)
+        self.on_wave = on_wave or (lambda _swap: None)  # every wave that stopped or started
         self.clock = clock
         self.running: set[str] = set()
         self.inflight: Counter[str] = Counter()
@@ -291,6 +302,9 @@ class Scheduler:
         if plan.stop:
             self.swaps += 1
             self.on_swap(now - began)
+        if plan.stop or plan.start:
+            self.on_wave(Swap(tuple(s.soulstone.id for s in plan.stop),
+                              tuple(s.id for s in plan.start), now - began))  # fmt: skip
         for ticket in wave.tickets:
             if not ticket.future.done():
                 if ticket.counts:

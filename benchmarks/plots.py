@@ -1,0 +1,221 @@
+"""Pictures of the benchmark reports: a PNG beside each JSON in benchmarks/results/.
+
+    .venv/bin/python benchmarks/plots.py [--results DIR]
+
+- gateway_overhead.json, gateway_ab.json: latency (p50, p95, p99) of every path
+  against its peers, at the lowest and the highest concurrency, plain and
+  streamed, and the proxy's CPU per request;
+- lora.json: an adapter cold, warm and hot against the base model;
+- metrics_scrape.json: what a /metrics scrape costs with and without engines;
+- council.json: council wall time against its floor and in turn, and the vLLM batch.
+
+A report no plotter knows is named and left alone; one that cannot be read or
+lacks what its plotter needs is named with the reason (exit 1 at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure  # no pyplot: no display, no global figure state
+from matplotlib.ticker import FuncFormatter
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PERCENTILES = ("p50", "p95", "p99")
+COLORS = {"p50": "#5b8cff", "p95": "#8f7bff", "p99": "#f25f5c"}
+PLAIN = FuncFormatter(lambda value, _position: f"{value:g}")  # 0.5, 10, 300: not 10^x
+
+
+class ReportError(Exception):
+    """A report lacks what its plot needs."""
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _runs(report: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = report.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ReportError("no `runs` list")
+    return [r for r in runs if isinstance(r, dict) and isinstance(r.get("latency_ms"), dict)]
+
+
+def latency_figure(report: dict[str, Any], title: str) -> Figure:
+    """Latency percentiles of every path, plain and streamed, at the lowest and highest c."""
+    runs = _runs(report)
+    levels = sorted({int(r["concurrency"]) for r in runs})
+    if not levels:
+        raise ReportError("no run has `latency_ms`")
+    wanted = [levels[0], levels[-1]] if len(levels) > 1 else levels
+    paths = list(dict.fromkeys(str(r["path"]) for r in runs))
+    figure = Figure(figsize=(6.5 * len(wanted), 8))
+    axes = figure.subplots(2, len(wanted), squeeze=False)
+    for row, stream in enumerate((False, True)):
+        for column, level in enumerate(wanted):
+            axis = axes[row][column]
+            picked: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+            for run in runs:
+                if bool(run.get("stream")) == stream and int(run["concurrency"]) == level:
+                    for p in PERCENTILES:
+                        value = run["latency_ms"].get(p)
+                        if isinstance(value, int | float):
+                            picked[str(run["path"])][p].append(float(value))
+            shown = [p for p in paths if p in picked]
+            height = 0.8 / len(PERCENTILES)
+            for index, percentile in enumerate(PERCENTILES):
+                values = [_median(picked[p][percentile]) for p in shown]
+                offsets = [i + (index - 1) * height for i in range(len(shown))]
+                axis.barh(offsets, values, height=height, label=percentile,
+                          color=COLORS[percentile])  # fmt: skip
+            axis.set_yticks(range(len(shown)), shown, fontsize=8)
+            axis.invert_yaxis()
+            axis.set_xscale("log")
+            axis.xaxis.set_major_formatter(PLAIN)
+            axis.xaxis.set_minor_formatter(PLAIN)
+            axis.set_xlabel("ms (log scale; median over repeats)")
+            axis.set_title(f"{'streamed' if stream else 'plain'} chat, concurrency {level}",
+                           fontsize=10)  # fmt: skip
+            axis.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def lora_figure(report: dict[str, Any], title: str) -> Figure:
+    """An adapter's first answer cold and warm, and a hot adapter's request against the base."""
+    steps = [("cold → hot\n(lora add → first answer)", "cold_to_first_answer_ms"),
+             ("warm → hot\n(first answer)", "warm_to_hot_first_answer_p50_ms"),
+             ("hot adapter\n(request p50)", "hot_adapter_p50_ms"),
+             ("base model\n(request p50)", "base_p50_ms")]  # fmt: skip
+    missing = [key for _, key in steps if not isinstance(report.get(key), int | float)]
+    if missing:
+        raise ReportError(f"missing {', '.join(missing)}")
+    figure = Figure(figsize=(8, 4.5))
+    axis = figure.subplots()
+    values = [float(report[key]) for _, key in steps]
+    bars = axis.bar([label for label, _ in steps], values,
+                    color=["#f25f5c", "#f5b942", "#3ecf8e", "#5b8cff"])  # fmt: skip
+    axis.bar_label(bars, labels=[f"{v:.1f} ms" for v in values], fontsize=9)
+    axis.set_yscale("log")
+    axis.yaxis.set_major_formatter(PLAIN)
+    axis.yaxis.set_minor_formatter(PLAIN)
+    axis.set_ylabel("ms (log scale)")
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def scrape_figure(report: dict[str, Any], title: str) -> Figure:
+    """A /metrics scrape's wall time and the gateway's CPU, with and without engines."""
+    cases = [(name, report.get(name)) for name in ("gateway_alone", "with_engines")]
+    if any(not isinstance(case, dict) for _, case in cases):
+        raise ReportError("needs `gateway_alone` and `with_engines`")
+    figure = Figure(figsize=(10, 4))
+    wall, cpu = figure.subplots(1, 2)
+    labels = [name.replace("_", " ") for name, _ in cases]
+    for offset, key in ((-0.2, "wall_ms_p50"), (0.2, "wall_ms_p99")):
+        values = [float(case[key]) for _, case in cases]  # type: ignore[index]
+        wall.bar([i + offset for i in range(len(cases))], values, width=0.4,
+                 label=key.removeprefix("wall_ms_"))  # fmt: skip
+    wall.set_xticks(range(len(cases)), labels)
+    wall.set_ylabel("wall ms per scrape")
+    wall.legend()
+    cpu_values = [float(case["gateway_cpu_us_per_scrape"]) / 1000 for _, case in cases]  # type: ignore[index]
+    cpu.bar(labels, cpu_values, color="#8f7bff")
+    cpu.set_ylabel("gateway CPU ms per scrape")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def council_figure(report: dict[str, Any], title: str) -> Figure:
+    """Council wall time against its floor and against asking in turn; the vLLM batch."""
+    fake = report["fake"]
+    sizes = sorted((key for key in fake if key.isdigit()), key=int)
+    if not sizes:
+        raise ReportError("needs `fake` results by number of personas")
+    figure = Figure(figsize=(11, 4))
+    times, batch = figure.subplots(1, 2)
+    positions = range(len(sizes))
+    council = [float(fake[n]["council_ms"]["p50"]) for n in sizes]
+    in_turn = [float(fake[n]["in_turn_ms"]["p50"]) for n in sizes]
+    times.bar([p - 0.2 for p in positions], council, width=0.4, label="council (p50)")
+    times.bar([p + 0.2 for p in positions], in_turn, width=0.4, label="asked in turn (p50)")
+    floor = float(fake["floor_ms"])
+    times.axhline(floor, color="black", linestyle=":", label=f"floor {floor:.0f} ms")
+    times.axhline(floor + float(fake["target_overhead_ms"]), color="red", linestyle="--",
+                  label="target: floor + 20 ms")  # fmt: skip
+    times.set_xticks(list(positions), [f"{n} personas" for n in sizes])
+    times.set_ylabel("wall ms (fake engines)")
+    times.legend(fontsize=8)
+    vllm = report.get("vllm") or {}
+    cases = [name for name in ("solo", "solo-adapter", "trio-base", "trio") if name in vllm]
+    batch.bar(cases, [float(vllm[c]["council_ms"]["p50"]) for c in cases], color="#8f7bff")
+    batch.set_ylabel("council wall ms p50 (vLLM CPU)")
+    batch.set_title("one persona against three on one base", fontsize=9)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+PLOTTERS: dict[str, tuple[Callable[[dict[str, Any], str], Figure], str]] = {
+    "gateway_overhead": (latency_figure, "Gateway overhead: latency against the peers"),
+    "gateway_ab": (latency_figure, "Gateway A/B: latency now against before"),
+    "lora": (lora_figure, "LoRA adapters on the CPU vLLM engine: cold, warm, hot"),
+    "metrics_scrape": (scrape_figure, "What a /metrics scrape costs"),
+    "council": (council_figure, "Councils: wall time against the floor, and the vLLM batch"),
+}
+
+
+def plot(report_path: Path) -> Path | None:
+    """Write the report's PNG beside it; None when no plotter knows it (ReportError if bad)."""
+    known = PLOTTERS.get(report_path.stem)
+    if known is None:
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as error:
+        raise ReportError(f"unreadable: {error}") from None
+    if not isinstance(report, dict):
+        raise ReportError("not a JSON object")
+    make, title = known
+    try:
+        figure = make(report, title)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ReportError(f"unexpected shape ({type(error).__name__}: {error})") from None
+    target = report_path.with_suffix(".png")
+    figure.savefig(target, dpi=110)
+    return target
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    failed = 0
+    for report_path in sorted(args.results.glob("*.json")):
+        try:
+            written = plot(report_path)
+        except ReportError as error:
+            print(f"{report_path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        if written is None:
+            print(f"{report_path}: no plot for this report", file=sys.stderr)
+        else:
+            print(written)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
