@@ -1,6 +1,7 @@
 """Gateway CPU per request, two versions side by side, interleaved: a fair A/B on a noisy box.
 
     .venv/bin/python benchmarks/gateway_ab.py --before GIT_REF [--rounds 4] [--requests 4000]
+        [--traced]
 
 Both gateways (this checkout's and the one of GIT_REF, each with its own stub
 engines) and the minimal aiohttp pass-through run at once; each round asks
@@ -9,6 +10,10 @@ streamed and not, at c=16 (CPU per request, read from /proc) and at c=1
 (p50 latency). Medians over rounds go to benchmarks/results/gateway_ab.json
 and a table to stdout. Shorter than gateway_overhead.py, and less exposed to
 the machine drifting during the run, since every version sees every drift.
+With `--traced`, a third gateway of this checkout runs with traces on
+(`--otlp-endpoint` to `otlp_sink.py`, a local collector pinned with the
+client), so tracing's cost is read beside the untraced gateway: its CPU per
+request includes the exporter's thread (encoding and sending batches).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -47,6 +53,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--traced",
+        action="store_true",
+        help="also this checkout's gateway with traces on (to a local sink)",
+    )
     args = parser.parse_args()
     bench = args.bench_dir
     REQUESTS[16] = args.requests
@@ -55,12 +66,24 @@ def main() -> None:
     key, _ = new_key()
     processes: list[subprocess.Popen[bytes]] = []
     targets: list[tuple[str, dict[str, str], str, int]] = []
+    sink: subprocess.Popen[bytes] | None = None
+    exported: dict[str, int] = {}
+    versions: list[tuple[str, str | None]] = [("now", None), (f"before {args.before}", "before")]
+    extra: dict[str, list[str]] = {}
+    if args.traced:
+        sink_port = free_port()
+        sink = pinned(1, [PYTHON, str(ROOT / "benchmarks" / "otlp_sink.py"), "--port",
+                          str(sink_port)], stdout=subprocess.PIPE)  # fmt: skip
+        wait_listening(f"127.0.0.1:{sink_port}")
+        versions.append(("now, traced", "traced"))
+        extra["traced"] = ["--otlp-endpoint", f"http://127.0.0.1:{sink_port}"]
     try:
-        for name, source in (("now", None), (f"before {args.before}", "before")):
-            src = export_source(args.before, work / "before-src") if source else None
+        for name, source in versions:
+            src = export_source(args.before, work / "before-src") if source == "before" else None
             codex = write_codex(work / f"codex-{source or 'now'}", bench, free_port(),
                                 str(work / f"stub-{source or 'now'}.sock"))  # fmt: skip
-            gateway, sock, port = start_gateway(work / (source or "now"), codex, key, src)
+            gateway, sock, port = start_gateway(work / (source or "now"), codex, key, src,
+                                                extra.get(source or "", ()))  # fmt: skip
             processes.append(gateway)
             targets += [(f"{name}, UDS", {"socket": sock}, "stub-uds", gateway.pid),
                         (f"{name}, TCP", {"url": f"http://127.0.0.1:{port}", "key": key}, "stub",
@@ -103,9 +126,14 @@ def main() -> None:
                               flush=True)  # fmt: skip
     finally:
         stop_all(processes)
+        if sink is not None:
+            sink.send_signal(signal.SIGTERM)
+            out, _ = sink.communicate(timeout=60)
+            exported = json.loads(out or b"{}")
+            print(f"the sink took {exported}")
     args.out.mkdir(parents=True, exist_ok=True)
     document = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "before": args.before, "runs": runs}  # fmt: skip
+                "before": args.before, "runs": runs, "exported": exported}  # fmt: skip
     (args.out / "gateway_ab.json").write_text(json.dumps(document, indent=1))
     print(summary(runs))
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,12 @@ def write_codex(folder: Path, bench: Path, port: int, socket_path: str) -> Path:
 
 
 def start_gateway(work: Path, codex: Path, key: str, source: Path | None = None,
+                  extra: Sequence[str] = (),
                   ) -> tuple[subprocess.Popen[bytes], str, int]:  # fmt: skip
-    """A gateway (this checkout's, or the one in `source`) on its own socket and port."""
+    """A gateway (this checkout's, or the one in `source`) on its own socket and port.
+
+    `extra`: more `soulstone serve` arguments (e.g. `--otlp-endpoint URL`).
+    """
     port = free_port()
     socket_path = str(work / "gw" / "api.sock")
     env = os.environ | {"XDG_STATE_HOME": str(work / "state"), "XDG_RUNTIME_DIR": str(work),
@@ -159,7 +164,7 @@ def start_gateway(work: Path, codex: Path, key: str, source: Path | None = None,
                                                          "limits": limits}}}))  # fmt: skip
     clients.chmod(0o600)
     serve = [str(SOULSTONE), "--codex", str(codex), "serve", "--socket", socket_path,
-             "--tcp", f"127.0.0.1:{port}"]  # fmt: skip
+             "--tcp", f"127.0.0.1:{port}", *extra]  # fmt: skip
     log = (work / "gateway.log").open("wb")
     gateway = pinned(0, serve, env=env, stdout=subprocess.DEVNULL, stderr=log)
     wait_listening(socket_path)

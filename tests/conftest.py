@@ -16,7 +16,7 @@ from soulstone.runtimes.state import StateFolder, read_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.supervisor.supervisor import Event, Supervisor
 
-pytest_plugins = ["gateway_harness", "prometheus_harness"]
+pytest_plugins = ["gateway_harness", "prometheus_harness", "otlp_receiver"]
 
 SESSION_MARKER = "SOULSTONE_TEST_SESSION"
 

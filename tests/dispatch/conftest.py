@@ -28,6 +28,7 @@ from soulstone.guard.limits import ClientLimiter
 from soulstone.guard.tokenize import TokenCounter
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
+from soulstone.observe.trace import Tracer
 from soulstone.runtimes.base import EngineState, EngineStatus
 from soulstone.runtimes.state import StateFolder
 from soulstone.runtimes.upstream import Upstreams
@@ -109,6 +110,7 @@ class FakeEngine:
         self.streams_open = 0
         self.stream_ended = asyncio.Event()
         self.connections: set[int] = set()  # the connections answers were asked on
+        self.headers: list[dict[str, str]] = []  # each answer's request headers
 
     @property
     def last(self) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class FakeEngine:
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         self.connections.add(id(request.transport))
+        self.headers.append(dict(request.headers))
         self.raw.append(await request.read())
         body = await request.json()
         self.received.append(body)
@@ -239,7 +242,8 @@ async def build_rig(tmp_path: Path, short_tmp: Path) -> AsyncIterator[BuildRig]:
     """Build request paths over an in-process fake engine; close them all afterwards."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def build(clients: ClientsDecl | None = LIMITED, policy: Policy | None = None) -> Rig:
+    async def build(clients: ClientsDecl | None = LIMITED, policy: Policy | None = None,
+                    tracer: Tracer | None = None) -> Rig:  # fmt: skip
         engine = FakeEngine()
         runner = web.AppRunner(engine.app(), handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -266,7 +270,7 @@ async def build_rig(tmp_path: Path, short_tmp: Path) -> AsyncIterator[BuildRig]:
         services = Services(scheduler, upstreams, Metrics(), no_reload, guard,
                             requests_log=RequestLog(log), heartbeats=Heartbeats(clock))  # fmt: skip
         services.use_policy(policy or default_policy())
-        path = RequestPath(services, make_logger("test", log))
+        path = RequestPath(services, make_logger("test", log), tracer)
         return Rig(path, services, engine, clock, runtime, log)
 
     yield build

@@ -9,11 +9,12 @@ Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
 (cancelled) and requests in flight, so tests can see cancellation upstream.
-`GET /fake/record` lists, in order, adapter loads and unloads and the start
-and end of each answer (`load a`, `unload a`, `begin a`, `end a`; the end is
-noted before the final `data: [DONE]`). With `--gate`, every stream stops
-after its first chunk until `POST /fake/open` (sending SSE comments while it
-waits): a test acts mid-stream without racing a clock.
+`GET /fake/calls` lists each answer's request id, model, times, prompts and
+`traceparent` header. `GET /fake/record` lists, in order, adapter loads and
+unloads and the start and end of each answer (`load a`, `unload a`, `begin a`,
+`end a`; the end is noted before the final `data: [DONE]`). With `--gate`,
+every stream stops after its first chunk until `POST /fake/open` (sending SSE
+comments while it waits): a test acts mid-stream without racing a clock.
 """
 
 from __future__ import annotations
@@ -312,6 +313,7 @@ class Engine:
             "ended": None,
             "system": system,
             "last": messages[-1],
+            "traceparent": request.headers.get("traceparent"),
         }
         self.calls.append(call)
         try:

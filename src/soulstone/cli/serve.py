@@ -19,6 +19,7 @@ from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
 from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.observe.logging import LogFile, Tee
+from soulstone.observe.trace import traces_target
 from soulstone.runtimes.state import StateFolder
 
 
@@ -151,9 +152,19 @@ def serve_command(
         ),
     ] = None,
     memory_url: MemoryUrlOption = None,
+    otlp_endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--otlp-endpoint",
+            metavar="URL",
+            help="Send OpenTelemetry traces to this OTLP/HTTP collector, e.g. "
+            "http://127.0.0.1:4318 (also OTEL_EXPORTER_OTLP_ENDPOINT; off by default).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the OpenAI-compatible gateway on a Unix socket (and TCP when asked)."""
     s = session(ctx)
+    otlp = guarded(ctx, lambda: traces_target(otlp_endpoint, os.environ))
     listen = socket or default_socket(s.paths.runtime)
     _, declared = guarded(ctx, lambda: load_checked(s, councils, listen))
     source, named = councils_source(councils, s.paths)
@@ -175,6 +186,7 @@ def serve_command(
         max_connections_per_peer=max_connections_per_peer,
         metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
         memory=s.paths.memory, memory_url=memory_url,
+        otlp=otlp,
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

@@ -144,9 +144,10 @@ class Convener:
         if stream:
             document["stream"] = True
             document["stream_options"] = {"include_usage": True}
+        # call.trace, when tracing: the council run's span, which parents the persona's request.
         return Call("chat", document, call.client, f"{call.request_id}.{persona.name}",
                     call.session_id, stream, "pass", call.flat_errors, None, "council",
-                    council.name, persona.name)  # fmt: skip
+                    council.name, persona.name, call.trace)  # fmt: skip
 
     async def ask(self, council: Council, call: Call, persona: Persona,
                   messages: list[Message], extra: dict[str, Any] | None = None,

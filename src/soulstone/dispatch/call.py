@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 from soulstone.errors import Refusal
 from soulstone.guard.clients import Client
 from soulstone.guard.identity import Peer
+from soulstone.observe.trace import SpanRef
 
 Endpoint = Literal["chat", "completions", "embeddings", "council"]
 ENDPOINT_PATHS: dict[Endpoint, str] = {
@@ -46,6 +47,7 @@ class Call(NamedTuple):
     way: str = "http"
     council: str | None = None  # a council persona's call: the council's name
     persona: str | None = None  # and the persona's
+    trace: SpanRef | None = None  # traced: the span this call's request span hangs under
 
 
 class Entry(NamedTuple):

@@ -209,12 +209,16 @@ class Upstream:
             self.response.close()
 
 
-def request_head(prefix: bytes, request_id: str, length: int) -> bytes:
-    """The whole request head: method, path, Host and Content-Type from `prefix`, then ours."""
+def request_head(prefix: bytes, request_id: str, length: int, trace: bytes = b"") -> bytes:
+    """The whole request head: method, path, Host and Content-Type from `prefix`, then ours.
+
+    `trace`: a whole `traceparent` header line (CRLF included) when the request is traced.
+    """
     if "\r" in request_id or "\n" in request_id:  # never a header of its own
         request_id = request_id.replace("\r", " ").replace("\n", " ")
-    return b"%s%s%s\r\nContent-Length: %d\r\n\r\n" % (
-        prefix, _ID_HEADER, request_id.encode("utf-8", "surrogateescape"), length)  # fmt: skip
+    return b"%s%s%s\r\n%sContent-Length: %d\r\n\r\n" % (
+        prefix, _ID_HEADER, request_id.encode("utf-8", "surrogateescape"), trace,
+        length)  # fmt: skip
 
 
 async def send(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from soulstone.guard.clients import Client
+from soulstone.observe.trace import Attribute, Notes
 
 
 class Record:
@@ -15,7 +16,7 @@ class Record:
     __slots__ = (
         "began", "client", "code", "completion_tokens", "content", "council", "events",
         "first_at", "forwarded", "heartbeat", "model", "persona", "prompt_tokens",
-        "reported_prompt", "request_id", "session_id", "settled", "total_tokens", "way",
+        "reported_prompt", "request_id", "session_id", "settled", "total_tokens", "trace", "way",
     )  # fmt: skip
 
     def __init__(self, request_id: str, session_id: str | None, way: str) -> None:
@@ -36,10 +37,23 @@ class Record:
         self.reported_prompt: int | None = None  # the engine's usage, when it gave one
         self.completion_tokens: int | None = None
         self.first_at: float | None = None  # perf_counter() at a stream's first chunk
+        self.trace: Notes | None = None  # the request's trace notes, only while tracing is on
 
     def reported(self, usage: tuple[int | None, int | None, int | None]) -> None:
         """Keep the engine's reported usage (prompt, completion, total)."""
         self.reported_prompt, self.completion_tokens, self.total_tokens = usage
+
+    def span_attributes(self, status: int) -> dict[str, Attribute]:
+        """The request span's attributes: ids, caller, model, outcome, tokens (never text)."""
+        found: dict[str, Attribute | None] = {
+            "request_id": self.request_id, "conveyance_session_id": self.session_id,
+            "client": self.client.name if self.client else None, "model": self.model,
+            "way": self.way, "status": status, "error_code": self.code,
+            "council": self.council, "persona": self.persona,
+            "prompt_tokens": self.reported_prompt or self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "total_tokens": self.total_tokens,
+        }  # fmt: skip
+        return {key: value for key, value in found.items() if value is not None}
 
     def used_tokens(self) -> int:
         """Tokens to charge: the engine's report, else prompt + streamed events, else none."""

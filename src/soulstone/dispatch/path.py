@@ -39,6 +39,7 @@ from soulstone.guard.budget import BOUNDED_FIELDS, Budget, bound_output, fit
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Spend
 from soulstone.lora.registry import AdapterRecord
+from soulstone.observe.trace import TRACEPARENT, Notes, Tracer, parse_traceparent
 from soulstone.tools.calls import asks_heartbeat, checked_answer
 from soulstone.tools.heartbeat import HeartbeatRefused
 from soulstone.tools.stream import ToolStream
@@ -93,10 +94,11 @@ def _served_model(document: dict[str, Any], services: Services) -> str | None:
 class RequestPath:
     """The request path of one gateway, shared by every way in."""
 
-    def __init__(self, services: Services, log: Any) -> None:
+    def __init__(self, services: Services, log: Any, tracer: Tracer | None = None) -> None:
         self.services = services
         self.log = log
         self.councils: Councils | None = None  # set by the gateway when it serves councils
+        self.tracer = tracer  # None: tracing is off, and no request holds trace notes
 
     # -- ways in ------------------------------------------------------------------------
 
@@ -104,6 +106,8 @@ class RequestPath:
         """Identify the caller, check its limits, read and parse the body, then dispatch."""
         services = self.services
         record = Record(entry.request_id, entry.session_id, entry.way)
+        if self.tracer is not None:  # trace: continue the caller's trace, if it sent one
+            record.trace = Notes(parse_traceparent(entry.headers.get(TRACEPARENT)))
         client = entry.client
         try:
             if client is None:
@@ -133,12 +137,17 @@ class RequestPath:
     def refuse(self, request_id: str, session_id: str | None, way: str, refusal: Refusal,
                flat: bool) -> Rejection:  # fmt: skip
         """Settle a request a transport refused before it could enter (counted and logged)."""
-        return self._refuse(Record(request_id, session_id, way), refusal, flat)
+        record = Record(request_id, session_id, way)
+        if self.tracer is not None:  # trace
+            record.trace = Notes(None)
+        return self._refuse(record, refusal, flat)
 
     async def dispatch(self, call: Call) -> Outcome:
         """Serve a call whose caller is already identified (a council persona)."""
         record = Record(call.request_id, call.session_id, call.way)
         record.council, record.persona = call.council, call.persona
+        if self.tracer is not None:  # trace: under the council's span
+            record.trace = Notes(call.trace)
         return await self._run(call, record)
 
     # -- a council ----------------------------------------------------------------------
@@ -161,6 +170,9 @@ class RequestPath:
                 record.council = name
             # The council is one request in flight; its personas' calls count their tokens.
             spend = limiter.admit(call.client)
+            if record.trace is not None:  # trace: the run's span parents its personas' requests
+                run = record.trace.open("soulstone.council", council=name)
+                call = call._replace(trace=record.trace.child(run))
             outcome = await councils.answer(call)
         except Refusal as refusal:
             self._end_council(call, spend)
@@ -208,19 +220,24 @@ class RequestPath:
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
             spend = self._reserve(call, prepared, budget, record, lease)
             if not self._admit_now(prepared, lease):
-                await self._admit(call, prepared, lease)
+                await self._admit(call, prepared, lease, record.trace)
             body = await self._fit_budget(call, prepared, budget, spend, record)
             soulstone = prepared.soulstone
             record.forwarded = True
             upstreams = services.upstreams
-            prefix = upstreams.request_head(soulstone, ENDPOINT_PATHS[call.endpoint])
+            path = ENDPOINT_PATHS[call.endpoint]
+            prefix = upstreams.request_head(soulstone, path)
+            trace = record.trace
+            head = request_head(prefix, call.request_id, len(body), b"" if trace is None else
+                                trace.upstream_header(soulstone.id, path, call.stream))  # fmt: skip
             result = await send(
-                upstreams.pool(soulstone), request_head(prefix, call.request_id, len(body)), body,
-                call.stream, services.guard.gateway.timeout_s,
-                lambda: services.engine_failed(soulstone),
+                upstreams.pool(soulstone), head, body, call.stream,
+                services.guard.gateway.timeout_s, lambda: services.engine_failed(soulstone),
             )  # fmt: skip
             if isinstance(result, Upstream):
                 return self._stream(call, prepared, result, record, lease)
+            if trace is not None:
+                trace.answered(result.status)
             record.reported(usage_in(result.body[-TAIL_BYTES:]))
             if result.status == 200 and prepared.tools:
                 result = self._checked_answer(call, prepared, result, record)
@@ -288,21 +305,42 @@ class RequestPath:
         lease.hold(lambda: scheduler.release(soulstone))
         return True
 
-    async def _admit(self, call: Call, prepared: Prepared, lease: Lease) -> None:
-        """Take a global slot, the engine (manifested, swapped in) and the adapter (hot)."""
+    async def _admit(self, call: Call, prepared: Prepared, lease: Lease,
+                     trace: Notes | None) -> None:  # fmt: skip
+        """Take a global slot, the engine (manifested, swapped in) and the adapter (hot).
+
+        Traced: a phase for each wait there was (slot, engine, adapter load).
+        """
         services = self.services
         slots, scheduler, soulstone = services.guard.slots, services.scheduler, prepared.soulstone
-        await slots.acquire()
+        if not slots.try_acquire():
+            began = time.perf_counter()
+            await slots.acquire()
+            if trace is not None:
+                trace.add("soulstone.queue", began, wait="slot")
         lease.hold(slots.release)
         if not scheduler.admit_now(soulstone):
-            await scheduler.acquire(soulstone)
+            began, swaps = time.perf_counter(), scheduler.swaps
+            running = soulstone.id in scheduler.running  # running: queued behind a swap
+            try:
+                await scheduler.acquire(soulstone)
+            finally:
+                if trace is not None:
+                    trace.add("soulstone.queue" if running else "soulstone.engine_start", began,
+                              soulstone=soulstone.id, wait="engine",
+                              swapped=scheduler.swaps != swaps)  # fmt: skip
         lease.hold(lambda: scheduler.release(soulstone))
         adapter = prepared.adapter
         if adapter is not None:
             if services.hot is None:
                 raise Refusal(409, "NO_ADAPTERS", "this gateway runs without adapters")
             hot = services.hot
+            loads = trace is not None and adapter.name not in hot.hot(soulstone.id)
+            began = time.perf_counter()
             await hot.acquire(soulstone, adapter)
+            if loads and trace is not None:
+                trace.add("soulstone.adapter_load", began, adapter=adapter.name,
+                          soulstone=soulstone.id)  # fmt: skip
             lease.hold(lambda: hot.release(soulstone, adapter.name))
             if call.session_id and call.council is None:
                 self._prefetch_next(soulstone, call.session_id, adapter)
@@ -333,7 +371,15 @@ class RequestPath:
         counted = document
         if prepared.adapter is not None:  # an adapter: its base model's tokenizer
             counted = {**document, "model": soulstone.models[0]}
-        prompt_tokens = await guard.counter.count(soulstone, counted)
+        if record.trace is None:
+            prompt_tokens = await guard.counter.count(soulstone, counted)
+        else:  # trace: a phase when the count asked the engine (a cached count does not wait)
+            asked, began = guard.counter.asked, time.perf_counter()
+            prompt_tokens = await guard.counter.count(soulstone, counted)
+            if guard.counter.asked != asked:
+                record.trace.add("soulstone.token_count", began, soulstone=soulstone.id,
+                                 prompt_tokens=-1 if prompt_tokens is None else prompt_tokens,
+                                 )  # fmt: skip
         record.prompt_tokens = prompt_tokens
         max_tokens = fit(prompt_tokens, prepared.output, budget)
         sequences = prepared.output.sequences
@@ -352,8 +398,16 @@ class RequestPath:
                         record: Record) -> Answer:  # fmt: skip
         """Hermes text parsed into tool calls, every call validated (else ToolCallInvalid)."""
         passthrough = call.tool_validation == "pass"
-        checked = checked_answer(answer.body, self.services.validators, prepared.hermes,
-                                 passthrough, prepared.unknown_tools)  # fmt: skip
+        began = time.perf_counter() if record.trace is not None else 0.0
+        try:
+            checked = checked_answer(answer.body, self.services.validators, prepared.hermes,
+                                     passthrough, prepared.unknown_tools)  # fmt: skip
+        except Refusal as refusal:
+            if record.trace is not None:
+                record.trace.add("soulstone.tool_check", began, error_code=refusal.code)
+            raise
+        if record.trace is not None:
+            record.trace.add("soulstone.tool_check", began)
         return answer if checked is answer.body else Answer(200, checked, answer.content_type)
 
     def _asks_heartbeat(self, answer: Answer, prepared: Prepared) -> bool:
@@ -390,6 +444,11 @@ class RequestPath:
             if upstream.failure is not None:
                 record.code = upstream.failure.code
                 services.metrics.refused(upstream.failure.code)
+            if record.trace is not None:  # trace: the engine's phase ends; tool calls checked
+                failure = upstream.failure.code if upstream.failure is not None else None
+                record.trace.streamed(upstream.first_at, upstream.events_seen, failure,
+                                      None if transform is None else transform.sent_calls,
+                                      record.code)  # fmt: skip
             self._answered(record, 200, heartbeat=transform is not None and transform.heartbeat)
             self._release(lease, record)
             self._settle(record, 200)
@@ -455,3 +514,5 @@ class RequestPath:
         services.live.request(record.request_id, model, client_name if client else None, status,
                               record.code, seconds, record.way, record.council,
                               record.persona)  # fmt: skip
+        if record.trace is not None and self.tracer is not None:  # trace: the spans go out
+            self.tracer.finish(record.trace, record.span_attributes(status), status)

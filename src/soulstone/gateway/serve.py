@@ -55,6 +55,7 @@ from soulstone.lora.registry import RegistryError
 from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
+from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
 from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
@@ -64,6 +65,7 @@ from soulstone.tools.policy import default_policy
 from soulstone.tools.store import PolicyError, load_policy
 
 GC_THRESHOLD = 20_000
+TRACES_CLOSE_S = 5.0  # at shutdown, queued spans get this long to reach the collector
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class ServeOptions:
     metrics_tcp: str | None = None  # or on loopback TCP (not under --strict)
     memory: Path | None = None  # the councils' resonance memory folder; None: no memory
     memory_url: str | None = None  # a Qdrant server that replaces the folder
+    otlp: Target | None = None  # where traces go (--otlp-endpoint, OTEL_*); None: tracing off
 
 
 async def reload_codex(
@@ -174,6 +177,29 @@ async def _metrics_listener(
         await runner.cleanup()
         raise
     return runner, addresses
+
+
+def start_tracer(target: Target | None, log: Any) -> Tracer | None:
+    """The OTLP tracer when tracing is asked for (the SDK is imported only then), else None.
+
+    Without the `otel` extra installed: UsageError when --otlp-endpoint asked
+    for traces, a warning (and no traces) when only an OTEL_* variable did.
+    """
+    if target is None:
+        return None
+    try:
+        from soulstone.observe.otlp import start_tracing
+    except ImportError as error:
+        why = (f"traces need the OpenTelemetry SDK (pip install 'soulstone[otel]'); "
+               f"{error.name or 'it'} is not installed")  # fmt: skip
+        if target.source == ENDPOINT_FLAG:
+            raise UsageError(f"{ENDPOINT_FLAG}: {why}") from None
+        log.warning(f"{target.source} is set, but {why}: serving without traces")
+        return None
+    tracer = start_tracing(target, log)
+    log.info("traces go to an OTLP collector", endpoint=shown_url(target.url),
+             asked_by=target.source)  # fmt: skip
+    return tracer
 
 
 def _tcp_keys(guard: Guard) -> int:
@@ -261,7 +287,7 @@ async def serve(
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
         hot.on_change = live.adapter
-    request_path = RequestPath(gateway, log)
+    request_path = RequestPath(gateway, log, start_tracer(options.otlp, log))
     use_councils(options.councils)
     dashboard = Dashboard(request_path, state.root / "gateway.json", options.strict, log)
     runner = web.AppRunner(
@@ -351,6 +377,8 @@ async def serve(
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
         await upstreams.close()
         gateway.requests_log.flush()
+        if request_path.tracer is not None:
+            await request_path.tracer.aclose(TRACES_CLOSE_S)
         if hot is not None:
             await hot.registry.close()
         if memory is not None:

@@ -32,6 +32,7 @@ class TokenCounter:
     def __init__(self, upstreams: Upstreams) -> None:
         self.upstreams = upstreams
         self._cache: OrderedDict[bytes, int] = OrderedDict()
+        self.asked = 0  # counts that asked the engine (a request's trace shows those)
 
     async def count(self, soulstone: Soulstone, document: dict[str, Any]) -> int | None:
         """Tokens of the request's `messages` (chat template applied) or `prompt`.
@@ -51,6 +52,7 @@ class TokenCounter:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        self.asked += 1
         counted = await self._ask(soulstone, document.get("model"), messages, prompt)
         if counted is not None:
             self._cache[key] = counted
