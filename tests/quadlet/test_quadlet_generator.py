@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import EXAMPLES, load, write
-from soulstone.codex.engines import alias_arguments, serve_on_socket
+from soulstone.codex.engines import derived_arguments, serve_on_socket
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.forge.units import (
     STRICT_CONTAINER_DIR,
@@ -106,8 +106,8 @@ def expected_argv(soulstone: Soulstone, options: ForgeOptions) -> tuple[str, ...
         socket = f"{STRICT_CONTAINER_DIR}/{strict_socket_name(soulstone)}"
         rewritten = serve_on_socket(soulstone.engine, soulstone.argv, socket)
         assert rewritten is not None
-        return (*rewritten, *alias_arguments(soulstone))
-    return (*soulstone.argv, *alias_arguments(soulstone))
+        return (*rewritten, *derived_arguments(soulstone))
+    return (*soulstone.argv, *derived_arguments(soulstone))
 
 
 def conflicts_of(service_text: str) -> set[str]:
