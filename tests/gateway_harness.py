@@ -262,3 +262,14 @@ def fake_engine_calls(table: str) -> list[dict[str, Any]]:
     except httpx2.ConnectError:
         return []
     return list(answer.json()["calls"])
+
+
+def streamed_text(chunks: Any) -> tuple[str, Any]:
+    """The text of an openai chat stream's deltas, and the usage its last chunk carried."""
+    pieces, usage = [], None
+    for chunk in chunks:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            usage = chunk.usage
+    return "".join(pieces), usage

@@ -27,6 +27,7 @@ from gateway_harness import (
     keyed,
     lora_table,
     request_lines,
+    streamed_text,
     table_port,
     write_councils,
 )
@@ -155,13 +156,8 @@ def test_the_openai_client_asks_a_council_as_a_model(
         model="council/pantheon", messages=messages, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
-    pieces, usage = [], None
-    for chunk in streamed:
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-        if chunk.usage is not None:
-            usage = chunk.usage
-    assert "".join(pieces) == content
+    text, usage = streamed_text(streamed)
+    assert text == content
     assert usage is not None and usage.total_tokens > 0
 
 

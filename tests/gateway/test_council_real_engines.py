@@ -27,7 +27,7 @@ import httpx2
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from gateway_harness import RunningGateway, gateway_starter
+from gateway_harness import RunningGateway, gateway_starter, streamed_text
 from helpers import free_port, write
 from real_engines import llama_server, tiny_gguf, tiny_hf_model, vllm_table
 
@@ -197,13 +197,8 @@ def test_the_openai_client_asks_a_council_of_two_engines_and_three_same_base_per
         model="council/ring", messages=messages, stream=True,
         stream_options={"include_usage": True},
     )  # fmt: skip
-    pieces, usage = [], None
-    for chunk in streamed:
-        if chunk.choices:
-            pieces.append(chunk.choices[0].delta.content or "")
-        if chunk.usage is not None:
-            usage = chunk.usage
-    assert "".join(pieces)
+    text, usage = streamed_text(streamed)
+    assert text
     assert usage is not None and usage.total_tokens > 0
 
 

@@ -18,7 +18,7 @@ from soulstone.dispatch.call import wants_flat_errors
 from soulstone.dispatch.services import Services
 from soulstone.errors import Refusal, SoulstoneError, UsageError
 from soulstone.gateway.errors import error_response
-from soulstone.gateway.routes import caller
+from soulstone.gateway.routes import caller, read_json_object
 from soulstone.gateway.state import GATEWAY, correlation
 from soulstone.lora.adapter import AdapterRefused, check_name, inspect_adapter
 from soulstone.lora.hot import HotAdapters
@@ -36,19 +36,6 @@ def _json(
         body=orjson.dumps(document), status=status, content_type="application/json",
         headers=correlation(gateway, request),
     )  # fmt: skip
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise Refusal(400, "INVALID_JSON", "the body is not JSON") from None
-    if not isinstance(document, dict):
-        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
-    return document
 
 
 def _target(gateway: Services, body: dict[str, Any]) -> Target:
@@ -95,7 +82,7 @@ async def status(request: web.Request) -> web.Response:
 async def up(request: web.Request) -> web.Response:
     """Manifest a soulstone, group or capability through the wave queue (or plan it)."""
     gateway = request.config_dict[GATEWAY]
-    body = await _body(request)
+    body = await read_json_object(request)
     target = _target(gateway, body)
     scheduler = gateway.scheduler
     try:
@@ -118,7 +105,7 @@ async def up(request: web.Request) -> web.Response:
 async def down(request: web.Request) -> web.Response:
     """Stop a soulstone or group (all running ones without a name) once its requests drain."""
     gateway = request.config_dict[GATEWAY]
-    body = await _body(request)
+    body = await read_json_object(request)
     scheduler = gateway.scheduler
     if body.get("name") is None:
         ids = {s.id for s in await scheduler.supervisor.statuses() if s.active}
@@ -149,7 +136,7 @@ async def _named_adapter(
     """The gateway, its hot adapters, the adapter the body names, and its base (None when gone)."""
     gateway = request.config_dict[GATEWAY]
     hot = _hot(gateway)
-    name = (await _body(request)).get("name")
+    name = (await read_json_object(request)).get("name")
     if not isinstance(name, str) or not name:
         raise Refusal(400, "BAD_TARGET", "the body needs `name`: an adapter's name")
     record = gateway.adapters.get(name)
@@ -180,7 +167,7 @@ async def lora_add(request: web.Request) -> web.Response:
     """Validate and store an adapter folder the gateway can read (off the event loop)."""
     gateway = request.config_dict[GATEWAY]
     hot = _hot(gateway)
-    body = await _body(request)
+    body = await read_json_object(request)
     base_id = _text_field(body, "base", "the id of the soulstone serving the base model")
     folder = Path(_text_field(body, "path", "the adapter folder's absolute path"))
     if not folder.is_absolute():
@@ -243,7 +230,7 @@ async def memory_forget(request: web.Request) -> web.Response:
     memory = request.config_dict.get(MEMORY)
     if memory is None:
         raise Refusal(409, "NO_MEMORY", "this gateway runs without resonance memory")
-    session = (await _body(request)).get("session")
+    session = (await read_json_object(request)).get("session")
     if not isinstance(session, str) or not session:
         raise Refusal(400, "BAD_REQUEST", "the body needs `session`: a session id",
                       param="session")  # fmt: skip

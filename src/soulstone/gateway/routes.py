@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from aiohttp import web
 
@@ -36,6 +38,20 @@ async def read_body(request: web.Request) -> bytes:
     except Exception:  # a broken chunked or compressed body: never echo its bytes
         raise Refusal(400, "BAD_BODY", "the request body could not be read "
                       "(broken chunked encoding or compression)") from None  # fmt: skip
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """A small JSON-object body (an admin or dashboard call); {} when empty, else 400."""
+    raw = await request.read()
+    if not raw:
+        return {}
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Refusal(400, "INVALID_JSON", "the body is not JSON") from None
+    if not isinstance(document, dict):
+        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
+    return document
 
 
 async def generation(request: web.Request) -> web.StreamResponse:

@@ -24,7 +24,7 @@ from soulstone.errors import Refusal
 from soulstone.gateway.connections import peer_of_request
 from soulstone.gateway.dashboard import make_dashboard_app
 from soulstone.gateway.errors import error_response
-from soulstone.gateway.routes import caller
+from soulstone.gateway.routes import caller, read_json_object
 from soulstone.gateway.state import GATEWAY, correlation
 from soulstone.gateway.ui_access import Access
 from soulstone.guard.clients import Client
@@ -123,7 +123,7 @@ async def open_dashboard(request: web.Request) -> web.Response:
             raise Refusal(403, "UNIX_SOCKET_ONLY", "the dashboard is opened through the "
                           "gateway's Unix socket (`soulstone ui` on this machine)")  # fmt: skip
         client = await caller(gateway, request)
-        body = await _body(request)
+        body = await read_json_object(request)
         port = body.get("port")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int)
                                  or not 0 < port < 65536):  # fmt: skip
@@ -136,19 +136,6 @@ async def open_dashboard(request: web.Request) -> web.Response:
         return error_response(refusal, correlation(gateway, request), flat)
     return web.Response(body=orjson.dumps(answer), content_type="application/json",
                         headers=correlation(gateway, request))  # fmt: skip
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw:
-        return {}
-    try:
-        document = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise Refusal(400, "INVALID_JSON", "the body is not JSON") from None
-    if not isinstance(document, dict):
-        raise Refusal(400, "INVALID_JSON", "the body must be a JSON object")
-    return document
 
 
 async def elsewhere(request: web.Request) -> web.Response:
