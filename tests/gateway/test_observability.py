@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -92,13 +93,14 @@ def test_the_metrics_socket_is_group_readable_and_strict_refuses_tcp(
     import grp
     import os
 
-    where = tmp_path / "obs" / "metrics.sock"
-    where.parent.mkdir()
+    where = tmp_path / "obs" / "metrics.sock"  # a folder the gateway makes: the group's too
     group = grp.getgrgid(os.getgid()).gr_name
     gateway = start_gateway(fake_codex(tmp_path / "codex", fake_table("a", model="m-a")),
                             "--metrics-socket", str(where), "--metrics-group", group)  # fmt: skip
     mode = where.stat()
     assert oct(mode.st_mode & 0o777) == "0o660" and mode.st_gid == os.getgid()
+    folder = where.parent.stat()
+    assert oct(folder.st_mode & 0o777) == "0o750" and folder.st_gid == os.getgid()
     with httpx2.Client(transport=httpx2.HTTPTransport(uds=str(where)),
                        base_url="http://localhost") as http:  # fmt: skip
         assert "soulstone_in_flight" in http.get("/metrics").text
@@ -106,6 +108,15 @@ def test_the_metrics_socket_is_group_readable_and_strict_refuses_tcp(
     refused = gateway.cli("serve", "--strict", "--metrics-tcp", "127.0.0.1:9")
     assert refused.returncode != 0
     assert re.search(r"strict mode refuses TCP", refused.stderr + refused.stdout)
+    with socket.socket() as taken:  # a port someone else holds: named, not a traceback
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = gateway.cli("serve", "--socket", str(tmp_path / "other.sock"), "--metrics-tcp",
+                           f"127.0.0.1:{port}")  # fmt: skip
+    assert busy.returncode != 0
+    assert f"cannot listen on --metrics-tcp 127.0.0.1:{port}" in busy.stderr + busy.stdout
+    assert "Traceback" not in busy.stderr
 
 
 def test_only_requests_to_engines_without_an_id_count_as_missing_ids(

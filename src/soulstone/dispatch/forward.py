@@ -127,8 +127,8 @@ class _Idle:
 class Upstream:
     """An engine's streamed answer, once its status was 200: read it with `events`.
 
-    After the events, `total_tokens` is the engine's reported usage (when it
-    gave one), `failure` the refusal that ended the stream (when one did), and
+    After the events, `usage` is the engine's reported usage (when it gave
+    one), `failure` the refusal that ended the stream (when one did), and
     `events_seen` the `data:` lines passed on (a usage estimate).
     """
 
@@ -138,7 +138,6 @@ class Upstream:
         self.timeout = timeout
         self.content_type = content_type or "text/event-stream"
         self.events_seen = 0
-        self.total_tokens: int | None = None
         self.usage = NO_USAGE
         self.first_at: float | None = None  # perf_counter() at the first chunk
         self.failure: Refusal | None = None
@@ -189,8 +188,7 @@ class Upstream:
                 yield Chunk(rest)
             whole = True
             self.usage = usage_in(tail[-TAIL_BYTES:])
-            self.total_tokens = self.usage.total
-            yield Done(self.total_tokens)
+            yield Done(self.usage.total)
         finally:
             watchdog.stop()
             self.ended = True
@@ -235,7 +233,7 @@ async def send(
     try:
         try:
             connection, answer = await post(pool, head, body)
-        except (*UPSTREAM_ERRORS, TimeoutError) as error:
+        except UPSTREAM_ERRORS as error:  # a connect timeout is an OSError too
             on_failure()
             raise Refusal(502, "ENGINE_UNREACHABLE", f"the engine did not answer: "
                           f"{type(error).__name__}") from None  # fmt: skip

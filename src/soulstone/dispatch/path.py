@@ -491,9 +491,9 @@ class RequestPath:
         services = self.services
         seconds = time.perf_counter() - record.began
         model = record.model
-        client = record.client
+        client = record.client.name if record.client is not None else None
         metrics = services.metrics
-        client_name = client.name if client else "-"
+        client_name = client or "-"
         metrics.request_done(model or "-", status, client_name, seconds if model else None,
                              record.request_id)  # fmt: skip
         if record.forwarded and model:
@@ -503,7 +503,7 @@ class RequestPath:
                 metrics.first_token(model, record.first_at - record.began)
         services.requests_log.write(
             request_id=record.request_id, session_id=record.session_id,
-            client=client.name if client else None, model=model, status=status,
+            client=client, model=model, status=status,
             code=record.code, way=record.way, council=record.council, persona=record.persona,
             prompt_tokens=record.prompt_tokens, completion_tokens=record.completion_tokens,
             total_tokens=record.total_tokens, ms=round(seconds * 1000, 2),
@@ -511,7 +511,7 @@ class RequestPath:
                 (record.first_at - record.began) * 1000, 2),
             content=record.content,
         )  # fmt: skip
-        services.live.request(record.request_id, model, client_name if client else None, status,
+        services.live.request(record.request_id, model, client, status,
                               record.code, seconds, record.way, record.council,
                               record.persona)  # fmt: skip
         if record.trace is not None and self.tracer is not None:  # trace: the spans go out

@@ -92,19 +92,40 @@ def make_metrics_app(services: Services) -> web.Application:
     return app
 
 
+def _group_id(group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UsageError(f"--metrics-group {group}: no such group") from None
+
+
+def _give(path: Path, gid: int, group: str) -> None:
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        raise UsageError(f"--metrics-group {group}: not a group of this user") from None
+
+
 def metrics_socket(path: Path, group: str | None) -> socket.socket:
-    """The observability socket: 0660, owned by `group` when given (so Prometheus can read)."""
+    """The observability socket: 0660, owned by `group` when given (so Prometheus can read).
+
+    A folder it has to create is 0750 and given to the group too, so the
+    group can reach the socket in it.
+    """
+    gid = _group_id(group) if group is not None else None
+    if gid is not None and group is not None and not path.parent.exists():
+        path.parent.mkdir(mode=0o750, parents=True)
+        path.parent.chmod(0o750)
+        _give(path.parent, gid, group)
     prepare_socket(path, own_folder=False)
     sock = bind_unix(path)
-    if group is not None:
+    if gid is not None and group is not None:
         try:
-            gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
-            os.chown(path, -1, gid)
-        except (KeyError, PermissionError) as error:
+            _give(path, gid, group)
+        except UsageError:
             sock.close()
             path.unlink(missing_ok=True)
-            reason = "no such group" if isinstance(error, KeyError) else "not a group of this user"
-            raise UsageError(f"--metrics-group {group}: {reason}") from None
+            raise
     return sock
 
 

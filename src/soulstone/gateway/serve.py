@@ -33,6 +33,7 @@ from soulstone.gateway.connections import (
     raise_open_files_limit,
 )
 from soulstone.gateway.listen import (
+    ListenError,
     activation_sockets,
     bind_unix,
     describe,
@@ -171,7 +172,11 @@ async def _metrics_listener(
             await web.SockSite(runner, sock).start()
             addresses.append(f"unix:{options.metrics_socket}")
         if tcp is not None:
-            await web.TCPSite(runner, tcp[0], tcp[1]).start()
+            try:
+                await web.TCPSite(runner, tcp[0], tcp[1]).start()
+            except OSError as error:
+                raise ListenError(f"cannot listen on --metrics-tcp {tcp[0]}:{tcp[1]}: "
+                                  f"{error.strerror or error}") from None  # fmt: skip
             addresses.append(f"tcp:{tcp[0]}:{tcp[1]}")
     except BaseException:
         await runner.cleanup()

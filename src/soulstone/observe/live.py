@@ -162,8 +162,8 @@ class LiveHub:
         data = {"id": request_id, "model": model, "client": client, "status": status,
                 "code": code, "ms": ms, "way": way, "council": council,
                 "persona": persona}  # fmt: skip
-        self.publish("request", data)
-        codes, counts = self._minute(self._clock())
+        event = self.publish("request", data)
+        codes, counts = self._minute(event.at)
         counts[0] += 1
         if code is not None:
             codes[code] += 1

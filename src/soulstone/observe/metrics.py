@@ -153,6 +153,7 @@ class Metrics:
         # labels() takes a lock and builds a key on every call: keep the children.
         self._request_children: dict[tuple[str, int, str], Any] = {}
         self._token_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._ttft_children: dict[str, Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._refusal_children: dict[str, Any] = {}
 
@@ -186,7 +187,10 @@ class Metrics:
 
     def first_token(self, model: str, seconds: float) -> None:
         """A stream's time to its first chunk."""
-        self.ttft.labels(model).observe(seconds)
+        histogram = self._ttft_children.get(model)
+        if histogram is None:
+            histogram = self._ttft_children[model] = self.ttft.labels(model)
+        histogram.observe(seconds)
 
     def refused(self, code: str) -> None:
         """Count one refusal by its error code."""
