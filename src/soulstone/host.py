@@ -12,8 +12,10 @@ from soulstone.codex.models import RuntimeName
 from soulstone.errors import UsageError
 
 RUNTIME_ENV = "SOULSTONE_DEFAULT_RUNTIME"
+GENERATOR_ENV = "SOULSTONE_QUADLET"
+GENERATOR_PATHS = ("/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet")
 _AMD_VENDOR = "0x1002"
-_RUNTIMES: tuple[RuntimeName, ...] = ("quadlet", "process")
+_RUNTIMES: tuple[RuntimeName, ...] = ("quadlet", "podman", "process")
 
 
 def _nvidia_memory() -> int | None:
@@ -44,13 +46,22 @@ def _amd_memory(drm: Path) -> int | None:
     return total or None
 
 
+def find_generator(env: Mapping[str, str] | None = None) -> Path | None:
+    """Podman's quadlet generator: `$SOULSTONE_QUADLET`, else where Podman installs it."""
+    env = os.environ if env is None else env
+    for candidate in (env.get(GENERATOR_ENV, ""), *GENERATOR_PATHS):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
 def detect_host(env: Mapping[str, str] | None = None) -> HostFacts:
     """Look at this machine once; `SOULSTONE_DEFAULT_RUNTIME` overrides the container default."""
     env = os.environ if env is None else env
     wanted = env.get(RUNTIME_ENV) or None
     override = next((name for name in _RUNTIMES if name == wanted), None)
     if wanted is not None and override is None:
-        raise UsageError(f"{RUNTIME_ENV}={wanted!r}: expected 'quadlet' or 'process'")
+        raise UsageError(f"{RUNTIME_ENV}={wanted!r}: expected 'quadlet', 'podman' or 'process'")
     runtime_dir = env.get("XDG_RUNTIME_DIR", "")
     has_user_systemd = bool(runtime_dir) and Path(runtime_dir, "systemd", "private").exists()
     vendor: str | None = None
@@ -61,6 +72,7 @@ def detect_host(env: Mapping[str, str] | None = None) -> HostFacts:
         vendor, memory = "amd", amd
     return HostFacts(
         has_podman=shutil.which("podman", path=env.get("PATH")) is not None,
+        has_quadlet_generator=find_generator(env) is not None,
         has_user_systemd=has_user_systemd and shutil.which("systemctl") is not None,
         gpu_vendor=vendor,
         gpu_memory_bytes=memory,

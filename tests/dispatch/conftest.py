@@ -82,6 +82,9 @@ class FakeRuntime:
     def mark_healthy(self, soulstone: Soulstone) -> None:
         self.states[soulstone.id] = "running"
 
+    def details(self, found: EngineStatus) -> EngineStatus:
+        return found
+
     def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:
         return ""
 

@@ -16,6 +16,7 @@ from soulstone.guard.audit import (
     audit_clients,
     audit_codex,
     audit_dashboard,
+    audit_engine_sockets,
     audit_listeners,
     audit_socket,
     model_caches,
@@ -25,7 +26,9 @@ from soulstone.runtimes.state import StateFolder
 
 def audit(
     ctx: typer.Context,
-    strict: Annotated[bool, typer.Option("--strict", help="Also: nothing of ours on TCP.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Also: nothing of ours on TCP, containers offline, engine sockets 0700.",
+    )] = False,
     socket: Annotated[Path | None, typer.Option("--socket", metavar="PATH",
                                                 help="The gateway's socket.")] = None,
     clients: Annotated[Path | None, typer.Option("--clients", metavar="PATH",
@@ -37,6 +40,7 @@ def audit(
     findings: list[Finding] = []
     if strict:
         findings += audit_listeners(StateFolder(s.paths.state))
+        findings += audit_engine_sockets(StateFolder(s.paths.state))
     findings += audit_dashboard(StateFolder(s.paths.state))
     findings += audit_socket(socket or default_socket(s.paths.runtime))
     findings += audit_caches(model_caches(os.environ, s.paths.cache))

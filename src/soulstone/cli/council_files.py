@@ -6,6 +6,7 @@ are checked together so that every problem of both comes at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -76,10 +77,13 @@ def _subject(codex_failed: bool, councils_failed: bool) -> str:
     return "the councils" if councils_failed else "the codex"
 
 
-def load_checked(s: Session, given: Path | None, socket: Path) -> tuple[Codex, Councils]:
+def load_checked(
+    s: Session, given: Path | None, socket: Path, load: Callable[[], Codex] | None = None
+) -> tuple[Codex, Councils]:
     """The codex and the councils, both valid; CodexError with every problem of both if not.
 
-    Without council files (an absent default folder) the councils are empty.
+    `load` loads the codex (default: the session's loader). Without council
+    files (an absent default folder) the councils are empty.
     A `--councils` path that does not exist is a UsageError.
     """
     source, named = councils_source(given, s.paths)
@@ -88,7 +92,7 @@ def load_checked(s: Session, given: Path | None, socket: Path) -> tuple[Codex, C
     warnings: list[Problem] = []
     codex: Codex | None = None
     try:
-        codex = s.load()
+        codex = (load or s.load)()
     except CodexError as error:
         problems += error.problems
         warnings += error.warnings

@@ -219,16 +219,20 @@ def status(
                                 option=orjson.OPT_INDENT_2).decode())  # fmt: skip
         return
     table = Table(title="soulstone status", title_justify="left")
-    for column in ("id", "state", "pid/unit", "uptime", "port/socket", "health", "GPU memory"):
+    containers = any(st.container for st in found)
+    columns = ("id", "state", "pid/unit", "uptime", "port/socket", "health", "GPU memory")
+    for column in (*columns, *(("container",) if containers else ())):
         table.add_column(column, overflow="fold")
     for st in found:
         failed_with = st.state == "failed" and st.exit_code is not None
         state = st.state + (f" (exit {st.exit_code})" if failed_with else "")
         memory = f"{st.gpu_memory_bytes / 2**30:.1f} GiB" if st.gpu_memory_bytes else "—"
+        container = f"{st.container} ({st.container_state or '?'})" if st.container else ""
         table.add_row(
             Text(st.id, style="bold"), Text(state, style=STATE_STYLES[st.state]),
             st.unit or (str(st.pid) if st.pid else ""), _uptime(st),
             st.socket or (str(st.port) if st.port else ""), st.health or "", memory,
+            *((container,) if containers else ()),
         )  # fmt: skip
     s.out.print(table)
 

@@ -17,6 +17,7 @@ from soulstone.codex.models import Codex
 from soulstone.council.load import council_files, councils_source, load_council_files
 from soulstone.council.models import Councils
 from soulstone.errors import SoulstoneError
+from soulstone.forge.strict import strict_loader
 from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.observe.logging import LogFile, Tee
 from soulstone.observe.trace import traces_target
@@ -166,7 +167,8 @@ def serve_command(
     s = session(ctx)
     otlp = guarded(ctx, lambda: traces_target(otlp_endpoint, os.environ))
     listen = socket or default_socket(s.paths.runtime)
-    _, declared = guarded(ctx, lambda: load_checked(s, councils, listen))
+    load = strict_loader(s.load, s.paths.runtime) if strict else s.load
+    _, declared = guarded(ctx, lambda: load_checked(s, councils, listen, load))
     source, named = councils_source(councils, s.paths)
 
     def reload_councils(codex: Codex, adapters: Collection[str]) -> Councils:
@@ -196,7 +198,7 @@ def serve_command(
     state.ensure()
     log_file = LogFile(state.gateway_log)  # what `soulstone logs --gateway` reads
     try:
-        guarded(ctx, lambda: _run(serve(options, s.load, state, ready,
+        guarded(ctx, lambda: _run(serve(options, load, state, ready,
                                         log_stream=Tee(sys.stderr, log_file))))  # fmt: skip
     finally:
         log_file.close()

@@ -12,6 +12,7 @@ class HostFacts:
     """What the machine offers: container tooling, a user systemd, GPUs."""
 
     has_podman: bool = False
+    has_quadlet_generator: bool = False
     has_user_systemd: bool = False
     gpu_vendor: str | None = None
     gpu_memory_bytes: int | None = None
@@ -19,10 +20,16 @@ class HostFacts:
 
     @property
     def container_runtime(self) -> RuntimeName:
-        """The runtime for a soulstone with an image and no explicit `runtime`."""
+        """The runtime for a soulstone with an image and no explicit `runtime`.
+
+        `quadlet` where Podman and a user systemd exist, `podman` where Podman
+        (with its quadlet generator) exists alone, `process` otherwise.
+        """
         if self.runtime_override is not None:
             return self.runtime_override
-        return "quadlet" if self.has_podman and self.has_user_systemd else "process"
+        if self.has_podman and self.has_user_systemd:
+            return "quadlet"
+        return "podman" if self.has_podman and self.has_quadlet_generator else "process"
 
 
 @dataclass(frozen=True)

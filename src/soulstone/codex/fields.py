@@ -37,7 +37,7 @@ EXPECTED: dict[str, str] = {
     "health": "a table (path, start_timeout, interval)",
     "lora": "a table (max_loras, max_lora_rank, max_cpu_loras)",
     "ttl": "a positive integer (seconds)",
-    "runtime": '"quadlet" or "process"',
+    "runtime": '"quadlet", "podman" or "process"',
     "tool_parser": '"none" or "hermes"',
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",

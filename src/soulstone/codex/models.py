@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from soulstone.codex.engines import EngineName
 from soulstone.errors import Problem
 
-RuntimeName = Literal["quadlet", "process"]
+RuntimeName = Literal["quadlet", "podman", "process"]
 ToolParser = Literal["none", "hermes"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]

@@ -102,9 +102,9 @@ def _check_command(decl: SoulstoneDecl, argv: tuple[str, ...], out: _Collector) 
         if decl.exec is None or starts_with_option:
             out.warn(
                 "runtime",
-                "without Podman and a user systemd here the runtime is 'process', but "
-                "exec is not a whole command (the image's entrypoint would run it): this "
-                "soulstone can run only where the quadlet runtime is available",
+                "without Podman here the runtime is 'process', but exec is not a whole "
+                "command (the image's entrypoint would run it): this soulstone can run "
+                "only where the podman or quadlet runtime is available",
             )
     elif decl.exec is None:
         out.error(
@@ -130,8 +130,8 @@ def _runtime(
         runtime = facts.container_runtime
     else:
         runtime = "process"
-    if runtime == "quadlet" and not decl.image:
-        out.error("image", "the quadlet runtime runs a container: set image")
+    if runtime in ("quadlet", "podman") and not decl.image:
+        out.error("image", f"the {runtime} runtime runs a container: set image")
     if runtime == "process" and not {"image", "exec"} & out.mistyped:
         _check_command(decl, argv, out)
     return runtime

@@ -236,7 +236,8 @@ async def serve(
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
     live = LiveHub()
-    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log, live))
+    supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
+                            on_event=_log_event(log, live))  # fmt: skip
     metrics = Metrics()
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
+import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,19 +80,62 @@ def socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
+def _container_pid(name: str) -> int | None:
+    """The host pid of a running container's first process, through `podman inspect`."""
+    if shutil.which("podman") is None:
+        return None
+    try:
+        found = subprocess.run(["podman", "container", "inspect", "--format", "{{.State.Pid}}",
+                                name], capture_output=True, text=True, timeout=15,
+                               check=False)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    pid = found.stdout.strip()
+    return int(pid) if found.returncode == 0 and pid.isdigit() and int(pid) > 0 else None
+
+
 def _ours(state: StateFolder) -> dict[int, str]:
-    """Pids of the gateway and every engine this state folder knows of."""
+    """Pids of the gateway and every engine this state folder knows of (containers too)."""
     pids: dict[int, str] = {}
     gateway = read_json(state.root / "gateway.json")
     if gateway and procfs.alive(gateway.get("pid")):
         pids[int(gateway["pid"])] = "the gateway"
     for record in sorted((state.root / "engines").glob("*.keeper.json")):
         kept = read_json(record) or {}
+        name = record.name.removesuffix(".keeper.json")
         if kept.get("state") == "running" and isinstance(kept.get("pgid"), int):
-            name = record.name.removesuffix(".keeper.json")
             for pid in procfs.group_members(kept["pgid"]):
                 pids[pid] = f"engine {name}"
+            if procfs.alive(kept.get("keeper_pid"), kept.get("keeper_ticks")):
+                for pid in procfs.descendants(int(kept["keeper_pid"])):  # conmon, containers
+                    pids[pid] = f"engine {name}"
+    for record in sorted((state.root / "engines").glob("*.json")):
+        started = read_json(record) or {}
+        container = started.get("container") or str(started.get("unit") or "").removesuffix(
+            ".service") or None  # fmt: skip
+        if record.name.endswith(".keeper.json") or not container:
+            continue
+        root = _container_pid(str(container))
+        if root is not None:
+            for pid in (root, *procfs.descendants(root)):
+                pids[pid] = f"engine {started.get('id')} (container {container})"
     return pids
+
+
+def _namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def interfaces(pid: int) -> list[str]:
+    """The network interfaces of a process's network namespace (from /proc/PID/net/dev)."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return []
+    return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
 
 
 def _mode(path: Path) -> int:
@@ -98,13 +143,43 @@ def _mode(path: Path) -> int:
 
 
 def audit_listeners(state: StateFolder) -> list[Finding]:
-    """In strict mode nothing of ours listens on TCP."""
+    """In strict mode nothing of ours listens on TCP, in any network namespace.
+
+    Each process is looked at in its own namespace (/proc/PID/net/tcp*), so
+    an engine in a container is checked where it runs; a container engine
+    must also have no interface but `lo` (Network=none).
+    """
     findings = []
-    listening = tcp_listeners()
+    host = _namespace(os.getpid())
+    tables: dict[str | None, dict[int, str]] = {}
     for pid, what in sorted(_ours(state).items()):
+        namespace = _namespace(pid)
+        if namespace not in tables:
+            tables[namespace] = tcp_listeners(Path(f"/proc/{pid}"))
+            others = [name for name in interfaces(pid) if name != "lo"]
+            if namespace != host and others:
+                findings.append(Finding(f"pid {pid}", f"{what} has the network interfaces "
+                                        f"{', '.join(others)}; strict mode runs containers "
+                                        "with Network=none"))  # fmt: skip
+        listening = tables[namespace]
         for inode in sorted(socket_inodes(pid) & set(listening)):
             findings.append(Finding(f"pid {pid}", f"{what} listens on TCP ({listening[inode]}); "
                                     "strict mode allows Unix sockets only"))  # fmt: skip
+    return findings
+
+
+def audit_engine_sockets(state: StateFolder) -> list[Finding]:
+    """Each running engine's socket folder is 0700 (C4/C5: only the gateway's user reaches it)."""
+    findings = []
+    for record in sorted((state.root / "engines").glob("*.json")):
+        started = read_json(record) or {}
+        socket = started.get("socket")
+        if record.name.endswith(".keeper.json") or not isinstance(socket, str):
+            continue
+        folder = Path(socket).parent
+        if folder.is_dir() and _mode(folder) != 0o700:
+            findings.append(Finding(str(folder), f"the socket folder of engine {started.get('id')} "
+                                    f"has mode {_mode(folder):04o}, not 0700"))  # fmt: skip
     return findings
 
 

@@ -31,6 +31,8 @@ class EngineStatus:
     health: Health | None = None
     exit_code: int | None = None
     gpu_memory_bytes: int | None = None
+    container: str | None = None
+    container_state: str | None = None
 
     @property
     def active(self) -> bool:
@@ -45,12 +47,16 @@ class EngineStatus:
         return replace(self, health=health, state=state)
 
     def summary(self) -> dict[str, object]:
-        """The `status --json` record (since as an ISO 8601 UTC time)."""
+        """The `status --json` record (since as an ISO 8601 UTC time).
+
+        An engine in a container adds `container` (its name) and
+        `container_state` (Podman's state: running, exited … or absent).
+        """
         since = None
         if self.since is not None:
             moment = datetime.datetime.fromtimestamp(self.since, tz=datetime.UTC)
             since = moment.isoformat(timespec="seconds")
-        return {
+        record: dict[str, object] = {
             "id": self.id,
             "state": self.state,
             "pid": self.pid,
@@ -61,6 +67,9 @@ class EngineStatus:
             "health": self.health,
             "exit_code": self.exit_code,
         }
+        if self.container is not None:
+            record |= {"container": self.container, "container_state": self.container_state}
+        return record
 
 
 class Runtime(Protocol):
@@ -85,6 +94,10 @@ class Runtime(Protocol):
 
     def mark_healthy(self, soulstone: Soulstone) -> None:
         """Remember that the engine passed its health check."""
+        ...
+
+    def details(self, found: EngineStatus) -> EngineStatus:
+        """The status with what costs a look outside soulstone's records (container state)."""
         ...
 
     def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:

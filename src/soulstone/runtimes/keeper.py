@@ -1,14 +1,17 @@
 """The keeper: a small process per engine (like Podman's conmon) that waits for it.
 
 `python -m soulstone.runtimes.keeper --record FILE --log FILE [--grace S]
-[--cwd DIR] -- COMMAND...` starts COMMAND in its own process group with its
+[--cwd DIR] [--after JSON] -- COMMAND...` starts COMMAND in its own process group with its
 output appended to the log, prints one JSON line (the pids, or an error) and
 returns while the keeper goes on alone. The keeper records how the engine
 ended in the record file, so `soulstone status` can say "failed (exit 7)"
 when nobody was watching. SIGTERM to the keeper stops the engine: SIGTERM to
 its group, SIGKILL after the grace period. Whatever the engine leaves behind
 (its group, and any descendant, which the keeper adopts as a subreaper) is
-killed and reaped: no orphans, no zombies.
+killed and reaped: no orphans, no zombies. Before that sweep, the commands
+given with `--after` (a JSON list of argv lists, such as a container
+runtime's `podman rm -f --cidfile=…`) run in order, so that what the engine
+left outside its process tree is removed too.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from soulstone.runtimes.state import write_json
 
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 2.0
+AFTER_TIMEOUT_S = 60.0
 
 
 def _now() -> float:
@@ -48,10 +52,13 @@ def _become_subreaper() -> None:
 class Keeper:
     """Owns one engine process from spawn to the last reaped descendant."""
 
-    def __init__(self, record: Path, log: Path, grace: float) -> None:
+    def __init__(
+        self, record: Path, log: Path, grace: float, after: list[list[str]] | None = None
+    ) -> None:
         self.record = record
         self.log = log
         self.grace = grace
+        self.after = after or []
         self.pgid = 0
         self.stop_requested = False
         self.engine_ended = False
@@ -116,6 +123,17 @@ class Keeper:
                 write_json(self.record, self.document)
                 return code
 
+    def run_after(self) -> None:
+        """Run the `--after` commands in order (their output goes to the log)."""
+        for command in self.after:
+            with self.log.open("ab", buffering=0) as log:
+                try:
+                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, timeout=AFTER_TIMEOUT_S,
+                                   check=False, close_fds=True)  # fmt: skip
+                except (OSError, subprocess.TimeoutExpired) as error:
+                    log.write(f"--- soulstone: {command[0]!r} failed: {error} ---\n".encode())
+
     def sweep(self) -> None:
         """Stop what the engine left: its group, then every adopted descendant."""
         deadline = time.monotonic() + LEFTOVER_GRACE_S
@@ -168,6 +186,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--cwd")
+    parser.add_argument("--after", type=orjson.loads, default=[])
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -188,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     _become_subreaper()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    keeper = Keeper(args.record, args.log, args.grace)
+    keeper = Keeper(args.record, args.log, args.grace, args.after)
     with os.fdopen(write_end, "wb") as report:
         try:
             document = keeper.spawn(args.command, args.cwd)
@@ -204,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     exit_code = keeper.wait()
+    keeper.run_after()
     keeper.sweep()
     keeper.finish(exit_code)
     return 0

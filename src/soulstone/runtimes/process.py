@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -31,7 +31,7 @@ def engine_environment(soulstone: Soulstone, base: Mapping[str, str]) -> dict[st
     return {**base, "HF_HUB_OFFLINE": "1", **dict(soulstone.env)}
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     """True when a process listens on the port (TIME_WAIT leftovers do not count)."""
     with sockets.socket(sockets.AF_INET, sockets.SOCK_STREAM) as probe:
         probe.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
@@ -82,16 +82,22 @@ class ProcessRuntime:
         if self.status(soulstone).active:
             return
         self.state.ensure()
-        if soulstone.port is not None and _port_in_use(soulstone.port):
+        if soulstone.port is not None and port_in_use(soulstone.port):
             raise StartError(f"port {soulstone.port} is already in use by another process")
         if soulstone.socket is not None:
             _prepare_socket(Path(soulstone.socket))
-        argv = served_argv(soulstone)
-        record = self.state.record(soulstone.id)
-        write_json(record, {
+        self._launch(soulstone, served_argv(soulstone),
+                     engine_environment(soulstone, self.environ))  # fmt: skip
+
+    def _launch(
+        self, soulstone: Soulstone, argv: tuple[str, ...], env: Mapping[str, str],
+        after: Sequence[Sequence[str]] = (), **record: object,
+    ) -> None:  # fmt: skip
+        """Record the start and run argv under a keeper (`after`: its clean-up commands)."""
+        write_json(self.state.record(soulstone.id), {
             "id": soulstone.id, "runtime": self.name, "argv": list(argv),
             "port": soulstone.port, "socket": soulstone.socket, "started_at": time.time(),
-            "healthy_at": None, "log": str(self.state.log(soulstone.id)),
+            "healthy_at": None, "log": str(self.state.log(soulstone.id)), **record,
         })  # fmt: skip
         self.state.keeper(soulstone.id).unlink(missing_ok=True)
         command = [
@@ -99,12 +105,12 @@ class ProcessRuntime:
             "--record", str(self.state.keeper(soulstone.id)),
             "--log", str(self.state.log(soulstone.id)),
             "--grace", str(self.grace), "--cwd", str(Path(soulstone.file).resolve().parent),
+            *(["--after", orjson.dumps([list(c) for c in after]).decode()] if after else []),
             "--", *argv,
         ]  # fmt: skip
         try:
             launched = subprocess.run(
-                command, env=engine_environment(soulstone, self.environ),
-                capture_output=True, timeout=60, check=False,
+                command, env=dict(env), capture_output=True, timeout=60, check=False,
             )  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as error:
             raise StartError(f"cannot run the keeper for {soulstone.id}: {error}") from None
@@ -177,6 +183,10 @@ class ProcessRuntime:
         record = read_json(path)
         if record is not None and not record.get("healthy_at"):
             write_json(path, record | {"healthy_at": time.time()})
+
+    def details(self, found: EngineStatus) -> EngineStatus:
+        """Nothing to add: the records say it all."""
+        return found
 
     def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:
         """The last lines of the engine's log file."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+from dataclasses import replace
 
 from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.runtimes.base import EngineState, EngineStatus, StartError
+from soulstone.runtimes.podman import container_state
 from soulstone.runtimes.state import StateFolder, read_json, write_json
 
 SYSTEMCTL_TIMEOUT_S = 120
@@ -77,7 +79,8 @@ class QuadletRuntime:
             )  # fmt: skip
         except StartError:
             return EngineStatus(soulstone.id, "stopped", unit=service(soulstone),
-                                port=soulstone.port, socket=soulstone.socket)  # fmt: skip
+                                port=soulstone.port, socket=soulstone.socket,
+                                container=soulstone.unit)  # fmt: skip
         fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
         state = _STATES.get(fields.get("ActiveState", "inactive"), "stopped")
         record = read_json(self.state.record(soulstone.id)) or {}
@@ -91,7 +94,14 @@ class QuadletRuntime:
         return EngineStatus(
             soulstone.id, state, pid=pid, unit=service(soulstone), since=since,
             port=soulstone.port, socket=soulstone.socket, exit_code=exit_code,
+            container=soulstone.unit,
         )  # fmt: skip
+
+    def details(self, found: EngineStatus) -> EngineStatus:
+        """The status with Podman's own state of the unit's container."""
+        if found.container is None:
+            return found
+        return replace(found, container_state=container_state(found.container))
 
     def mark_healthy(self, soulstone: Soulstone) -> None:
         """Record the moment the service first passed soulstone's health check."""

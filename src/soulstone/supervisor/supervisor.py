@@ -94,8 +94,11 @@ class Supervisor:
                 os.close(fd)
 
     async def status(self, soulstone: Soulstone, check_health: bool = True) -> EngineStatus:
-        """One soulstone's state, with a live health probe when it runs."""
-        found = await asyncio.to_thread(self.runtime(soulstone).status, soulstone)
+        """One soulstone's state; with check_health, also container details and a health probe."""
+        runtime = self.runtime(soulstone)
+        found = await asyncio.to_thread(runtime.status, soulstone)
+        if check_health:
+            found = await asyncio.to_thread(runtime.details, found)
         if check_health and found.active:
             found = found.with_health(await self.prober(soulstone))
         return found
