@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +19,11 @@ from soulstone.runtimes.state import StateFolder, read_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.supervisor.supervisor import Event, Supervisor
 
-pytest_plugins = ["gateway_harness", "prometheus_harness", "otlp_receiver"]
+pytest_plugins = ["gateway_harness", "prometheus_harness", "otlp_receiver", "container_images"]
 
 SESSION_MARKER = "SOULSTONE_TEST_SESSION"
+ID_LABEL = "soulstone.id"  # on the containers soulstone starts
+TEST_LABEL = "soulstone.test"  # on the containers tests start; its value: the session marker
 
 
 def _marked_processes(marker: str) -> list[int]:
@@ -50,6 +55,40 @@ def nothing_left_running() -> Iterator[None]:
         except ProcessLookupError:
             continue
     assert not left, f"processes started by the tests are still running: {left}"
+
+
+def _podman_containers() -> dict[str, dict[str, str]] | None:
+    """Id -> labels of every Podman container, running or not; None without a working podman."""
+    if shutil.which("podman") is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["podman", "ps", "-a", "--format", "json"], capture_output=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {entry["Id"]: entry.get("Labels") or {} for entry in json.loads(done.stdout or b"[]")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_container_left(nothing_left_running: None) -> Iterator[None]:
+    """Fail the run if a container soulstone or this session's tests started outlives the session.
+
+    Counted: new containers labelled soulstone.id, and those whose soulstone.test label is this
+    session's marker; they are removed first. Nothing is checked where podman is missing.
+    """
+    before = _podman_containers()
+    yield
+    if before is None or (after := _podman_containers()) is None:
+        return
+    marker = os.environ[SESSION_MARKER]
+    new = {cid: labels for cid, labels in after.items() if cid not in before}
+    left = [cid[:12] for cid, labels in new.items()
+            if ID_LABEL in labels or labels.get(TEST_LABEL) == marker]  # fmt: skip
+    if left:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *left], capture_output=True, timeout=120,
+                       check=False)  # fmt: skip
+    assert not left, f"containers started by the tests were left behind (now removed): {left}"
 
 
 def kill_recorded(state: StateFolder) -> None:
