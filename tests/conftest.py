@@ -92,7 +92,10 @@ def no_container_left(nothing_left_running: None) -> Iterator[None]:
 
 
 def kill_recorded(state: StateFolder) -> None:
-    """Kill, by pid, every keeper and engine group a state folder knows about."""
+    """Kill, by pid, every keeper and engine group a state folder knows about.
+
+    Then run each container engine's recorded clean-up (`podman rm -f`).
+    """
     folder = state.root / "engines"
     if not folder.is_dir():
         return
@@ -104,6 +107,10 @@ def kill_recorded(state: StateFolder) -> None:
         if procfs.alive(keeper, kept.get("keeper_ticks")):
             assert isinstance(keeper, int)
             os.kill(keeper, signal.SIGKILL)
+    for record in folder.glob("*.json"):
+        started = read_json(record) or {}
+        for command in started.get("cleanup") or []:
+            subprocess.run(command, capture_output=True, timeout=120, check=False)
 
 
 MakeSupervisor = Callable[..., Supervisor]

@@ -149,3 +149,31 @@ def llama_image(podman_env: dict[str, str]) -> LlamaImage:
         import_image(name, files, podman_env)
     model = tiny_gguf()
     return LlamaImage(name=name, server=SERVER_PATH, models=model.parent, model_file=model.name)
+
+
+def quadlet_generator() -> Path | None:
+    """Podman's quadlet generator: $SOULSTONE_QUADLET, the one scripts/get-quadlet caches,
+    or the system's."""
+    candidates = [
+        os.environ.get("SOULSTONE_QUADLET"),
+        str(build_cache() / "podman-trixie" / "root" / "usr" / "libexec" / "podman" / "quadlet"),
+        "/usr/libexec/podman/quadlet",
+    ]
+    return next((Path(c) for c in candidates if c and Path(c).exists()), None)
+
+
+@pytest.fixture(scope="session")
+def podman_runtime_env(podman_env: dict[str, str]) -> dict[str, str]:
+    """What a soulstone process needs for the podman runtime: podman_env and the generator.
+
+    CONTAINERS_CONF is also set for this test process, so that the fixtures' own
+    clean-ups (`podman rm`) use the same configuration.
+    """
+    generator = quadlet_generator()
+    if generator is None:
+        message = "Podman's quadlet generator is missing: run scripts/get-quadlet"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    os.environ["CONTAINERS_CONF"] = podman_env["CONTAINERS_CONF"]
+    return {**podman_env, "SOULSTONE_QUADLET": str(generator)}

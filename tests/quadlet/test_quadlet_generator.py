@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from container_images import quadlet_generator
 from helpers import EXAMPLES, load, write
 from soulstone.codex.engines import derived_arguments, serve_on_socket
 from soulstone.codex.models import Codex, Soulstone
@@ -45,18 +46,9 @@ def _require(path: Path | str | None, what: str) -> Path:
 @pytest.fixture(scope="session")
 def quadlet() -> Path:
     """Podman's quadlet generator, as scripts/get-quadlet caches it."""
-    cache = os.environ.get("SOULSTONE_BUILD_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "soulstone-build"
-    )
-    candidates = [
-        os.environ.get("SOULSTONE_QUADLET"),
-        f"{cache}/podman-trixie/root/usr/libexec/podman/quadlet",
-        "/usr/libexec/podman/quadlet",
-    ]
-    found = next((c for c in candidates if c and Path(c).exists()), None)
     _require(shutil.which("podman"), "/usr/bin/podman")
     _require(shutil.which("systemd-analyze"), "systemd-analyze")
-    return _require(found, "Podman's quadlet generator")
+    return _require(quadlet_generator(), "Podman's quadlet generator")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from helpers import NO_PODMAN, PODMAN_HOST, load, write
 from soulstone.codex.facts import HostFacts
 from soulstone.errors import UsageError
-from soulstone.host import detect_host
+from soulstone.host import GENERATOR_PATHS, detect_host, find_generator
 from soulstone.paths import Paths
 
 
@@ -49,6 +50,15 @@ def test_runtime_choice(tmp_path: Path) -> None:
     assert bare == {"img": "process", "cmd": "process", "pinned": "process"}
     forced = HostFacts(runtime_override="quadlet")
     assert load(tmp_path, forced).get("img").runtime == "quadlet"  # type: ignore[union-attr]
+    # Podman (with its quadlet generator) but no user systemd: the podman runtime.
+    alone = HostFacts(has_podman=True, has_quadlet_generator=True)
+    assert {s.id: s.runtime for s in load(tmp_path, alone).soulstones} == {
+        "img": "podman", "cmd": "process", "pinned": "process",
+    }  # fmt: skip
+    without_generator = HostFacts(has_podman=True)
+    assert load(tmp_path, without_generator).get("img").runtime == "process"  # type: ignore[union-attr]
+    overridden = HostFacts(has_podman=True, has_user_systemd=True, runtime_override="podman")
+    assert load(tmp_path, overridden).get("img").runtime == "podman"  # type: ignore[union-attr]
 
 
 def test_codex_lookups(tmp_path: Path) -> None:
@@ -68,6 +78,19 @@ def test_detect_host_runtime_override() -> None:
     facts = detect_host({"PATH": "", "XDG_RUNTIME_DIR": "/nonexistent"})
     assert not facts.has_podman and not facts.has_user_systemd
     assert facts.container_runtime == "process"
+    assert detect_host({"SOULSTONE_DEFAULT_RUNTIME": "podman"}).runtime_override == "podman"
+
+
+def test_the_quadlet_generator_is_found_by_variable_then_where_podman_installs_it(
+    tmp_path: Path,
+) -> None:
+    fake = tmp_path / "quadlet"
+    fake.write_text("#!/bin/sh\n")
+    if not any(os.access(path, os.X_OK) for path in GENERATOR_PATHS):
+        assert find_generator({"SOULSTONE_QUADLET": str(fake)}) is None  # not executable
+    fake.chmod(0o755)
+    assert find_generator({"SOULSTONE_QUADLET": str(fake)}) == fake
+    assert detect_host({"SOULSTONE_QUADLET": str(fake), "PATH": ""}).has_quadlet_generator
 
 
 def test_paths_follow_xdg_and_ignore_relative_values() -> None:

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from soulstone.codex.conflicts import in_conflict
-from soulstone.codex.engines import TRAITS, derived_arguments, serve_on_socket
+from soulstone.codex.engines import TRAITS, derived_arguments, launch_argv, serve_on_socket
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import CodexError, Problem
 from soulstone.forge.quoting import (
@@ -144,6 +144,7 @@ def container_unit(
         except ValueError as error:
             problem("socket", str(error))
         else:
+            argv = launch_argv(soulstone.engine, argv, None, socket)  # serve on it
             volumes.append(f"{mount}:{mount}")
             prepare.append(command_line(("/usr/bin/mkdir", "-p", "-m", "0700", folder)))
             prepare.append(command_line(("/usr/bin/rm", "-f", socket)))

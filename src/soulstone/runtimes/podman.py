@@ -90,10 +90,13 @@ class PodmanRuntime(ProcessRuntime):
         commands = self.commands(soulstone)
         env = {**self.environ, **commands.environment}
         run_unit_commands(commands.prepare, env)
-        if commands.cidfile is not None and Path(commands.cidfile).exists():
-            # A stale container-id file makes `podman run` refuse: remove what it names first.
-            run_unit_commands(commands.cleanup, env)
-            Path(commands.cidfile).unlink(missing_ok=True)
+        if commands.cidfile is not None:
+            cidfile = Path(commands.cidfile)
+            cidfile.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # %t, as systemd's
+            if cidfile.exists():
+                # A stale container-id file makes `podman run` refuse: remove what it names first.
+                run_unit_commands(commands.cleanup, env)
+                cidfile.unlink(missing_ok=True)
         self._launch(soulstone, commands.run, env, after=[c.argv for c in commands.cleanup],
                      container=commands.container, cleanup=[list(c.argv) for c in commands.cleanup],
                      generated=list(commands.generated))  # fmt: skip
