@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from soulstone.artifacts.preflight import Preflight
 from soulstone.codex.models import Codex
 from soulstone.council.convene import Convener
 from soulstone.council.door import CouncilDoor
@@ -236,7 +237,8 @@ async def serve(
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
     live = LiveHub()
-    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log, live))
+    supervisor = Supervisor(codex, state, make_runtimes(state), on_event=_log_event(log, live),
+                            preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     metrics = Metrics()
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
