@@ -17,9 +17,10 @@ from soulstone.codex.models import Codex
 from soulstone.runtimes import procfs
 from soulstone.runtimes.state import StateFolder, read_json
 from soulstone.runtimes.table import make_runtimes
-from soulstone.supervisor.supervisor import Event, Supervisor
+from soulstone.supervisor.supervisor import Event, Prepare, Supervisor
 
-pytest_plugins = ["gateway_harness", "prometheus_harness", "otlp_receiver", "container_images"]
+pytest_plugins = ["gateway_harness", "prometheus_harness", "otlp_receiver", "container_images",
+                  "hub_server"]  # fmt: skip
 
 SESSION_MARKER = "SOULSTONE_TEST_SESSION"
 ID_LABEL = "soulstone.id"  # on the containers soulstone starts
@@ -122,9 +123,11 @@ def make_supervisor(tmp_path: Path) -> Iterator[MakeSupervisor]:
     made: list[Supervisor] = []
     state = StateFolder(tmp_path / "state")
 
-    def build(codex: Codex, grace: float = 2.0, events: list[Event] | None = None) -> Supervisor:
+    def build(codex: Codex, grace: float = 2.0, events: list[Event] | None = None,
+              preflight: Prepare | None = None) -> Supervisor:  # fmt: skip
         on_event = events.append if events is not None else None
-        supervisor = Supervisor(codex, state, make_runtimes(state, grace=grace), on_event=on_event)
+        supervisor = Supervisor(codex, state, make_runtimes(state, grace=grace), on_event=on_event,
+                                preflight=preflight)  # fmt: skip
         made.append(supervisor)
         return supervisor
 

@@ -96,3 +96,11 @@ class Refusal(SoulstoneError):
         self.retry_after = max(1, math.ceil(retry_after)) if retry_after else None
         self.headers = dict(headers or {})
         self.extra = extra
+
+
+class ModelError(SoulstoneError):
+    """A model artifact (SPEC C10) is missing, not the pinned one, damaged, or cannot be fetched.
+
+    The message names the model and says what to do; the supervisor reports it
+    as the failure of the soulstone that needs the model.
+    """

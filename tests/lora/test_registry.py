@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -94,6 +95,14 @@ def test_inspect_refuses_broken_files(tmp_path: Path, codex: Codex) -> None:
         inspect_adapter("p", write_adapter(tmp_path / "p"), plain)
     assert inspect_adapter("any", write_adapter(tmp_path / "any", base="x/y"), tiny(codex),
                            any_base=True).base_model == "x/y"  # fmt: skip
+
+
+def test_a_hub_model_is_a_base(tmp_path: Path, codex: Codex) -> None:
+    hub = dataclasses.replace(tiny(codex), model="org/base-7b", model_path=None)
+    adapter = write_adapter(tmp_path / "a", base="org/base-7b")
+    assert inspect_adapter("a", adapter, hub).base_model == "org/base-7b"
+    with pytest.raises(AdapterRefused, match="its model, model_path or a served name"):
+        inspect_adapter("a", adapter, dataclasses.replace(hub, model=None))
 
 
 def test_registry_add_get_remove(tmp_path: Path, codex: Codex) -> None:

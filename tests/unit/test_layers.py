@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "soulstone"
 LAYERS = {
     "errors": 0, "paths": 0, "codex": 0, "files": 0, "sse": 0,
     "host": 1, "demo": 1,
-    "forge": 2, "runtimes": 2,
+    "forge": 2, "runtimes": 2, "artifacts": 2,
     "supervisor": 3,
     "guard": 4, "tools": 4, "lora": 4, "observe": 4,
     "dispatch": 5,

@@ -11,6 +11,7 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from soulstone import __version__
 from soulstone.codex.facts import HostFacts
@@ -104,7 +105,7 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
     try:
         return action()
     except UsageError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except CodexError as error:
         from soulstone.cli.render import print_problems
@@ -115,7 +116,7 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
         err.print(f"{count} error{'s' if count != 1 else ''} in {error.subject}", style="red")
         raise typer.Exit(1) from None
     except SoulstoneError as error:
-        err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -130,6 +131,7 @@ def _register() -> None:
         forge,
         init,
         lora,
+        models,
         observe,
         serve,
         tools,
@@ -146,6 +148,7 @@ def _register() -> None:
     engines.register(app)
     init.register(app)
     lora.register(app)
+    models.register(app)
     observe.register(app)
     tools.register(app)
     ui.register(app)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from soulstone.codex.engines import TRAITS
+from soulstone.codex.engines import TRAITS, exec_model
 from soulstone.codex.facts import HostFacts, ModelFiles
 from soulstone.codex.models import Soulstone
 from soulstone.errors import Problem
 
 _QUANT_NAMES = ("awq", "gptq", "gguf", "exl2", "bitsandbytes", "fp8", "marlin")
 _QUANT_IN_NAME = re.compile(r"(?<![a-z0-9])(awq|gptq|gguf|exl2|bnb)(?![a-z0-9])", re.IGNORECASE)
-_MODEL_FLAGS = ("--model", "--model-path", "-m")
 
 
 def option(argv: Sequence[str], *names: str) -> str | None:
@@ -42,15 +41,8 @@ def _family(method: str) -> str:
 
 
 def model_reference(soulstone: Soulstone) -> str | None:
-    """The model a soulstone loads: `model_path`, else the engine's model argument."""
-    if soulstone.model_path:
-        return soulstone.model_path
-    argv = soulstone.argv
-    if "serve" in argv:  # `vllm serve MODEL`
-        following = argv[argv.index("serve") + 1 : argv.index("serve") + 2]
-        if following and not following[0].startswith("-"):
-            return following[0]
-    return option(argv, *_MODEL_FLAGS)
+    """The model a soulstone loads: `model_path`, else `model`, else the engine's model argument."""
+    return soulstone.model_path or soulstone.model or exec_model(soulstone.argv)
 
 
 def _model_quant(soulstone: Soulstone, files: ModelFiles | None) -> str | None:

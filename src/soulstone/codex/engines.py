@@ -209,12 +209,75 @@ def metrics_arguments(soulstone: Soulstone) -> tuple[str, ...]:
     return ("--metrics",)
 
 
+MODEL_PLACEHOLDER = "{model_path}"
+# The option that hands an engine its model folder, where soulstone knows one.
+MODEL_OPTIONS: dict[EngineName, str] = {"vllm": "--model", "sglang": "--model-path"}
+_MODEL_FLAGS = ("--model", "--model-path", "-m")
+_SERVED_NAME_OPTION = "--served-model-name"
+
+
+def exec_model(argv: tuple[str, ...]) -> str | None:
+    """The model a command names itself (`vllm serve MODEL`, `--model`, `--model-path`, `-m`).
+
+    Python's own `-m MODULE` (`python -m vllm.entrypoints.openai.api_server`) is not a model.
+    """
+    if argv and os.path.basename(argv[0]).startswith("python") and "-m" in argv:
+        argv = argv[argv.index("-m") + 2 :]
+    if "serve" in argv:
+        following = argv[argv.index("serve") + 1 : argv.index("serve") + 2]
+        if following and not following[0].startswith("-"):
+            return following[0]
+    found: str | None = None
+    for i, word in enumerate(argv):
+        for name in _MODEL_FLAGS:
+            if word == name and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif word.startswith(name + "="):
+                found = word.split("=", 1)[1]
+    return found
+
+
+def with_model_path(argv: tuple[str, ...], model_path: str | None) -> tuple[str, ...]:
+    """argv with every `{model_path}` replaced by the model folder (unchanged when None)."""
+    if model_path is None:
+        return argv
+    return tuple(word.replace(MODEL_PLACEHOLDER, model_path) for word in argv)
+
+
+def model_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """What a soulstone with a Hugging Face `model` adds: the snapshot folder, the served names.
+
+    Only once the model is resolved (`model_path` set by the pre-start checks).
+    The folder goes to vLLM as `--model`, to SGLang as `--model-path`, unless
+    exec holds `{model_path}`; `--served-model-name` (vLLM: every served name,
+    SGLang: the first) is added unless exec has it, since the engine would
+    otherwise answer to the folder's path.
+    """
+    if soulstone.model is None or soulstone.model_path is None or not soulstone.argv:
+        return ()
+    extra: list[str] = []
+    option = MODEL_OPTIONS.get(soulstone.engine)
+    placed = any(MODEL_PLACEHOLDER in word for word in soulstone.argv)
+    if option is not None and not placed and exec_model(soulstone.argv) is None:
+        extra += [option, soulstone.model_path]
+    if option is not None and not _has_option(soulstone.argv, _SERVED_NAME_OPTION):
+        names = soulstone.models if soulstone.engine == "vllm" else soulstone.models[:1]
+        extra += [_SERVED_NAME_OPTION, *names]
+    return tuple(extra)
+
+
 def derived_arguments(soulstone: Soulstone) -> tuple[str, ...]:
-    """What soulstone adds to an engine's exec: the served name and the metrics endpoint."""
-    return (*alias_arguments(soulstone), *metrics_arguments(soulstone))
+    """What soulstone adds to an engine's exec: served names, metrics endpoint, model folder."""
+    return (*alias_arguments(soulstone), *metrics_arguments(soulstone),
+            *model_arguments(soulstone))  # fmt: skip
 
 
 def served_argv(soulstone: Soulstone) -> tuple[str, ...]:
-    """The command the process runtime runs: `launch_argv` plus the derived arguments."""
-    argv = launch_argv(soulstone.engine, soulstone.argv, soulstone.port, soulstone.socket)
+    """The command the process runtime runs: `launch_argv` plus the derived arguments.
+
+    `{model_path}` in exec becomes the soulstone's model folder (its
+    `model_path`, or the snapshot its `model` resolved to).
+    """
+    own = with_model_path(soulstone.argv, soulstone.model_path)
+    argv = launch_argv(soulstone.engine, own, soulstone.port, soulstone.socket)
     return (*argv, *derived_arguments(soulstone))

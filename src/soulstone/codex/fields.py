@@ -27,6 +27,8 @@ EXPECTED: dict[str, str] = {
     "port": "an integer from 1 to 65535",
     "socket": "an absolute path (a string)",
     "port_expose": "true or false",
+    "model": "a Hugging Face repo id 'org/name' (a string)",
+    "revision": "a commit hash, tag or branch of the model (a string)",
     "model_path": "a path (a string)",
     "volumes": "a list of 'host:container[:options]' strings",
     "env": "a table of string values",

@@ -48,6 +48,8 @@ class SoulstoneDecl(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     socket: str | None = None
     port_expose: bool = False
+    model: str | None = None
+    revision: str | None = None
     model_path: str | None = None
     volumes: list[str] = []
     env: dict[str, str] = {}
@@ -105,6 +107,8 @@ class Soulstone:
     port: int | None = None
     socket: str | None = None
     port_expose: bool = False
+    model: str | None = None
+    revision: str | None = None
     model_path: str | None = None
     volumes: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()

@@ -18,6 +18,7 @@ from soulstone.codex.fields import (
 )
 from soulstone.codex.models import Health, Lora, RuntimeName, Soulstone, SoulstoneDecl
 from soulstone.codex.parse import NAME_RULE, Declaration, valid_name
+from soulstone.codex.references import reference_problems
 from soulstone.errors import Problem
 
 RESERVED_MODEL_PREFIX = "council/"
@@ -208,6 +209,8 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         port=decl.port,
         socket=decl.socket,
         port_expose=decl.port_expose,
+        model=decl.model,
+        revision=decl.revision,
         model_path=decl.model_path,
         volumes=tuple(decl.volumes),
         env=tuple(decl.env.items()),
@@ -218,6 +221,8 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         tool_parser=decl.tool_parser,
         runtime_explicit=decl.runtime is not None,
     )
+    for field, message in reference_problems(soulstone):
+        out.error(field, message)
     return soulstone, out
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from soulstone.artifacts.preflight import Preflight
 from soulstone.codex.models import Codex
 from soulstone.council.convene import Convener
 from soulstone.council.door import CouncilDoor
@@ -237,7 +238,8 @@ async def serve(
     codex = load()
     live = LiveHub()
     supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
-                            on_event=_log_event(log, live))  # fmt: skip
+                            on_event=_log_event(log, live),
+                            preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     metrics = Metrics()
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,

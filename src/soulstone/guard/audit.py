@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from soulstone.artifacts.cache import hub_cache
 from soulstone.codex.models import Codex
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.store import check_file
@@ -257,10 +258,4 @@ def audit_codex(codex: Codex) -> list[Finding]:
 
 def model_caches(env: Mapping[str, str], cache_home: Path) -> list[Path]:
     """The Hugging Face cache and soulstone's own cache."""
-    home = Path(env.get("HOME") or Path.home())
-    hub = env.get("HF_HUB_CACHE") or (
-        str(Path(env["HF_HOME"]) / "hub")
-        if env.get("HF_HOME")
-        else str(home / ".cache" / "huggingface" / "hub")
-    )
-    return [Path(hub), cache_home]
+    return [hub_cache(env), cache_home]

@@ -137,6 +137,8 @@ def tensor_names(path: Path) -> list[str]:
 
 def _base_matches(base_model: str, soulstone: Soulstone) -> bool:
     candidates = {*soulstone.models}
+    if soulstone.model:
+        candidates.add(soulstone.model)
     if soulstone.model_path:
         candidates |= {soulstone.model_path, PurePosixPath(soulstone.model_path).name}
     return base_model in candidates or PurePosixPath(base_model).name in candidates
@@ -177,7 +179,7 @@ def inspect_adapter(
     if not any_base and not _base_matches(base_model, soulstone):
         raise AdapterRefused(
             f"{config_path}: base model {base_model!r} is not [{soulstone.id}]'s model "
-            "(its model_path or a served name); --any-base overrides"
+            "(its model, model_path or a served name); --any-base overrides"
         )
     if any(m in FORBIDDEN_TENSORS for m in targets):
         raise AdapterRefused(f"{config_path}: targets embed_tokens or lm_head: adapters that "

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from soulstone.artifacts.preflight import Preflight
 from soulstone.codex.models import Codex, Soulstone
-from soulstone.errors import SoulstoneError
+from soulstone.errors import ModelError, SoulstoneError
 from soulstone.runtimes.base import EngineStatus, Health, Runtime, StartError
 from soulstone.runtimes.health import probe
 from soulstone.runtimes.state import StateFolder
@@ -20,6 +21,7 @@ from soulstone.supervisor.plan import Plan, Target, make_plan, resolve
 
 EventKind = Literal["stopping", "stopped", "starting", "waiting", "healthy", "failed"]
 Prober = Callable[[Soulstone], Awaitable[Health]]
+Prepare = Callable[[Soulstone], Soulstone]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Supervisor:
 
     Manifestations are serialised: within a process by an asyncio lock, and
     across processes (CLI and gateway) by a lock file in the state folder.
+    Before a start, `preflight` checks each soulstone's model (SPEC C10) and
+    gives the runtime the soulstone as it must start (default: `Preflight`
+    on the Hugging Face cache of this process's environment, not strict).
     """
 
     def __init__(
@@ -69,12 +74,14 @@ class Supervisor:
         runtimes: Mapping[str, Runtime],
         on_event: Callable[[Event], None] | None = None,
         prober: Prober = probe,
+        preflight: Prepare | None = None,
     ) -> None:
         self.codex = codex
         self.state = state
         self.runtimes = runtimes
         self.on_event = on_event or (lambda _event: None)
         self.prober = prober
+        self.preflight = preflight or Preflight.from_env()
         self._lock = asyncio.Lock()
 
     def runtime(self, soulstone: Soulstone) -> Runtime:
@@ -134,12 +141,28 @@ class Supervisor:
         async with self.exclusive():
             return await self._manifest(make_plan(targets, await self._running()))
 
+    async def _prepare(self, soulstones: tuple[Soulstone, ...]) -> list[Soulstone]:
+        """The soulstones as they must start; ManifestError when a model check fails."""
+        prepared: list[Soulstone] = []
+        failures: list[Failure] = []
+        for soulstone in soulstones:
+            try:
+                prepared.append(await asyncio.to_thread(self.preflight, soulstone))
+            except ModelError as error:
+                failures.append(Failure(soulstone.id, str(error), ""))
+        if failures:
+            for failure in failures:
+                self.on_event(Event("failed", failure.soulstone, failure.reason))
+            raise ManifestError(failures)
+        return prepared
+
     async def _manifest(self, plan: Plan) -> Plan:
+        prepared = await self._prepare(plan.start)  # before anything stops for it
         for stop in plan.stop:
             await self._stop(stop.soulstone, stop.reason)
         started: list[Soulstone] = []
         failures: list[Failure] = []
-        for soulstone in plan.start:
+        for soulstone in prepared:
             self.on_event(Event("starting", soulstone.id, soulstone.uri,
                                 timeout=soulstone.health.start_timeout))  # fmt: skip
             try:
