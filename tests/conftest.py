@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,8 +59,28 @@ def nothing_left_running() -> Iterator[None]:
     assert not left, f"processes started by the tests are still running: {left}"
 
 
-def _podman_containers() -> dict[str, dict[str, str]] | None:
-    """Id -> labels of every Podman container, running or not; None without a working podman."""
+def _carries_marker(pid: int, marker: str) -> bool:
+    """True when the process or one of its three nearest ancestors has this session's marker.
+
+    (A container's process is conmon's child; conmon, whose environment podman cleans,
+    is adopted by the soulstone keeper that ran `podman run`.)
+    """
+    needle = f"{SESSION_MARKER}={marker}".encode()
+    for _ in range(4):
+        try:
+            if needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            pass
+        found = procfs.stat(pid)
+        if found is None or found.ppid <= 1:
+            return False
+        pid = found.ppid
+    return False
+
+
+def _podman_containers() -> dict[str, dict[str, Any]] | None:
+    """Id -> `podman ps` record of every container, running or not; None without podman."""
     if shutil.which("podman") is None:
         return None
     try:
@@ -68,24 +89,36 @@ def _podman_containers() -> dict[str, dict[str, str]] | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return {entry["Id"]: entry.get("Labels") or {} for entry in json.loads(done.stdout or b"[]")}
+    return {entry["Id"]: entry for entry in json.loads(done.stdout or b"[]")}
+
+
+def _ours(entry: dict[str, Any], marker: str) -> bool:
+    """A container this session started: its test label, or soulstone's label and either our
+    marker in its conmon's environment (running) or no process at all (a leftover)."""
+    labels = entry.get("Labels") or {}
+    if labels.get(TEST_LABEL) == marker:
+        return True
+    if ID_LABEL not in labels:
+        return False
+    pid = int(entry.get("Pid") or 0)
+    # Another test session on the same machine may run soulstone containers too.
+    return pid <= 0 or _carries_marker(pid, marker)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_container_left(nothing_left_running: None) -> Iterator[None]:
     """Fail the run if a container soulstone or this session's tests started outlives the session.
 
-    Counted: new containers labelled soulstone.id, and those whose soulstone.test label is this
-    session's marker; they are removed first. Nothing is checked where podman is missing.
+    Counted: new containers labelled soulstone.id (started under this session's marker),
+    and those whose soulstone.test label is this session's marker; they are removed
+    first. Nothing is checked where podman is missing.
     """
     before = _podman_containers()
     yield
     if before is None or (after := _podman_containers()) is None:
         return
     marker = os.environ[SESSION_MARKER]
-    new = {cid: labels for cid, labels in after.items() if cid not in before}
-    left = [cid[:12] for cid, labels in new.items()
-            if ID_LABEL in labels or labels.get(TEST_LABEL) == marker]  # fmt: skip
+    left = [cid[:12] for cid, entry in after.items() if cid not in before and _ours(entry, marker)]
     if left:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *left], capture_output=True, timeout=120,
                        check=False)  # fmt: skip
