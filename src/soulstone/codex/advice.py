@@ -5,25 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from soulstone.codex.engines import TRAITS, exec_model
+from soulstone.codex.engines import TRAITS, exec_model, option
 from soulstone.codex.facts import HostFacts, ModelFiles
 from soulstone.codex.models import Soulstone
 from soulstone.errors import Problem
 
 _QUANT_NAMES = ("awq", "gptq", "gguf", "exl2", "bitsandbytes", "fp8", "marlin")
 _QUANT_IN_NAME = re.compile(r"(?<![a-z0-9])(awq|gptq|gguf|exl2|bnb)(?![a-z0-9])", re.IGNORECASE)
-
-
-def option(argv: Sequence[str], *names: str) -> str | None:
-    """Value of the last `--name value` or `--name=value` option in argv, else None."""
-    found: str | None = None
-    for i, word in enumerate(argv):
-        for name in names:
-            if word == name and i + 1 < len(argv):
-                found = argv[i + 1]
-            elif word.startswith(name + "="):
-                found = word.split("=", 1)[1]
-    return found
 
 
 def _has_flag(argv: Sequence[str], name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -227,9 +228,14 @@ def exec_model(argv: tuple[str, ...]) -> str | None:
         following = argv[argv.index("serve") + 1 : argv.index("serve") + 2]
         if following and not following[0].startswith("-"):
             return following[0]
+    return option(argv, *_MODEL_FLAGS)
+
+
+def option(argv: Sequence[str], *names: str) -> str | None:
+    """Value of the last `--name value` or `--name=value` option in argv, else None."""
     found: str | None = None
     for i, word in enumerate(argv):
-        for name in _MODEL_FLAGS:
+        for name in names:
             if word == name and i + 1 < len(argv):
                 found = argv[i + 1]
             elif word.startswith(name + "="):
