@@ -167,7 +167,7 @@ def make_supervisor(tmp_path: Path) -> Iterator[MakeSupervisor]:
     yield build
     for supervisor in made:
         for soulstone in supervisor.codex.soulstones:
-            if soulstone.runtime == "process":
+            if soulstone.runtime in ("process", "podman"):
                 supervisor.runtime(soulstone).stop(soulstone)
     kill_recorded(state)
 
