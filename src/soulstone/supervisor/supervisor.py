@@ -192,8 +192,9 @@ class Supervisor:
             status = await asyncio.to_thread(runtime.status, soulstone)
             elapsed = time.monotonic() - began
             if not status.active:
-                code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 tail = await asyncio.to_thread(runtime.log_tail, soulstone)
+                status = await asyncio.to_thread(runtime.status, soulstone)  # its exit code now
+                code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 return Failure(soulstone.id, f"exited before it was healthy{code}", tail)
             if await self.prober(soulstone) == "healthy":
                 await asyncio.to_thread(runtime.mark_healthy, soulstone)
