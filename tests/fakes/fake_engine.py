@@ -4,13 +4,15 @@
         [--tokens N] [--chunk-bytes N] [--ttft-ms X] [--token-delay-ms X] [--slow-start S]
         [--fail-after-chunks K] [--die-after-chunks K] [--never-healthy]
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
+        [--fail-first STATUS]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
 (cancelled) and requests in flight, so tests can see cancellation upstream.
-`GET /fake/calls` lists each answer's request id, model, times, prompts and
-`traceparent` header. `GET /fake/record` lists, in order, adapter loads and
+`GET /fake/calls` lists each answer's request id, model, times, prompts,
+`max_tokens` and `traceparent` header (`--fail-first STATUS` answers the first
+with that error). `GET /fake/record` lists, in order, adapter loads and
 unloads and the start and end of each answer (`load a`, `unload a`, `begin a`,
 `end a`; the end is noted before the final `data: [DONE]`). With `--gate`,
 every stream stops after its first chunk until `POST /fake/open` (sending SSE
@@ -54,6 +56,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--escape-child", action="store_true")
     parser.add_argument("--gate", action="store_true")
     parser.add_argument("--metrics-delay", type=float, default=0.0)
+    parser.add_argument("--fail-first", type=int)
     return parser.parse_args()
 
 
@@ -308,6 +311,7 @@ class Engine:
         system = next((m.get("content") for m in messages if m.get("role") == "system"), None)
         call = {
             "id": headers["X-Request-ID"],
+            "max_tokens": body.get("max_tokens"),
             "model": model,
             "began": time.monotonic(),
             "ended": None,
@@ -315,9 +319,13 @@ class Engine:
             "last": messages[-1],
             "traceparent": request.headers.get("traceparent"),
         }
+        first = not self.calls
         self.calls.append(call)
         try:
             await asyncio.sleep(self.args.ttft_ms / 1000 + float(marks.get("delay", 0)) / 1000)
+            if self.args.fail_first is not None and first:
+                return web.json_response({"error": {"message": "told to fail first"}},
+                                         status=self.args.fail_first)  # fmt: skip
             if "fail" in marks:
                 self.record.append(f"fail {model}")
                 return web.json_response({"error": {"message": "told to fail"}},

@@ -49,6 +49,11 @@ def test_unknown_key_without_a_close_match(tmp_path: Path) -> None:
         ("ttl = 0", "ttl", ["positive integer"]),
         ("lora = { max_loras = 0 }", "lora.max_loras", ["positive integer"]),
         ('tool_parser = "json"', "tool_parser", ["hermes"]),
+        ('warmup = "yes"', "warmup", ["true, false or a table", "'yes'"]),
+        ("warmup = { max_tokens = 0 }", "warmup.max_tokens", ["positive integer"]),
+        ("warmup = { prompt = 3 }", "warmup.prompt", ["a string", "3"]),
+        ('warmup = { promt = "x" }', "warmup.promt", ["did you mean 'prompt'"]),
+        ('warmup = { prompt = " " }', "warmup.prompt", ["empty"]),
     ],
 )
 def test_wrong_types(tmp_path: Path, line: str, field: str, words: list[str]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from helpers import NO_PODMAN, PODMAN_HOST, load, write
 from soulstone.codex.facts import HostFacts
+from soulstone.codex.models import Warmup
 from soulstone.errors import UsageError
 from soulstone.host import GENERATOR_PATHS, detect_host, find_generator
 from soulstone.paths import Paths
@@ -106,3 +107,15 @@ def test_paths_follow_xdg_and_ignore_relative_values() -> None:
     assert paths.cache == Path("/h/.cache/soulstone")
     assert paths.runtime == Path("/r/soulstone")
     assert paths.state == Path("/h/.local/state/soulstone")
+
+
+def test_warmup_is_a_switch_or_a_table_with_defaults(tmp_path: Path) -> None:
+    write(tmp_path, {"a.toml": '[on]\nport = 1\nexec = ["e"]\nwarmup = true\n'
+                               '[off]\nport = 2\nexec = ["e"]\nwarmup = false\n'
+                               '[none]\nport = 3\nexec = ["e"]\n'
+                               '[told]\nport = 4\nexec = ["e"]\n[told.warmup]\nprompt = "Hi"\n'
+                               '[both]\nport = 5\nexec = ["e"]\n'
+                               'warmup = { prompt = "Yo", max_tokens = 8 }\n'})  # fmt: skip
+    found = {s.id: s.warmup for s in load(tmp_path).soulstones}
+    assert found == {"on": Warmup("Hello", 1), "off": None, "none": None,
+                     "told": Warmup("Hi", 1), "both": Warmup("Yo", 8)}  # fmt: skip

@@ -74,6 +74,12 @@ class EventView:
                                      description=f"{event.soulstone} healthy")  # fmt: skip
             console.print(f"{event.soulstone} is healthy ({event.elapsed:.1f} s)",
                           style="green", highlight=False)  # fmt: skip
+        elif event.kind == "warmed":
+            console.print(f"{event.soulstone} warmed up ({event.elapsed:.1f} s)",
+                          style="green", highlight=False)  # fmt: skip
+        elif event.kind == "warmup_failed":
+            console.print(f"{event.soulstone}: the warm-up failed ({event.detail}); "
+                          "it serves anyway", style="yellow", highlight=False)  # fmt: skip
         elif event.kind == "failed":
             console.print(f"{event.soulstone} failed: {event.detail}", style="red",
                           highlight=False)  # fmt: skip

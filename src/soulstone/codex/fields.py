@@ -41,12 +41,15 @@ EXPECTED: dict[str, str] = {
     "ttl": "a positive integer (seconds)",
     "runtime": '"quadlet", "podman" or "process"',
     "tool_parser": '"none" or "hermes"',
+    "warmup": "true, false or a table (prompt, max_tokens)",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",
     "health.interval": "a positive number of seconds",
     "lora.max_loras": "a positive integer",
     "lora.max_lora_rank": "a positive integer",
     "lora.max_cpu_loras": "a positive integer",
+    "warmup.prompt": "a string",
+    "warmup.max_tokens": "a positive integer",
 }
 
 _TOML_TYPES = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from soulstone.codex.engines import EngineName
 from soulstone.errors import Problem
@@ -16,6 +16,7 @@ ToolParser = Literal["none", "hermes"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+DEFAULT_WARMUP_PROMPT = "Hello"
 
 
 class _Strict(BaseModel):
@@ -36,6 +37,13 @@ class LoraDecl(_Strict):
     max_loras: PositiveInt = 1
     max_lora_rank: PositiveInt = 16
     max_cpu_loras: PositiveInt | None = None
+
+
+class WarmupDecl(_Strict):
+    """The `warmup` table: the warm-up request's prompt and its token budget."""
+
+    prompt: str = DEFAULT_WARMUP_PROMPT
+    max_tokens: PositiveInt = 1
 
 
 class SoulstoneDecl(_Strict):
@@ -62,12 +70,22 @@ class SoulstoneDecl(_Strict):
     ttl: PositiveInt | None = None
     runtime: RuntimeName | None = None
     tool_parser: ToolParser = "none"
+    warmup: WarmupDecl | None = None
+
+    @field_validator("warmup", mode="before")
+    @classmethod
+    def _warmup_switch(cls, value: object) -> object:
+        """`warmup = true` is the table with its defaults; `false` is no warm-up."""
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 FIELD_NAMES: frozenset[str] = frozenset(SoulstoneDecl.model_fields)
 TABLE_FIELDS: dict[str, frozenset[str]] = {
     "health": frozenset(HealthDecl.model_fields),
     "lora": frozenset(LoraDecl.model_fields),
+    "warmup": frozenset(WarmupDecl.model_fields),
 }
 SUBTABLE_FIELDS: frozenset[str] = frozenset({*TABLE_FIELDS, "env"})
 
@@ -88,6 +106,14 @@ class Lora:
     max_loras: int
     max_lora_rank: int
     max_cpu_loras: int | None
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Resolved warm-up request, sent once an engine is healthy, before user traffic."""
+
+    prompt: str
+    max_tokens: int
 
 
 @dataclass(frozen=True)
@@ -118,6 +144,7 @@ class Soulstone:
     ttl: int | None = None
     tool_parser: ToolParser = "none"
     runtime_explicit: bool = field(default=False, compare=False)
+    warmup: Warmup | None = field(default=None, compare=False)  # no restart when it changes
 
     @property
     def name(self) -> str:

@@ -16,7 +16,7 @@ from soulstone.codex.fields import (
     unknown_keys,
     volume_problem,
 )
-from soulstone.codex.models import Health, Lora, RuntimeName, Soulstone, SoulstoneDecl
+from soulstone.codex.models import Health, Lora, RuntimeName, Soulstone, SoulstoneDecl, Warmup
 from soulstone.codex.parse import NAME_RULE, Declaration, valid_name
 from soulstone.codex.references import reference_problems
 from soulstone.errors import Problem
@@ -161,6 +161,14 @@ def _lora(decl: SoulstoneDecl, out: _Collector) -> Lora | None:
     return Lora(lora.max_loras, lora.max_lora_rank, lora.max_cpu_loras)
 
 
+def _warmup(decl: SoulstoneDecl, out: _Collector) -> Warmup | None:
+    if decl.warmup is None:
+        return None
+    if not decl.warmup.prompt.strip():
+        out.error("warmup.prompt", "the prompt is empty: leave it out for the default")
+    return Warmup(decl.warmup.prompt, decl.warmup.max_tokens)
+
+
 def _simple_fields(decl: SoulstoneDecl, out: _Collector) -> None:
     if decl.image is not None and (not decl.image or any(c.isspace() for c in decl.image)):
         out.error("image", f"malformed image reference {decl.image!r}")
@@ -220,6 +228,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         ttl=decl.ttl,
         tool_parser=decl.tool_parser,
         runtime_explicit=decl.runtime is not None,
+        warmup=_warmup(decl, out),
     )
     for field, message in reference_problems(soulstone):
         out.error(field, message)

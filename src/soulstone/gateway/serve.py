@@ -139,10 +139,13 @@ async def reload_codex(
     return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
 
 
-def _log_event(log: Any, live: LiveHub) -> Callable[[Event], None]:
+def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
-        log.info(event.kind, soulstone=event.soulstone, detail=event.detail or None,
-                 seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
+        write = log.warning if event.kind == "warmup_failed" else log.info
+        write(event.kind, soulstone=event.soulstone, detail=event.detail or None,
+              seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
+        if event.kind in ("warmed", "warmup_failed"):
+            metrics.warmed(event.soulstone, event.elapsed, event.kind == "warmed")
         live.supervisor_event(event)  # the dashboard's feed
 
     return emit
@@ -237,10 +240,10 @@ async def serve(
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
     codex = load()
     live = LiveHub()
-    supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
-                            on_event=_log_event(log, live),
-                            preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     metrics = Metrics()
+    supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
+                            on_event=_log_event(log, live, metrics),
+                            preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip

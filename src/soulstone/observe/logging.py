@@ -4,44 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 import structlog
 
+from soulstone.files import RotatingLog
+
 LOG_FILE_LIMIT = 16 * 2**20  # bytes before the gateway's log file is rotated (one old kept)
+LOG_FILE_BUFFER = 8192  # characters gathered before a write when nobody flushes
 
 
 class LogFile:
-    """An append-only log file (0600) that rotates to `NAME.1` past a size."""
+    """An append-only log file (0600) that rotates to `NAME.1` past a size.
 
-    def __init__(self, path: Path, limit: int = LOG_FILE_LIMIT) -> None:
+    Text is gathered and handed to a `RotatingLog` (the engines' logs' rotation)
+    at each flush, so a rotation falls between whole lines.
+    """
+
+    def __init__(self, path: Path, limit: int = LOG_FILE_LIMIT, keep: int = 1) -> None:
         self.path, self.limit = path, limit
-        self._handle = self._open()
-
-    def _open(self) -> IO[str]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        return os.fdopen(descriptor, "a", encoding="utf-8")
+        self._log = RotatingLog(path, limit, keep)
+        self._pending: list[str] = []
+        self._pending_size = 0
 
     def write(self, text: str) -> None:
-        """Append text; rotate first when the file passed its limit."""
-        if self._handle.tell() > self.limit:
-            self._handle.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self._handle = self._open()
-        self._handle.write(text)
+        """Append text (written at the next flush, or once enough has gathered)."""
+        self._pending.append(text)
+        self._pending_size += len(text)
+        if self._pending_size >= LOG_FILE_BUFFER:
+            self.flush()
 
     def flush(self) -> None:
         """Hand what was written to the system."""
-        self._handle.flush()
+        if self._pending:
+            text, self._pending, self._pending_size = "".join(self._pending), [], 0
+            self._log.write(text.encode())
 
     def close(self) -> None:
-        """Close the file."""
-        self._handle.close()
+        """Write what is left and close the file."""
+        self.flush()
+        self._log.close()
 
 
 class Tee:

@@ -104,6 +104,15 @@ class Metrics:
             "soulstone_request_ids_generated", "Requests that came without X-Request-ID.",
             registry=self.registry,
         )  # fmt: skip
+        self.warmup_seconds = Histogram(
+            "soulstone_engine_warmup_seconds", "Time an engine's warm-up request took (sent "
+            "once it turned healthy, before user traffic), by soulstone.", ["soulstone"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.warmup_failures = Counter(
+            "soulstone_engine_warmup_failures", "Warm-up requests that failed (the engine "
+            "served anyway), by soulstone.", ["soulstone"], registry=self.registry,
+        )  # fmt: skip
         self.engine_failures = Counter(
             "soulstone_engine_failures", "Engines that stopped answering mid-request.",
             ["soulstone"], registry=self.registry,
@@ -208,6 +217,13 @@ class Metrics:
         """Count one swap and its duration."""
         self.swaps.inc()
         self.swap_seconds.observe(seconds)
+
+    def warmed(self, soulstone: str, seconds: float, answered: bool) -> None:
+        """One warm-up request: its time when answered, else a failure."""
+        if answered:
+            self.warmup_seconds.labels(soulstone).observe(seconds)
+        else:
+            self.warmup_failures.labels(soulstone).inc()
 
     def watch_engines(self, engines: Callable[[], Mapping[str, bool]]) -> None:
         """Read which soulstones run (id -> up) from this function at scrape time."""

@@ -1,9 +1,10 @@
 """The keeper: a small process per engine (like Podman's conmon) that waits for it.
 
 `python -m soulstone.runtimes.keeper --record FILE --log FILE [--grace S]
-[--cwd DIR] [--after JSON] -- COMMAND...` starts COMMAND in its own process group with its
-output appended to the log, prints one JSON line (the pids, or an error) and
-returns while the keeper goes on alone. The keeper records how the engine
+[--cwd DIR] [--after JSON] [--log-max-bytes N] [--log-keep K] -- COMMAND...`
+starts COMMAND in its own process group with its output appended to the
+log, prints one JSON line (the pids, or an error) and returns while the
+keeper goes on alone. The keeper records how the engine
 ended in the record file, so `soulstone status` can say "failed (exit 7)"
 when nobody was watching. SIGTERM to the keeper stops the engine: SIGTERM to
 its group, SIGKILL after the grace period. Whatever the engine leaves behind
@@ -12,6 +13,18 @@ killed and reaped: no orphans, no zombies. Before that sweep, the commands
 given with `--after` (a JSON list of argv lists, such as a container
 runtime's `podman rm -f --cidfile=…`) run in order, so that what the engine
 left outside its process tree is removed too.
+
+The log is size-bounded (`--log-max-bytes`, rotated to `LOG.1` …
+`LOG.K`): the engine writes into a pipe, and a thread of the keeper copies
+what comes out into the rotating files (see `pump`). The other way,
+letting the engine append to the file itself and copying then truncating
+it when it grows too big (logrotate's copytruncate), costs no thread, and
+the engine would outlive a killed keeper however much it prints; but lines
+written between the copy and the truncation are lost, and a rotation can
+cut a line anywhere. Through the pipe no line is lost and rotations fall
+between lines. Its costs: the engine's output goes through one more copy,
+and an engine whose keeper was killed gets EPIPE (or SIGPIPE) when it next
+prints, so it does not run on unseen for long.
 """
 
 from __future__ import annotations
@@ -19,9 +32,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -29,12 +44,56 @@ from typing import Any
 
 import orjson
 
+from soulstone.files import RotatingLog
 from soulstone.runtimes import procfs
 from soulstone.runtimes.state import write_json
 
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 2.0
 AFTER_TIMEOUT_S = 60.0
+LOG_MAX_BYTES = 50 * 2**20  # an engine log's size before it is rotated
+LOG_KEEP = 3  # rotated engine logs kept (LOG.1 … LOG.3)
+READ_SIZE = 64 * 1024
+LINGER_S = 0.2  # how long the end of an unfinished line waits for the rest of it
+PUMP_JOIN_S = 5.0  # at the end, how long the pump gets to write what is left
+KEEPER_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM, signal.SIGCHLD}
+
+
+def pump(source: int, log: RotatingLog) -> None:
+    """Copy what the engine prints (the pipe's read end) into the log, until end of file.
+
+    Whole lines (ended by a newline, or a carriage return as progress bars
+    print) go on at once; the start of an unfinished line is held back for
+    up to LINGER_S (or until it is as long as the log's limit), so that a
+    rotation falls between lines while a slow line still shows soon.
+    Runs in its own thread, started with the keeper's signals blocked (see
+    `Keeper.spawn`): they must reach the main thread, waiting in `waitpid`.
+    """
+    pending, deadline = b"", 0.0
+    poller = select.poll()
+    poller.register(source, select.POLLIN)
+    while True:
+        if pending:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not poller.poll(wait * 1000):
+                log.write(pending)
+                pending = b""
+                continue
+        data = os.read(source, READ_SIZE)
+        if not data:
+            break
+        data = pending + data if pending else data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        if len(data) - cut >= log.limit:
+            cut = len(data)
+        if cut:
+            log.write(data[:cut])
+        if cut or not pending:  # a new unfinished line is held from now
+            deadline = time.monotonic() + LINGER_S
+        pending = data[cut:]
+    if pending:
+        log.write(pending)
+    os.close(source)
 
 
 def _now() -> float:
@@ -53,7 +112,7 @@ class Keeper:
     """Owns one engine process from spawn to the last reaped descendant."""
 
     def __init__(
-        self, record: Path, log: Path, grace: float, after: list[list[str]] | None = None
+        self, record: Path, log: RotatingLog, grace: float, after: list[list[str]] | None = None
     ) -> None:
         self.record = record
         self.log = log
@@ -63,17 +122,29 @@ class Keeper:
         self.stop_requested = False
         self.engine_ended = False
         self.document: dict[str, Any] = {}
+        self.pump: threading.Thread | None = None
 
     def spawn(self, command: list[str], cwd: str | None) -> dict[str, Any]:
-        """Start the engine in its own group, logging; record and return its pids."""
-        log = self.log.open("ab", buffering=0)
+        """Start the engine in its own group, its output pumped to the log; record its pids."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        log.write(f"--- soulstone: starting {command!r} at {stamp} ---\n".encode())
-        engine = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=cwd, close_fds=True,
-        )  # fmt: skip
-        log.close()
+        self.log.write(f"--- soulstone: starting {command!r} at {stamp} ---\n".encode())
+        read_end, write_end = os.pipe()
+        try:
+            engine = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=cwd, close_fds=True,
+            )  # fmt: skip
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)
+        self.pump = threading.Thread(target=pump, args=(read_end, self.log), daemon=True)
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, KEEPER_SIGNALS)
+        try:  # the thread keeps the mask it starts with: the signals go to this thread
+            self.pump.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         self.pgid = engine.pid
         self.document = {
             "keeper_pid": os.getpid(),
@@ -126,13 +197,14 @@ class Keeper:
     def run_after(self) -> None:
         """Run the `--after` commands in order (their output goes to the log)."""
         for command in self.after:
-            with self.log.open("ab", buffering=0) as log:
-                try:
-                    subprocess.run(command, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, timeout=AFTER_TIMEOUT_S,
-                                   check=False, close_fds=True)  # fmt: skip
-                except (OSError, subprocess.TimeoutExpired) as error:
-                    log.write(f"--- soulstone: {command[0]!r} failed: {error} ---\n".encode())
+            try:
+                done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, timeout=AFTER_TIMEOUT_S,
+                                      check=False, close_fds=True)  # fmt: skip
+            except (OSError, subprocess.TimeoutExpired) as error:
+                self.log.write(f"--- soulstone: {command[0]!r} failed: {error} ---\n".encode())
+            else:
+                self.log.write(done.stdout)
 
     def sweep(self) -> None:
         """Stop what the engine left: its group, then every adopted descendant."""
@@ -175,9 +247,10 @@ class Keeper:
             "ended_at": _now(),
             "stop_requested": stopped,
         }
+        if self.pump is not None:  # the sweep closed the pipe's last write end
+            self.pump.join(PUMP_JOIN_S)
+        self.log.write(f"--- soulstone: engine ended, exit code {exit_code} ---\n".encode())
         write_json(self.record, self.document)
-        with self.log.open("ab") as log:
-            log.write(f"--- soulstone: engine ended, exit code {exit_code} ---\n".encode())
 
 
 def _arguments(argv: list[str]) -> argparse.Namespace:
@@ -187,6 +260,8 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--cwd")
     parser.add_argument("--after", type=orjson.loads, default=[])
+    parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
+    parser.add_argument("--log-keep", type=int, default=LOG_KEEP)
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
@@ -207,8 +282,15 @@ def main(argv: list[str] | None = None) -> int:
     _become_subreaper()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
-    keeper = Keeper(args.record, args.log, args.grace, args.after)
     with os.fdopen(write_end, "wb") as report:
+        try:
+            log = RotatingLog(args.log, args.log_max_bytes, args.log_keep)
+        except (OSError, ValueError) as error:
+            report.write(orjson.dumps({"error": f"cannot write the log {args.log}: "
+                                       f"{getattr(error, 'strerror', None) or error}"})
+                         + b"\n")  # fmt: skip
+            return 1
+        keeper = Keeper(args.record, log, args.grace, args.after)
         try:
             document = keeper.spawn(args.command, args.cwd)
         except OSError as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket as sockets
 import stat
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import orjson
@@ -20,10 +22,43 @@ from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.files import tail_lines
 from soulstone.runtimes import procfs
 from soulstone.runtimes.base import EngineState, EngineStatus, StartError
+from soulstone.runtimes.keeper import LOG_KEEP, LOG_MAX_BYTES
 from soulstone.runtimes.state import StateFolder, read_json, write_json
 
 DEFAULT_GRACE_S = 10.0
 KEEPER_SLACK_S = 5.0
+LOG_MAX_BYTES_ENV = "SOULSTONE_ENGINE_LOG_MAX_BYTES"
+LOG_KEEP_ENV = "SOULSTONE_ENGINE_LOG_KEEP"
+LOG_SETTLE_S = 5.0  # how long a failed engine's keeper gets to finish its log before a tail
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
+_SIZE_RE = re.compile(r"(\d+)\s*([KMG]?)(?:i?B)?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class LogLimits:
+    """How large an engine log grows before it is rotated, and how many old ones are kept."""
+
+    max_bytes: int = LOG_MAX_BYTES
+    keep: int = LOG_KEEP
+
+
+def log_limits(environ: Mapping[str, str]) -> LogLimits:
+    """The engine log limits from `SOULSTONE_ENGINE_LOG_MAX_BYTES` (bytes, or 50M, 1G …)
+    and `SOULSTONE_ENGINE_LOG_KEEP`; ValueError names the variable of a bad value."""
+    limits = LogLimits()
+    size = environ.get(LOG_MAX_BYTES_ENV, "").strip()
+    if size:
+        found = _SIZE_RE.fullmatch(size)
+        if found is None or int(found[1]) < 1:
+            raise ValueError(f"{LOG_MAX_BYTES_ENV}={size!r}: expected a size in bytes, "
+                             "such as 52428800 or 50M")  # fmt: skip
+        limits = replace(limits, max_bytes=int(found[1]) * _SIZE_UNITS[found[2].upper()])
+    keep = environ.get(LOG_KEEP_ENV, "").strip()
+    if keep:
+        if not keep.isdigit() or int(keep) < 1:
+            raise ValueError(f"{LOG_KEEP_ENV}={keep!r}: expected a number of files, 1 or more")
+        limits = replace(limits, keep=int(keep))
+    return limits
 
 
 def engine_environment(soulstone: Soulstone, base: Mapping[str, str]) -> dict[str, str]:
@@ -76,11 +111,19 @@ class ProcessRuntime:
         self.grace = grace
         self.environ = dict(os.environ if environ is None else environ)
         self.python = python
+        self.log_limits: LogLimits | None = None
+        self._log_problem = ""
+        try:
+            self.log_limits = log_limits(self.environ)
+        except ValueError as error:  # refused at the next start, which names the variable
+            self._log_problem = str(error)
 
     def start(self, soulstone: Soulstone) -> None:
         """Launch the engine under a keeper; raise StartError if it cannot be launched."""
         if self.status(soulstone).active:
             return
+        if self.log_limits is None:
+            raise StartError(self._log_problem)
         self.state.ensure()
         if soulstone.port is not None and port_in_use(soulstone.port):
             raise StartError(f"port {soulstone.port} is already in use by another process")
@@ -105,6 +148,7 @@ class ProcessRuntime:
             "--record", str(self.state.keeper(soulstone.id)),
             "--log", str(self.state.log(soulstone.id)),
             "--grace", str(self.grace), "--cwd", str(Path(soulstone.file).resolve().parent),
+            *self._log_options(),
             *(["--after", orjson.dumps([list(c) for c in after]).decode()] if after else []),
             "--", *argv,
         ]  # fmt: skip
@@ -121,6 +165,12 @@ class ProcessRuntime:
             raise StartError(f"the keeper for {soulstone.id} failed: {detail}") from None
         if "error" in report:
             raise StartError(str(report["error"]))
+
+    def _log_options(self) -> list[str]:
+        limits = self.log_limits
+        if limits is None:
+            raise StartError(self._log_problem)
+        return ["--log-max-bytes", str(limits.max_bytes), "--log-keep", str(limits.keep)]
 
     def stop(self, soulstone: Soulstone) -> None:
         """SIGTERM the engine's group through its keeper, SIGKILL after the grace period."""
@@ -189,7 +239,19 @@ class ProcessRuntime:
         return found
 
     def log_tail(self, soulstone: Soulstone, lines: int = 20) -> str:
-        """The last lines of the engine's log file."""
+        """The last lines of the engine's log file.
+
+        When the engine has ended but its keeper still runs, the keeper gets
+        up to LOG_SETTLE_S to write the engine's last words first.
+        """
+        deadline = time.monotonic() + LOG_SETTLE_S
+        while time.monotonic() < deadline:
+            kept = read_json(self.state.keeper(soulstone.id)) or {}
+            if kept.get("state") != "running" or procfs.alive(kept.get("pid"), kept.get("ticks")):
+                break
+            if not procfs.alive(kept.get("keeper_pid"), kept.get("keeper_ticks")):
+                break
+            time.sleep(0.02)
         return tail_lines(self.state.log(soulstone.id), lines)
 
     def log_command(self, soulstone: Soulstone, follow: bool) -> list[str] | None:

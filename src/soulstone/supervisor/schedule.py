@@ -11,7 +11,8 @@ else a new one at the back of the queue. Waves are served in order:
    deadline (`max_wait` after the wave formed).
 2. Then the swap begins: requests for the evicted soulstones queue for a
    later wave, and those in flight get `drain_timeout` to finish.
-3. The supervisor manifests the wave's soulstones (stopping what conflicts),
+3. The supervisor manifests the wave's soulstones (stopping what conflicts,
+   and sending each started soulstone's warm-up request, if it has one),
    and every request of the wave is admitted together.
 
 So interleaved requests for two conflicting models cost one swap per wave,
@@ -130,8 +131,9 @@ class Scheduler:
         self.last_used = {soulstone_id: now for soulstone_id in self.running}
 
     def wait_limit(self, soulstone: Soulstone) -> float:
-        """How long a request may wait for its engine before 503."""
-        return self.max_wait + self.drain_timeout + soulstone.health.start_timeout + 10
+        """How long a request may wait for its engine (start, then warm-up) before 503."""
+        warmup = soulstone.health.start_timeout if soulstone.warmup is not None else 0.0
+        return self.max_wait + self.drain_timeout + soulstone.health.start_timeout + warmup + 10
 
     def admit_now(self, soulstone: Soulstone) -> bool:
         """Admit a request at once when its engine runs and no swap closes it (the fast path)."""

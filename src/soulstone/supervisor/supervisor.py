@@ -12,21 +12,30 @@ from dataclasses import dataclass
 from typing import Literal
 
 from soulstone.artifacts.preflight import Preflight
-from soulstone.codex.models import Codex, Soulstone
+from soulstone.codex.models import Codex, Soulstone, Warmup
 from soulstone.errors import ModelError, SoulstoneError
 from soulstone.runtimes.base import EngineStatus, Health, Runtime, StartError
 from soulstone.runtimes.health import probe
 from soulstone.runtimes.state import StateFolder
+from soulstone.runtimes.warmup import WarmupError, warm_up
 from soulstone.supervisor.plan import Plan, Target, make_plan, resolve
 
-EventKind = Literal["stopping", "stopped", "starting", "waiting", "healthy", "failed"]
+EventKind = Literal[
+    "stopping", "stopped", "starting", "waiting", "healthy", "warmed", "warmup_failed", "failed"
+]
 Prober = Callable[[Soulstone], Awaitable[Health]]
 Prepare = Callable[[Soulstone], Soulstone]
+Warmer = Callable[[Soulstone, Warmup, float], Awaitable[str]]
 
 
 @dataclass(frozen=True)
 class Event:
-    """Progress of a manifestation, for the CLI's display and the gateway's logs."""
+    """Progress of a manifestation, for the CLI's display and the gateway's logs.
+
+    `warmed` (detail: the path that answered) and `warmup_failed` (detail:
+    why) come after `healthy` for a soulstone with `warmup`; their
+    `elapsed` is the warm-up request's time.
+    """
 
     kind: EventKind
     soulstone: str
@@ -65,6 +74,8 @@ class Supervisor:
     Before a start, `preflight` checks each soulstone's model (SPEC C10) and
     gives the runtime the soulstone as it must start (default: `Preflight`
     on the Hugging Face cache of this process's environment, not strict).
+    A soulstone with `warmup` that this manifestation started gets its
+    warm-up request (`warmer`) once healthy, before the manifestation returns.
     """
 
     def __init__(
@@ -75,6 +86,7 @@ class Supervisor:
         on_event: Callable[[Event], None] | None = None,
         prober: Prober = probe,
         preflight: Prepare | None = None,
+        warmer: Warmer = warm_up,
     ) -> None:
         self.codex = codex
         self.state = state
@@ -82,6 +94,7 @@ class Supervisor:
         self.on_event = on_event or (lambda _event: None)
         self.prober = prober
         self.preflight = preflight or Preflight.from_env()
+        self.warmer = warmer
         self._lock = asyncio.Lock()
 
     def runtime(self, soulstone: Soulstone) -> Runtime:
@@ -132,6 +145,8 @@ class Supervisor:
         A call for what already runs is a no-op. When a soulstone fails to
         become healthy, everything this call started is stopped again and
         ManifestError reports why, with the end of each failed engine's log.
+        A soulstone started here with `warmup` has had its warm-up request
+        (answered or failed: a failed warm-up does not fail the start).
         """
         async with self.exclusive():
             return await self._manifest(await self.plan(target))
@@ -172,7 +187,10 @@ class Supervisor:
                 break
             started.append(soulstone)
         if not failures:
-            results = await asyncio.gather(*(self._await_healthy(s) for s in plan.targets))
+            fresh = {s.id for s in started}
+            results = await asyncio.gather(
+                *(self._await_healthy(s, s.id in fresh) for s in plan.targets)
+            )
             failures = [f for f in results if f is not None]
         if failures:
             for failure in failures:
@@ -207,7 +225,18 @@ class Supervisor:
         await asyncio.to_thread(self.runtime(soulstone).stop, soulstone)
         self.on_event(Event("stopped", soulstone.id, elapsed=time.monotonic() - began))
 
-    async def _await_healthy(self, soulstone: Soulstone) -> Failure | None:
+    async def _warm_up(self, soulstone: Soulstone, warmup: Warmup) -> None:
+        """Send the warm-up request; its outcome is an event, never a failure of the start."""
+        began = time.monotonic()
+        try:
+            path = await self.warmer(soulstone, warmup, soulstone.health.start_timeout)
+        except WarmupError as error:
+            self.on_event(Event("warmup_failed", soulstone.id, str(error),
+                                elapsed=time.monotonic() - began))  # fmt: skip
+            return
+        self.on_event(Event("warmed", soulstone.id, path, elapsed=time.monotonic() - began))
+
+    async def _await_healthy(self, soulstone: Soulstone, warm: bool = False) -> Failure | None:
         runtime = self.runtime(soulstone)
         timeout = soulstone.health.start_timeout
         began = time.monotonic()
@@ -215,12 +244,15 @@ class Supervisor:
             status = await asyncio.to_thread(runtime.status, soulstone)
             elapsed = time.monotonic() - began
             if not status.active:
-                code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 tail = await asyncio.to_thread(runtime.log_tail, soulstone)
+                status = await asyncio.to_thread(runtime.status, soulstone)  # its exit code now
+                code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 return Failure(soulstone.id, f"exited before it was healthy{code}", tail)
             if await self.prober(soulstone) == "healthy":
                 await asyncio.to_thread(runtime.mark_healthy, soulstone)
                 self.on_event(Event("healthy", soulstone.id, elapsed=elapsed, timeout=timeout))
+                if warm and soulstone.warmup is not None:
+                    await self._warm_up(soulstone, soulstone.warmup)
                 return None
             if elapsed >= timeout:
                 tail = await asyncio.to_thread(runtime.log_tail, soulstone)
