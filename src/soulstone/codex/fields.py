@@ -39,6 +39,7 @@ EXPECTED: dict[str, str] = {
     "ttl": "a positive integer (seconds)",
     "runtime": '"quadlet", "podman" or "process"',
     "tool_parser": '"none" or "hermes"',
+    "fallback": "a model name served by another soulstone (a string)",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",
     "health.interval": "a positive number of seconds",

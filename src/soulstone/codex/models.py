@@ -60,6 +60,7 @@ class SoulstoneDecl(_Strict):
     ttl: PositiveInt | None = None
     runtime: RuntimeName | None = None
     tool_parser: ToolParser = "none"
+    fallback: str | None = None
 
 
 FIELD_NAMES: frozenset[str] = frozenset(SoulstoneDecl.model_fields)
@@ -114,6 +115,7 @@ class Soulstone:
     ttl: int | None = None
     tool_parser: ToolParser = "none"
     runtime_explicit: bool = field(default=False, compare=False)
+    fallback: str | None = field(default=None, compare=False)  # no restart when it changes
 
     @property
     def name(self) -> str:
