@@ -89,7 +89,7 @@ class Services:
         return f"{self._id_prefix}{next(self._ids):08x}"
 
     def engine_failed(self, soulstone: Soulstone) -> None:
-        """Note an engine that stopped answering: the next request restarts it."""
-        self.scheduler.failed(soulstone)
+        """Note an engine that stopped answering: it is restarted (after a backoff) if it died."""
+        self.scheduler.died(soulstone, "a request's connection to it broke")
         self.metrics.engine_failures.labels(soulstone.id).inc()
         self.live.engine(soulstone.id, "failed", "stopped answering mid-request")
