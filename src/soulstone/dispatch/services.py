@@ -48,6 +48,7 @@ class Services:
     routes: dict[str, Soulstone] = field(default_factory=dict)
     big_parses: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BIG_PARSES))
     live: LiveHub = field(default_factory=LiveHub)  # what the dashboard shows as it happens
+    last_reload: dict[str, Any] | None = None  # how the last reload went (admin status shows it)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
