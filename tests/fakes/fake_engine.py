@@ -5,6 +5,7 @@
         [--fail-after-chunks K] [--die-after-chunks K] [--never-healthy]
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
         [--fail-first STATUS]
+        [--refuse-start-if PATH] [--oom-at-start]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
@@ -17,6 +18,9 @@ unloads and the start and end of each answer (`load a`, `unload a`, `begin a`,
 `end a`; the end is noted before the final `data: [DONE]`). With `--gate`,
 every stream stops after its first chunk until `POST /fake/open` (sending SSE
 comments while it waits): a test acts mid-stream without racing a clock.
+`--refuse-start-if PATH` exits 1 at once while PATH exists (an engine that
+cannot start until a test says so); `--oom-at-start` prints vLLM's CUDA
+out-of-memory error and exits 1.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--gate", action="store_true")
     parser.add_argument("--metrics-delay", type=float, default=0.0)
     parser.add_argument("--fail-first", type=int)
+    parser.add_argument("--refuse-start-if")
+    parser.add_argument("--oom-at-start", action="store_true")
     return parser.parse_args()
 
 
@@ -151,13 +157,18 @@ def token_count(body: dict[str, Any]) -> int:
     return len(str(body.get("prompt", "")).split())
 
 
+# vLLM's words when the GPU's memory runs out (its error body's message, and its log line).
+OOM_MESSAGE = ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
+               "a total capacity of 23.64 GiB of which 1.12 GiB is free.")  # fmt: skip
+
 DIRECTIVE = re.compile(r"\[\[(\w[\w-]*)(?:=(.*?))?\]\]", re.S)
 
 
 def directives(body: dict[str, Any]) -> dict[str, str]:
     """`[[name=value]]` marks in a chat request's system messages: how to answer (tests only).
 
-    delay=MS (wait first), fail=STATUS (answer that error), say=TEXT (answer
+    delay=MS (wait first), fail=STATUS (answer that error), oom (answer 500 with
+    vLLM's out-of-memory error), say=TEXT (answer
     exactly that), echo (answer the last user message), json=TEXT (the answer
     when structured output is forced), veto-while=TEXT (forced output: veto
     while the prompt contains TEXT, else accept).
@@ -326,6 +337,10 @@ class Engine:
             if self.args.fail_first is not None and first:
                 return web.json_response({"error": {"message": "told to fail first"}},
                                          status=self.args.fail_first)  # fmt: skip
+            if "oom" in marks:
+                return web.json_response({"object": "error", "message": OOM_MESSAGE,
+                                          "type": "InternalServerError", "param": None,
+                                          "code": 500}, status=500)  # fmt: skip
             if "fail" in marks:
                 self.record.append(f"fail {model}")
                 return web.json_response({"error": {"message": "told to fail"}},
@@ -438,6 +453,12 @@ def main() -> None:
     if args.exit_at_once is not None:
         print("fake engine: exiting at once", flush=True)
         sys.exit(args.exit_at_once)
+    if args.refuse_start_if and os.path.exists(args.refuse_start_if):
+        print(f"fake engine: {args.refuse_start_if} exists, refusing to start", flush=True)
+        sys.exit(1)
+    if args.oom_at_start:
+        print(OOM_MESSAGE, flush=True)
+        sys.exit(1)
     if args.ignore_term:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.fork_child:

@@ -215,14 +215,18 @@ def status(
     s = session(ctx)
     codex = guarded(ctx, s.load)
     gateway = _gateway(s)
+    reload: dict[str, Any] | None = None
     if gateway is not None:
         answer = guarded(ctx, lambda: gateway.call("GET", "/admin/status"))
         found = _with_gpu([_status_from(record) for record in answer["soulstones"]])
+        reload = answer.get("reload")
     else:
         found = _with_gpu(guarded(ctx, lambda: asyncio.run(_supervisor(s, codex).statuses())))
     if as_json:
-        typer.echo(orjson.dumps({"soulstones": [f.summary() for f in found]},
-                                option=orjson.OPT_INDENT_2).decode())  # fmt: skip
+        document: dict[str, Any] = {"soulstones": [f.summary() for f in found]}
+        if reload is not None:
+            document["reload"] = reload
+        typer.echo(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title="soulstone status", title_justify="left")
     containers = any(st.container for st in found)
@@ -241,6 +245,22 @@ def status(
             *((container,) if containers else ()),
         )  # fmt: skip
     s.out.print(table)
+    _print_reasons(s, found, reload)
+
+
+def _print_reasons(s: Session, found: list[EngineStatus], reload: dict[str, Any] | None) -> None:
+    """Why soulstones are failed or restarting, and why the last reload failed (if it did)."""
+    for st in found:
+        if st.reason:
+            s.out.print(Text(f"{st.id}: ", style="bold") + Text(st.reason), highlight=False)
+    if reload is not None and not reload.get("reloaded"):
+        moment = datetime.datetime.fromtimestamp(reload["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        s.out.print(Text(f"the last reload failed ({moment}): {reload.get('why')}; the running "
+                         "codex stays", style="bold red"), highlight=False)  # fmt: skip
+        for error in reload.get("errors", []):
+            where = " ".join(str(error[k]) for k in ("file", "table", "field") if error.get(k))
+            s.out.print(f"  {where + ': ' if where else ''}{error.get('message')}",
+                        highlight=False, markup=False)  # fmt: skip
 
 
 def _one_soulstone(codex: Codex, name: str) -> Soulstone:

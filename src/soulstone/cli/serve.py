@@ -22,6 +22,7 @@ from soulstone.gateway.serve import ServeOptions, serve
 from soulstone.observe.logging import LogFile, Tee
 from soulstone.observe.trace import traces_target
 from soulstone.runtimes.state import StateFolder
+from soulstone.supervisor.restarts import RestartPolicy
 
 
 def _run(coroutine: object) -> None:
@@ -153,6 +154,32 @@ def serve_command(
         ),
     ] = None,
     memory_url: MemoryUrlOption = None,
+    restart_limit: Annotated[
+        int,
+        typer.Option(
+            "--restart-limit",
+            min=1,
+            help="Failures (deaths or failed starts) within --restart-window that mark a "
+            "soulstone failed: its requests get 503 ENGINE_FAILED until `soulstone up`.",
+        ),
+    ] = 3,
+    restart_window: Annotated[
+        float,
+        typer.Option(
+            "--restart-window",
+            min=1,
+            help="Seconds the failures are counted over (and a failed mark lasts).",
+        ),
+    ] = 300.0,
+    restart_backoff: Annotated[
+        float,
+        typer.Option(
+            "--restart-backoff",
+            min=0.0,
+            help="Seconds before the first restart of "
+            "an engine that died; doubled for each failure after, up to 30.",
+        ),
+    ] = 0.5,
     otlp_endpoint: Annotated[
         str | None,
         typer.Option(
@@ -188,7 +215,8 @@ def serve_command(
         max_connections_per_peer=max_connections_per_peer,
         metrics_socket=metrics_socket, metrics_group=metrics_group, metrics_tcp=metrics_tcp,
         memory=s.paths.memory, memory_url=memory_url,
-        otlp=otlp,
+        otlp=otlp, restarts=RestartPolicy(backoff=restart_backoff, limit=restart_limit,
+                                          window=restart_window),
     )  # fmt: skip
     state = StateFolder(s.paths.state)
 

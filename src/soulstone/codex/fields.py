@@ -42,6 +42,7 @@ EXPECTED: dict[str, str] = {
     "runtime": '"quadlet", "podman" or "process"',
     "tool_parser": '"none" or "hermes"',
     "warmup": "true, false or a table (prompt, max_tokens)",
+    "fallback": "a model name served by another soulstone (a string)",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",
     "health.interval": "a positive number of seconds",

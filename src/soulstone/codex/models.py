@@ -70,6 +70,7 @@ class SoulstoneDecl(_Strict):
     ttl: PositiveInt | None = None
     runtime: RuntimeName | None = None
     tool_parser: ToolParser = "none"
+    fallback: str | None = None
     warmup: WarmupDecl | None = None
 
     @field_validator("warmup", mode="before")
@@ -145,6 +146,7 @@ class Soulstone:
     tool_parser: ToolParser = "none"
     runtime_explicit: bool = field(default=False, compare=False)
     warmup: Warmup | None = field(default=None, compare=False)  # no restart when it changes
+    fallback: str | None = field(default=None, compare=False)  # no restart when it changes
 
     @property
     def name(self) -> str:

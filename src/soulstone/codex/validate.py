@@ -229,6 +229,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         tool_parser=decl.tool_parser,
         runtime_explicit=decl.runtime is not None,
         warmup=_warmup(decl, out),
+        fallback=decl.fallback,
     )
     for field, message in reference_problems(soulstone):
         out.error(field, message)
@@ -279,6 +280,25 @@ def _duplicates(soulstones: Sequence[Soulstone]) -> list[Problem]:
     return problems
 
 
+def _fallbacks(soulstones: Sequence[Soulstone]) -> list[Problem]:
+    """Each `fallback` must name a model that another soulstone serves."""
+    problems = []
+    servers = {model: s for s in soulstones for model in s.models}
+    for s in soulstones:
+        if s.fallback is None:
+            continue
+        server = servers.get(s.fallback)
+        if s.fallback in s.models:
+            message = f"{s.fallback!r} is served by this soulstone itself: name another's model"
+        elif server is None:
+            message = f"no soulstone serves the model {s.fallback!r}; valid models: " + (
+                ", ".join(sorted(servers)))  # fmt: skip
+        else:
+            continue
+        problems.append(Problem(s.file, s.id, "fallback", message))
+    return problems
+
+
 def resolve(
     declarations: Sequence[Declaration], facts: HostFacts
 ) -> tuple[tuple[Soulstone, ...], tuple[Problem, ...], tuple[Problem, ...]]:
@@ -292,4 +312,5 @@ def resolve(
         problems += out.problems
         warnings += out.warnings
     problems += _duplicates(soulstones)
+    problems += _fallbacks(soulstones)
     return tuple(soulstones), tuple(problems), tuple(warnings)

@@ -24,6 +24,7 @@ REQUEST_ID = "X-Request-ID"
 SESSION_ID = "X-Conveyance-Session-ID"
 ERRORS_HEADER = "X-Soulstone-Errors"
 TOOL_VALIDATION_HEADER = "X-Soulstone-Tool-Validation"
+SERVED_BY_HEADER = "X-Soulstone-Served-By"  # a fallback soulstone answered (its id)
 
 
 class Call(NamedTuple):
@@ -72,11 +73,15 @@ class Entry(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A whole answer from the engine (any status it gave), forwarded as bytes."""
+    """A whole answer from the engine (any status it gave), forwarded as bytes.
+
+    `served_by`: the fallback soulstone that answered instead of the requested one.
+    """
 
     status: int
     body: bytes
     content_type: str = "application/json"
+    served_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,13 @@ from typing import NamedTuple
 from soulstone.dispatch.call import REQUEST_ID, Answer
 from soulstone.dispatch.events import Chunk, Done, Event, Failure, ToolCall
 from soulstone.errors import Refusal
-from soulstone.runtimes.http1 import EngineConnection, EnginePool, post
+from soulstone.runtimes.http1 import (
+    EngineConnection,
+    EngineConnectionError,
+    EnginePool,
+    EngineSilent,
+    post,
+)
 from soulstone.tools.stream import ToolStream
 
 UPSTREAM_ERRORS = (OSError,)  # EngineConnectionError is a ConnectionError
@@ -43,6 +49,18 @@ def usage_in(data: bytes) -> Usage:
         return NO_USAGE
     return Usage(found.get(b"prompt_tokens"), found.get(b"completion_tokens"),
                  found.get(b"total_tokens"))  # fmt: skip
+
+
+class EngineGone(Refusal):
+    """The engine refused the connection, or closed it before a byte of answer (502).
+
+    It is most likely dead: the request path waits once for its restart and
+    sends again (an engine that still runs gets the request a second time).
+    """
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(502, "ENGINE_UNREACHABLE", f"the engine did not answer: "
+                         f"{type(error).__name__}")  # fmt: skip
 
 
 def engine_failed_refusal() -> Refusal:
@@ -143,6 +161,7 @@ class Upstream:
         self.failure: Refusal | None = None
         self.progress = Progress()
         self.ended = False  # the events ended: the connection was released or closed
+        self.whole = False  # the engine's answer was read to its end
 
     async def events(
         self, on_failure: Callable[[], None], transform: ToolStream | None = None
@@ -186,7 +205,7 @@ class Upstream:
                     yield ToolCall(data) if transform.sent_calls > sent else Chunk(data)
             if transform is not None and (rest := transform.finish()):
                 yield Chunk(rest)
-            whole = True
+            whole = self.whole = True
             self.usage = usage_in(tail[-TAIL_BYTES:])
             yield Done(self.usage.total)
         finally:
@@ -225,8 +244,8 @@ async def send(
 ) -> Answer | Upstream:  # fmt: skip
     """Post the body; a whole Answer (any status), or an Upstream stream when it is one.
 
-    Refusal 502 when the engine cannot be reached or stops before answering,
-    504 when it says nothing within `timeout`.
+    Refusal 502 when the engine cannot be reached (EngineGone when nothing
+    listens) or stops before answering, 504 when it says nothing within `timeout`.
     """
     loop = asyncio.get_running_loop()
     deadline = _Deadline(loop, timeout)
@@ -235,6 +254,9 @@ async def send(
             connection, answer = await post(pool, head, body)
         except UPSTREAM_ERRORS as error:  # a connect timeout is an OSError too
             on_failure()
+            if isinstance(error, EngineSilent) or not isinstance(
+                    error, EngineConnectionError | TimeoutError):  # fmt: skip
+                raise EngineGone(error) from None  # refused at connect, or closed unanswered
             raise Refusal(502, "ENGINE_UNREACHABLE", f"the engine did not answer: "
                           f"{type(error).__name__}") from None  # fmt: skip
         if stream and answer.status == 200:

@@ -77,8 +77,12 @@ class Lease(list[Callable[[], None]]):
 
     def release(self) -> None:
         """Give everything back, last acquired first (then the lease is empty)."""
-        releases = self[::-1]
-        self.clear()
+        self.release_to(0)
+
+    def release_to(self, count: int) -> None:
+        """Give back what was acquired after the first `count` holds, last acquired first."""
+        releases = self[count:][::-1]
+        del self[count:]
         failed: BaseException | None = None
         for release in releases:
             try:

@@ -28,7 +28,15 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
-from soulstone.dispatch.forward import TAIL_BYTES, Upstream, request_head, send, usage_in
+from soulstone.dispatch.fallback import fallback_for, overwhelmed
+from soulstone.dispatch.forward import (
+    TAIL_BYTES,
+    EngineGone,
+    Upstream,
+    request_head,
+    send,
+    usage_in,
+)
 from soulstone.dispatch.lease import Lease, Record
 from soulstone.dispatch.prepare import Prepared, prepare
 from soulstone.dispatch.refusals import error_bytes
@@ -40,6 +48,8 @@ from soulstone.guard.clients import Client
 from soulstone.guard.limits import Spend
 from soulstone.lora.registry import AdapterRecord
 from soulstone.observe.trace import TRACEPARENT, Notes, Tracer, parse_traceparent
+from soulstone.runtimes.oom import says_out_of_memory
+from soulstone.supervisor.restarts import EngineFailed, OutOfMemory
 from soulstone.tools.calls import asks_heartbeat, checked_answer
 from soulstone.tools.heartbeat import HeartbeatRefused
 from soulstone.tools.stream import ToolStream
@@ -219,28 +229,28 @@ class RequestPath:
                 self._heartbeat(call, record)
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
             spend = self._reserve(call, prepared, budget, record, lease)
-            if not self._admit_now(prepared, lease):
-                await self._admit(call, prepared, lease, record.trace)
-            body = await self._fit_budget(call, prepared, budget, spend, record)
+            requested, held = prepared.soulstone, len(lease)
+            try:
+                prepared, result = await self._forward(call, prepared, budget, spend, record,
+                                                       lease)  # fmt: skip
+            except EngineGone:  # nobody listened: it died; wait for its restart, as anew
+                lease.release_to(held)
+                prepared, result = await self._forward(call, prepared, budget, spend, record,
+                                                       lease)  # fmt: skip
             soulstone = prepared.soulstone
-            record.forwarded = True
-            upstreams = services.upstreams
-            path = ENDPOINT_PATHS[call.endpoint]
-            prefix = upstreams.request_head(soulstone, path)
-            trace = record.trace
-            head = request_head(prefix, call.request_id, len(body), b"" if trace is None else
-                                trace.upstream_header(soulstone.id, path, call.stream))  # fmt: skip
-            result = await send(
-                upstreams.pool(soulstone), head, body, call.stream,
-                services.guard.gateway.timeout_s, lambda: services.engine_failed(soulstone),
-            )  # fmt: skip
+            served_by = None if soulstone is requested else soulstone.id
             if isinstance(result, Upstream):
-                return self._stream(call, prepared, result, record, lease)
-            if trace is not None:
-                trace.answered(result.status)
+                return self._stream(call, prepared, result, record, lease, served_by)
+            if record.trace is not None:
+                record.trace.answered(result.status)
+            if result.status >= 500 and says_out_of_memory(result.body):
+                raise OutOfMemory(soulstone.id, "answering this request")
+            services.scheduler.recovery.answered(soulstone.id)
             record.reported(usage_in(result.body[-TAIL_BYTES:]))
             if result.status == 200 and prepared.tools:
                 result = self._checked_answer(call, prepared, result, record)
+            if served_by is not None:
+                result = Answer(result.status, result.body, result.content_type, served_by)
         except Refusal as refusal:
             self._release(lease, record)
             if record.model is None:  # refused while preparing: name a model it serves
@@ -258,6 +268,35 @@ class RequestPath:
         self._release(lease, record)
         self._settle(record, result.status)
         return result
+
+    async def _forward(
+        self, call: Call, prepared: Prepared, budget: Budget, spend: Spend, record: Record,
+        lease: Lease,
+    ) -> tuple[Prepared, Answer | Upstream]:  # fmt: skip
+        """Admit the call (to its engine, or its fallback's), fit its budget, send it.
+
+        Returns the call as prepared for the soulstone that took it, and its answer.
+        """
+        services = self.services
+        requested = prepared.soulstone
+        if not self._admit_now(prepared, lease):
+            prepared = await self._admit(call, prepared, lease, record.trace)
+            if prepared.soulstone is not requested:  # a fallback takes it: its budget
+                budget = services.guard.budget(prepared.soulstone, call.client.limits)
+        body = await self._fit_budget(call, prepared, budget, spend, record)
+        soulstone = prepared.soulstone
+        record.forwarded = True
+        upstreams = services.upstreams
+        path = ENDPOINT_PATHS[call.endpoint]
+        prefix = upstreams.request_head(soulstone, path)
+        trace = record.trace
+        head = request_head(prefix, call.request_id, len(body), b"" if trace is None else
+                            trace.upstream_header(soulstone.id, path, call.stream))  # fmt: skip
+        result = await send(
+            upstreams.pool(soulstone), head, body, call.stream,
+            services.guard.gateway.timeout_s, lambda: services.engine_failed(soulstone),
+        )  # fmt: skip
+        return prepared, result
 
     def _heartbeat(self, call: Call, record: Record) -> None:
         """Count a heartbeat request of the session's chain (keyed by client and session)."""
@@ -306,29 +345,26 @@ class RequestPath:
         return True
 
     async def _admit(self, call: Call, prepared: Prepared, lease: Lease,
-                     trace: Notes | None) -> None:  # fmt: skip
+                     trace: Notes | None) -> Prepared:  # fmt: skip
         """Take a global slot, the engine (manifested, swapped in) and the adapter (hot).
 
+        Returns the call as prepared for the soulstone that takes it: the
+        requested one, or its fallback while that one is failed or full.
         Traced: a phase for each wait there was (slot, engine, adapter load).
         """
         services = self.services
-        slots, scheduler, soulstone = services.guard.slots, services.scheduler, prepared.soulstone
+        slots, scheduler = services.guard.slots, services.scheduler
         if not slots.try_acquire():
             began = time.perf_counter()
             await slots.acquire()
             if trace is not None:
                 trace.add("soulstone.queue", began, wait="slot")
         lease.hold(slots.release)
-        if not scheduler.admit_now(soulstone):
-            began, swaps = time.perf_counter(), scheduler.swaps
-            running = soulstone.id in scheduler.running  # running: queued behind a swap
-            try:
-                await scheduler.acquire(soulstone)
-            finally:
-                if trace is not None:
-                    trace.add("soulstone.queue" if running else "soulstone.engine_start", began,
-                              soulstone=soulstone.id, wait="engine",
-                              swapped=scheduler.swaps != swaps)  # fmt: skip
+        if not scheduler.admit_now(prepared.soulstone):
+            if prepared.soulstone.fallback is not None and overwhelmed(prepared, services):
+                prepared = fallback_for(call, prepared, services) or prepared
+            prepared = await self._engine(call, prepared, trace)
+        soulstone = prepared.soulstone
         lease.hold(lambda: scheduler.release(soulstone))
         adapter = prepared.adapter
         if adapter is not None:
@@ -344,6 +380,29 @@ class RequestPath:
             lease.hold(lambda: hot.release(soulstone, adapter.name))
             if call.session_id and call.council is None:
                 self._prefetch_next(soulstone, call.session_id, adapter)
+        return prepared
+
+    async def _engine(self, call: Call, prepared: Prepared, trace: Notes | None) -> Prepared:
+        """Wait for the engine (started or swapped in); a failed one's fallback takes the call."""
+        scheduler = self.services.scheduler
+        soulstone = prepared.soulstone
+        began, swaps = time.perf_counter(), scheduler.swaps
+        running = soulstone.id in scheduler.running  # running: queued behind a swap
+        try:
+            try:
+                await scheduler.acquire(soulstone)
+            except EngineFailed:
+                fallback = fallback_for(call, prepared, self.services)
+                if fallback is None:
+                    raise
+                prepared, soulstone = fallback, fallback.soulstone
+                await scheduler.acquire(soulstone)
+        finally:
+            if trace is not None:
+                trace.add("soulstone.queue" if running else "soulstone.engine_start", began,
+                          soulstone=soulstone.id, wait="engine",
+                          swapped=scheduler.swaps != swaps)  # fmt: skip
+        return prepared
 
     def _prefetch_next(self, soulstone: Soulstone, session: str, adapter: AdapterRecord) -> None:
         """Count the session's transition; warm (or load) the adapter likely to come next."""
@@ -414,7 +473,7 @@ class RequestPath:
         return answer.status == 200 and prepared.tools and asks_heartbeat(answer.body)
 
     def _stream(self, call: Call, prepared: Prepared, upstream: Upstream, record: Record,
-                lease: Lease) -> Stream:  # fmt: skip
+                lease: Lease, served_by: str | None) -> Stream:  # fmt: skip
         """The engine's stream as events; closing it settles the request."""
         services = self.services
         transform = None
@@ -444,6 +503,8 @@ class RequestPath:
             if upstream.failure is not None:
                 record.code = upstream.failure.code
                 services.metrics.refused(upstream.failure.code)
+            elif upstream.whole:
+                services.scheduler.recovery.answered(prepared.soulstone.id)
             if record.trace is not None:  # trace: the engine's phase ends; tool calls checked
                 failure = upstream.failure.code if upstream.failure is not None else None
                 record.trace.streamed(upstream.first_at, upstream.events_seen, failure,
@@ -453,7 +514,8 @@ class RequestPath:
             self._release(lease, record)
             self._settle(record, 200)
 
-        return Stream(events, close, upstream.content_type, call.flat_errors, upstream.progress)
+        return Stream(events, close, upstream.content_type, call.flat_errors, upstream.progress,
+                      served_by)  # fmt: skip
 
     # -- the end ------------------------------------------------------------------------
 

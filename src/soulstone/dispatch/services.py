@@ -48,6 +48,7 @@ class Services:
     routes: dict[str, Soulstone] = field(default_factory=dict)
     big_parses: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BIG_PARSES))
     live: LiveHub = field(default_factory=LiveHub)  # what the dashboard shows as it happens
+    last_reload: dict[str, Any] | None = None  # how the last reload went (admin status shows it)
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
@@ -89,7 +90,7 @@ class Services:
         return f"{self._id_prefix}{next(self._ids):08x}"
 
     def engine_failed(self, soulstone: Soulstone) -> None:
-        """Note an engine that stopped answering: the next request restarts it."""
-        self.scheduler.failed(soulstone)
+        """Note an engine that stopped answering: it is restarted (after a backoff) if it died."""
+        self.scheduler.died(soulstone, "a request's connection to it broke")
         self.metrics.engine_failures.labels(soulstone.id).inc()
         self.live.engine(soulstone.id, "failed", "stopped answering mid-request")

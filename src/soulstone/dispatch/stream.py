@@ -17,8 +17,10 @@ class Stream:
     """
 
     def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
-                 content_type: str, flat: bool, progress: Progress) -> None:  # fmt: skip
+                 content_type: str, flat: bool, progress: Progress,
+                 served_by: str | None = None) -> None:  # fmt: skip
         self._events = events
+        self.served_by = served_by  # the fallback soulstone streaming instead of the requested one
         self._close = close
         self.content_type = content_type
         self.flat = flat  # the caller's error shape, for Failure events

@@ -6,6 +6,7 @@ Admin clients only.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +73,22 @@ async def admin_guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 @routes.get("/status")
 async def status(request: web.Request) -> web.Response:
-    """Every soulstone's status, as `soulstone status --json` prints it."""
+    """Every soulstone's status, as `soulstone status --json` prints it, and the last reload.
+
+    A soulstone marked failed (or awaiting its restart) says so, and why, in `reason`.
+    """
     gateway = request.config_dict[GATEWAY]
     found = await gateway.scheduler.supervisor.statuses()
-    return _json(gateway, request, {"soulstones": [f.summary() for f in found]})
+    notes = gateway.scheduler.recovery.notes()
+    for index, engine in enumerate(found):
+        if (note := notes.get(engine.id)) is not None:
+            marked, reason = note
+            found[index] = replace(engine, state="failed" if marked else engine.state,
+                                   reason=reason)  # fmt: skip
+    document: dict[str, Any] = {"soulstones": [f.summary() for f in found]}
+    if gateway.last_reload is not None:
+        document["reload"] = gateway.last_reload
+    return _json(gateway, request, document)
 
 
 @routes.post("/up")
@@ -97,6 +110,7 @@ async def up(request: web.Request) -> web.Response:
         "start": [s.id for s in plan.start],
     }
     if not body.get("dry_run"):
+        scheduler.recovery.clear(s.id for s in targets)  # an operator's `up` lifts a failed mark
         await scheduler.manifest(targets)
     return _json(gateway, request, document)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 
 from aiohttp import web
 
-from soulstone.dispatch.call import Answer, Rejection
+from soulstone.dispatch.call import SERVED_BY_HEADER, Answer, Rejection
 from soulstone.dispatch.events import Chunk, Failure
 from soulstone.dispatch.path import Outcome
 from soulstone.dispatch.refusals import error_bytes
@@ -36,8 +36,10 @@ def whole_response(outcome: Answer | Rejection, correlation: Mapping[str, str]) 
     """An Answer or a Rejection as an HTTP response with the correlation headers."""
     if isinstance(outcome, Rejection):
         return error_response(outcome.refusal, correlation, outcome.flat)
-    return web.Response(body=outcome.body, status=outcome.status,
-                        headers={"Content-Type": outcome.content_type, **correlation})  # fmt: skip
+    headers = {"Content-Type": outcome.content_type, **correlation}
+    if outcome.served_by is not None:  # a fallback soulstone answered
+        headers[SERVED_BY_HEADER] = outcome.served_by
+    return web.Response(body=outcome.body, status=outcome.status, headers=headers)
 
 
 async def write_sse(request: web.Request, stream: Stream,
@@ -45,6 +47,8 @@ async def write_sse(request: web.Request, stream: Stream,
     """Relay a stream's events as server-sent events, unbuffered; errors end with [DONE]."""
     async with stream:
         headers = {"Content-Type": stream.content_type, "Cache-Control": "no-cache"}
+        if stream.served_by is not None:  # a fallback soulstone streams
+            headers[SERVED_BY_HEADER] = stream.served_by
         response = web.StreamResponse(headers={**headers, **correlation})
         await response.prepare(request)
         progress = stream.progress

@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from soulstone.council.memory import ResonanceMemory
 from soulstone.council.models import Councils
 from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
-from soulstone.errors import CodexError, UsageError
+from soulstone.errors import UsageError
 from soulstone.gateway.admin import make_admin_app
-from soulstone.gateway.app import changed_soulstones, make_app
+from soulstone.gateway.app import make_app
 from soulstone.gateway.connections import (
     ConnectionGate,
     ConnectionOptions,
@@ -47,8 +47,8 @@ from soulstone.gateway.observability import (
     metrics_socket,
     metrics_tcp_address,
 )
+from soulstone.gateway.reload import reload_codex
 from soulstone.gateway.ui_listener import Dashboard, make_ui_door
-from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.guard import Guard
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.hot import HotAdapters, upstream_call
@@ -61,10 +61,12 @@ from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
 from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
+from soulstone.supervisor.recovery import Note
+from soulstone.supervisor.restarts import RestartPolicy
 from soulstone.supervisor.schedule import Scheduler
 from soulstone.supervisor.supervisor import Event, Supervisor
 from soulstone.tools.policy import default_policy
-from soulstone.tools.store import PolicyError, load_policy
+from soulstone.tools.store import load_policy
 
 GC_THRESHOLD = 20_000
 TRACES_CLOSE_S = 5.0  # at shutdown, queued spans get this long to reach the collector
@@ -102,41 +104,7 @@ class ServeOptions:
     memory: Path | None = None  # the councils' resonance memory folder; None: no memory
     memory_url: str | None = None  # a Qdrant server that replaces the folder
     otlp: Target | None = None  # where traces go (--otlp-endpoint, OTEL_*); None: tracing off
-
-
-async def reload_codex(
-    gateway: Services, load: Callable[[], Codex], log: Any, tools: Path | None = None,
-    councils: tuple[Callable[[Codex, Collection[str]], Councils],
-                    Callable[[Councils], None]] | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Load and validate the codex (and clients file, councils) again; restart what changed.
-
-    `councils` reads the council files against the new codex, and then puts
-    them in force; nothing changes when either the codex or they are invalid.
-    """
-    try:
-        new = load()
-        declared = councils[0](new, gateway.adapters.keys()) if councils is not None else None
-        gateway.guard.reload()
-        if tools is not None:
-            gateway.use_policy(load_policy(tools))
-    except (CodexError, UsageError, ClientsFileError, PolicyError) as error:
-        problems = getattr(error, "problems", ())
-        log.error("reload refused: the codex is invalid; the running one stays",
-                  errors=len(problems) or 1)  # fmt: skip
-        return {
-            "reloaded": False,
-            "errors": [p.as_dict() for p in problems] or [{"message": str(error)}],
-        }
-    changed = changed_soulstones(gateway.codex, new)
-    async with gateway.scheduler.paused():
-        stopped = await gateway.scheduler.stop(changed, "its declaration changed")
-        gateway.use(new)
-        gateway.scheduler.retarget(new)
-    if councils is not None and declared is not None:
-        councils[1](declared)
-    log.info("reloaded the codex", changed=sorted(changed), stopped=sorted(stopped))
-    return {"reloaded": True, "changed": sorted(changed), "stopped": sorted(stopped)}
+    restarts: RestartPolicy = field(default_factory=RestartPolicy)  # dead engines (SPEC C10)
 
 
 def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], None]:
@@ -147,6 +115,24 @@ def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], N
         if event.kind in ("warmed", "warmup_failed"):
             metrics.warmed(event.soulstone, event.elapsed, event.kind == "warmed")
         live.supervisor_event(event)  # the dashboard's feed
+
+    return emit
+
+
+NOTES = {
+    "died": "engine died", "restarting": "restarting engine", "marked": "engine marked failed",
+    "cleared": "engine restart allowed again", "connection": "engine connection broke; it runs",
+}  # fmt: skip
+
+
+def _recovery_note(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Note], None]:
+    def emit(note: Note) -> None:
+        if note.kind == "restarting":
+            metrics.engine_restarts.labels(note.soulstone).inc()
+        write = log.warning if note.kind in ("died", "marked") else log.info
+        write(NOTES[note.kind], soulstone=note.soulstone, detail=note.detail or None)
+        if note.kind in ("died", "marked"):
+            live.engine(note.soulstone, "failed", note.detail)
 
     return emit
 
@@ -271,7 +257,8 @@ async def serve(
 
     scheduler = Scheduler(supervisor, max_wait=options.max_wait,
                           drain_timeout=options.drain_timeout, on_swap=metrics.swapped,
-                          on_change=engines_changed, on_wave=live.swap)  # fmt: skip
+                          on_change=engines_changed, on_wave=live.swap, restarts=options.restarts,
+                          on_note=_recovery_note(log, live, metrics))  # fmt: skip
     metrics.watch(scheduler.queued, scheduler.in_flight)
     metrics.watch_engines(lambda: {s.id: s.id in scheduler.running
                                    for s in scheduler.codex.soulstones})  # fmt: skip

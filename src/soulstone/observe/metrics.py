@@ -117,6 +117,10 @@ class Metrics:
             "soulstone_engine_failures", "Engines that stopped answering mid-request.",
             ["soulstone"], registry=self.registry,
         )  # fmt: skip
+        self.engine_restarts = Counter(
+            "soulstone_engine_restarts", "Engines the gateway restarted after they died or "
+            "failed to start.", ["soulstone"], registry=self.registry,
+        )  # fmt: skip
         self.prefetch = Counter(
             "soulstone_adapter_prefetch", "Adapter requests the prefetcher had predicted (hit) "
             "or not (miss).", ["result"], registry=self.registry,

@@ -33,6 +33,7 @@ class EngineStatus:
     gpu_memory_bytes: int | None = None
     container: str | None = None
     container_state: str | None = None
+    reason: str | None = None  # why it is failed, or awaits a restart (the gateway's word)
 
     @property
     def active(self) -> bool:
@@ -50,7 +51,8 @@ class EngineStatus:
         """The `status --json` record (since as an ISO 8601 UTC time).
 
         An engine in a container adds `container` (its name) and
-        `container_state` (Podman's state: running, exited … or absent).
+        `container_state` (Podman's state: running, exited … or absent); one
+        the gateway marked failed, or is restarting, adds `reason`.
         """
         since = None
         if self.since is not None:
@@ -69,6 +71,8 @@ class EngineStatus:
         }
         if self.container is not None:
             record |= {"container": self.container, "container_state": self.container_state}
+        if self.reason is not None:
+            record["reason"] = self.reason
         return record
 
 

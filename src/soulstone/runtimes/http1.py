@@ -26,6 +26,10 @@ class EngineConnectionError(ConnectionError):
     """The engine's connection broke, or what came back was not HTTP/1.1."""
 
 
+class EngineSilent(EngineConnectionError):
+    """The engine's connection closed before a byte of the answer came (e.g. it just died)."""
+
+
 class ResponseHead(NamedTuple):
     """An answer's status and the headers the gateway uses."""
 
@@ -379,17 +383,20 @@ async def post(pool: EnginePool, head: bytes, body: bytes) -> tuple[EngineConnec
     """Send one request and wait for the answer's head; the connection carries the body.
 
     A reused keep-alive connection that the engine closed before answering
-    anything is retried once on a fresh connection.
+    anything is retried once on a fresh connection; when that one closes
+    silently too, EngineSilent.
     """
     for attempt in range(2):
         connection, reused = await pool.connect()
         try:
             await connection.send(head, body)
             return connection, await connection.head()
-        except EngineConnectionError:
+        except EngineConnectionError as error:
             connection.close()
-            if attempt or not reused or connection.got_bytes:
+            if connection.got_bytes:
                 raise
+            if attempt or not reused:
+                raise EngineSilent(str(error)) from None
         except BaseException:
             connection.close()
             raise

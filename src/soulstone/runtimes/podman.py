@@ -85,6 +85,7 @@ class PodmanRuntime(ProcessRuntime):
         if self.status(soulstone).active:
             return
         self.state.ensure()
+        self._await_last_keeper(soulstone)  # a container that just died: its clean-up first
         if soulstone.port is not None and soulstone.port_expose and port_in_use(soulstone.port):
             raise StartError(f"port {soulstone.port} is already in use by another process")
         commands = self.commands(soulstone)

@@ -125,6 +125,7 @@ class ProcessRuntime:
         if self.log_limits is None:
             raise StartError(self._log_problem)
         self.state.ensure()
+        self._await_last_keeper(soulstone)
         if soulstone.port is not None and port_in_use(soulstone.port):
             raise StartError(f"port {soulstone.port} is already in use by another process")
         if soulstone.socket is not None:
@@ -171,6 +172,16 @@ class ProcessRuntime:
         if limits is None:
             raise StartError(self._log_problem)
         return ["--log-max-bytes", str(limits.max_bytes), "--log-keep", str(limits.keep)]
+
+    def _await_last_keeper(self, soulstone: Soulstone) -> None:
+        """Let the keeper of an engine that just ended finish its sweep (else stop it).
+
+        Only then is its record final: a restart must not race it for the file.
+        """
+        kept = read_json(self.state.keeper(soulstone.id)) or {}
+        keeper, ticks = kept.get("keeper_pid"), kept.get("keeper_ticks")
+        if isinstance(keeper, int) and not procfs.wait_gone(keeper, ticks, self.grace):
+            self.stop(soulstone)
 
     def stop(self, soulstone: Soulstone) -> None:
         """SIGTERM the engine's group through its keeper, SIGKILL after the grace period."""

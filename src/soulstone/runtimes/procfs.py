@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,29 @@ def alive(pid: int | None, ticks: int | None = None) -> bool:
     if found is None or found.state in ("Z", "X"):
         return False
     return ticks is None or found.start_ticks == ticks
+
+
+def wait_gone(pid: int | None, ticks: int | None, timeout: float) -> bool:
+    """Block until the process ended (True) or `timeout` seconds passed (False).
+
+    Waits on a pidfd where the kernel has them; else looks every 20 ms.
+    """
+    if not alive(pid, ticks):
+        return True
+    assert pid is not None
+    deadline = time.monotonic() + timeout
+    try:
+        fd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        while alive(pid, ticks) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return not alive(pid, ticks)
+    try:
+        if alive(pid, ticks):  # the pid was not taken by another process meanwhile
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    finally:
+        os.close(fd)
+    return not alive(pid, ticks)
 
 
 def _all() -> list[ProcStat]:

@@ -30,18 +30,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from soulstone.codex.models import Codex, Soulstone
-from soulstone.errors import Refusal, SoulstoneError
+from soulstone.errors import SoulstoneError
+from soulstone.runtimes.oom import says_out_of_memory
 from soulstone.supervisor.queue import Drain, Execute, Flow, Rest, WaveState, next_step, pick_wave
+from soulstone.supervisor.recovery import Note, Recovery, Ticket
+from soulstone.supervisor.restarts import RestartPolicy
+from soulstone.supervisor.restarts import Unavailable as Unavailable  # where it used to live
 from soulstone.supervisor.supervisor import ManifestError, Supervisor
-
-RETRY_AFTER_S = 5
-
-
-class Unavailable(Refusal):
-    """A request's engine could not be brought up in time (503 ENGINE_UNAVAILABLE)."""
-
-    def __init__(self, message: str, retry_after: int = RETRY_AFTER_S) -> None:
-        super().__init__(503, "ENGINE_UNAVAILABLE", message, retry_after=retry_after)
 
 
 @dataclass(frozen=True)
@@ -54,19 +49,12 @@ class Swap:
 
 
 @dataclass(eq=False)
-class _Ticket:
-    soulstone: str
-    future: asyncio.Future[None]
-    counts: bool = True  # a request (counted in flight) rather than an admin call
-
-
-@dataclass(eq=False)
 class Wave:
     """Soulstones to manifest together, and the requests waiting for them."""
 
     targets: dict[str, Soulstone]
     deadline: float
-    tickets: list[_Ticket] = field(default_factory=list)
+    tickets: list[Ticket] = field(default_factory=list)
     drain_deadline: float | None = None
     executing: bool = False
 
@@ -90,6 +78,8 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[set[str]], None] | None = None,
         on_wave: Callable[[Swap], None] | None = None,
+        restarts: RestartPolicy | None = None,
+        on_note: Callable[[Note], None] | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.max_wait = max_wait
@@ -109,6 +99,8 @@ class Scheduler:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._pump: asyncio.Task[None] | None = None
+        # Deaths, restarts and failed marks (`on_note` hears of each).
+        self.recovery = Recovery(supervisor, self._enqueue, self._exited, restarts, on_note, clock)
 
     @property
     def codex(self) -> Codex:
@@ -123,12 +115,20 @@ class Scheduler:
         """Requests being served."""
         return sum(self.inflight.values())
 
+    def waiting(self, soulstone_id: str) -> int:
+        """Requests waiting for this soulstone (in a wave, or for its restart)."""
+        queued = sum(1 for w in self.waves for t in w.tickets if t.soulstone == soulstone_id
+                     and t.counts and not t.future.done())  # fmt: skip
+        return queued + self.recovery.waiting(soulstone_id)
+
     async def sync(self) -> None:
-        """Take the engines that already run and are healthy as running."""
+        """Take the engines that already run and are healthy as running (and watch them)."""
         statuses = await self.supervisor.statuses()
         self.running = {s.id for s in statuses if s.state == "running"}
         now = self.clock()
         self.last_used = {soulstone_id: now for soulstone_id in self.running}
+        for soulstone in self._running_soulstones():
+            self.recovery.track(soulstone)
 
     def wait_limit(self, soulstone: Soulstone) -> float:
         """How long a request may wait for its engine (start, then warm-up) before 503."""
@@ -143,14 +143,18 @@ class Scheduler:
         return False
 
     async def acquire(self, soulstone: Soulstone, counts: bool = True) -> None:
-        """Admit a request for this soulstone, bringing it up first if needed."""
+        """Admit a request for this soulstone, bringing it up first if needed.
+
+        A soulstone marked failed is refused at once (EngineFailed); one whose
+        restart waits for its backoff is waited for.
+        """
         if soulstone.id in self.running and soulstone.id not in self._closing:
             if counts:
                 self.inflight[soulstone.id] += 1
             return
-        ticket = _Ticket(soulstone.id, asyncio.get_running_loop().create_future(), counts)
-        self._wave_for(soulstone).tickets.append(ticket)
-        self._kick()
+        self.recovery.check(soulstone)
+        ticket = Ticket(soulstone.id, asyncio.get_running_loop().create_future(), counts)
+        self._enqueue(ticket, soulstone)
         try:
             await asyncio.wait_for(ticket.future, self.wait_limit(soulstone))
         except TimeoutError:
@@ -164,24 +168,61 @@ class Scheduler:
         self.last_used[soulstone.id] = self.clock()
         self._changed.set()
 
-    def failed(self, soulstone: Soulstone) -> None:
-        """The engine stopped answering: route the next request through a (re)start."""
-        self.running.discard(soulstone.id)
-        self.on_change({soulstone.id})
+    def died(self, soulstone: Soulstone, reason: str) -> None:
+        """The engine stopped answering or ended: requests wait for its restart (with backoff)."""
+        sid = soulstone.id
+        if sid not in self.running:
+            return  # stopped on purpose, or its death is known already
+        self.running.discard(sid)
+        self.on_change({sid})
+        if sid in self._closing:  # being swapped out: the swap stops it anyway
+            self.recovery.watch.remove(sid)
+            return
+        self.recovery.died(soulstone, reason)
+
+    def _exited(self, soulstone_id: str) -> None:
+        """A watched engine's process ended."""
+        soulstone = self.codex.get(soulstone_id)
+        if soulstone is not None and soulstone_id in self.running:
+            self.died(soulstone, "its process ended")
+        elif soulstone_id not in self.recovery.held:
+            self.recovery.watch.remove(soulstone_id)
 
     async def manifest(self, targets: tuple[Soulstone, ...]) -> None:
-        """Bring these soulstones up through the wave queue (the admin API's `up`)."""
+        """Bring these soulstones up through the wave queue (the admin API's `up`).
+
+        Refused (EngineFailed) for a soulstone marked failed: `clear` it first.
+        """
         for soulstone in targets:
             if soulstone.id in self.running and soulstone.id not in self._closing:
                 continue
-            ticket = _Ticket(soulstone.id, asyncio.get_running_loop().create_future(), False)
-            self._wave_for(soulstone).tickets.append(ticket)
-            self._kick()
+            self.recovery.check(soulstone)
+            future = asyncio.get_running_loop().create_future()
+            ticket = Ticket(soulstone.id, future, counts=False, retries=False)
+            self._enqueue(ticket, soulstone)
             await ticket.future
+
+    async def start_now(self, targets: tuple[Soulstone, ...]) -> None:
+        """Manifest these at once, outside the wave queue (a reload, while `paused`).
+
+        ManifestError (what it started stopped again) when one does not become healthy.
+        """
+        if not targets:
+            return
+        plan = await self.supervisor.manifest_soulstones(targets)
+        ids = {s.id for s in targets}
+        self.running |= ids
+        self.started |= {s.id for s in plan.start}
+        self.on_change(ids)
+        now = self.clock()
+        for soulstone in targets:
+            self.last_used[soulstone.id] = now
+            self.recovery.track(soulstone)
 
     async def stop(self, ids: set[str], reason: str) -> list[str]:
         """Stop these soulstones once their requests drain (bounded); new ones restart them."""
         self.running -= ids
+        self.recovery.stopping(ids)
         deadline = self.clock() + self.drain_timeout
         while sum(self.inflight[i] for i in ids) and self.clock() < deadline:
             await self._wait_change(deadline)
@@ -203,9 +244,10 @@ class Scheduler:
         return await self.stop(idle, "idle longer than its ttl") if idle else []
 
     async def close(self) -> None:
-        """Stop the pump; fail whatever still waits."""
+        """Stop the pump and recovery; fail whatever still waits."""
         if self._pump is not None:
             self._pump.cancel()
+        self.recovery.close()
         for wave in self.waves:
             for ticket in wave.tickets:
                 if not ticket.future.done():
@@ -221,6 +263,12 @@ class Scheduler:
         wave = Wave({soulstone.id: soulstone}, deadline=self.clock() + self.max_wait)
         self.waves.append(wave)
         return wave
+
+    def _enqueue(self, ticket: Ticket, soulstone: Soulstone) -> None:
+        """Hold the ticket while its soulstone awaits a restart, else put it in a wave."""
+        if not self.recovery.hold(ticket):
+            self._wave_for(soulstone).tickets.append(ticket)
+            self._kick()
 
     def _kick(self) -> None:
         if self._pump is None or self._pump.done():
@@ -259,6 +307,7 @@ class Scheduler:
             if not kept:
                 self.waves.remove(wave)
         self.running &= {s.id for s in codex.soulstones}
+        self.recovery.retarget(codex)
 
     async def _run_waves(self) -> None:
         while True:
@@ -280,16 +329,21 @@ class Scheduler:
                 wave.executing = True
                 self._closing = set(step.evict)
                 await self._execute(wave, step.evict)
-                self.waves.remove(wave)
+                if wave in self.waves:
+                    self.waves.remove(wave)
                 self._closing = set()
 
     async def _execute(self, wave: Wave, evict: frozenset[str]) -> None:
         began = self.clock()
         self.running -= evict
+        self.recovery.stopping(evict)
         targets = tuple(wave.targets.values())
         try:
             plan = await self.supervisor.manifest_soulstones(targets)
-        except (ManifestError, SoulstoneError) as error:
+        except ManifestError as error:
+            self._start_failed(wave, error)
+            return
+        except SoulstoneError as error:
             failure = Unavailable(f"could not start {', '.join(wave.targets)}: {error}")
             for ticket in wave.tickets:
                 if not ticket.future.done():
@@ -297,6 +351,8 @@ class Scheduler:
             return
         self.running |= set(wave.targets)
         self.started |= {s.id for s in plan.start}
+        for soulstone in targets:
+            self.recovery.track(soulstone)
         self.on_change(set(evict) | {s.id for s in plan.start})
         now = self.clock()
         for soulstone_id in wave.targets:
@@ -312,3 +368,24 @@ class Scheduler:
                 if ticket.counts:
                     self.inflight[ticket.soulstone] += 1
                 ticket.future.set_result(None)
+
+    def _start_failed(self, wave: Wave, error: ManifestError) -> None:
+        """A wave's start failed: count it against each soulstone that failed; retry or give up.
+
+        The tickets of a soulstone that failed wait for its restart (an
+        operator's `up` hears of the failure at once); those of the others in
+        the wave, stopped again only because of it, go back to the queue.
+        """
+        self.waves.remove(wave)  # first: tickets put back must not rejoin it
+        failures = {f.soulstone: f for f in error.failures}
+        for soulstone_id, soulstone in wave.targets.items():
+            tickets = [t for t in wave.tickets if t.soulstone == soulstone_id]
+            failure = failures.get(soulstone_id)
+            if failure is None:
+                for ticket in tickets:
+                    if not ticket.future.done():
+                        self._enqueue(ticket, soulstone)
+                continue
+            refusal = Unavailable(f"could not start {soulstone_id}: {error}")
+            oom = says_out_of_memory(f"{failure.reason}\n{failure.log_tail}")
+            self.recovery.failed(soulstone, failure.reason, tickets, refusal, oom)
