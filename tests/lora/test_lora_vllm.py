@@ -141,6 +141,11 @@ def test_bad_adapters_never_reach_the_engine(
     (no_config / "adapter_config.json").unlink()
     cases = {
         "rank": (write_adapter(tmp_path / "rank", rank=32, base=model.name), "rank 32"),
+        # rank 8 (allowed) on layers far wider than the model's: 2 MiB, over one slot's 0.27 MiB
+        "memory": (
+            write_adapter(tmp_path / "memory", rank=8, base=model.name, hidden=16384),
+            "memory needs about 2.00 MiB of device memory",
+        ),
         "embed": (model.parent / "lora-embed", "embed_tokens"),
         "base": (write_adapter(tmp_path / "base", base="someone/else"), "base model"),
         "truncated": (truncated, "not a readable safetensors file"),

@@ -3,7 +3,8 @@
 An adapter in use by a request is never evicted; a request for another one
 while every slot is in use waits until one is released (bounded, then 503);
 concurrent first requests for one adapter load it once; a load the engine
-cannot take (rank above its limit) is refused before it reaches the engine.
+cannot take (rank above its limit, more device memory than one adapter slot
+holds) is refused before it reaches the engine.
 Blocking work (the registry, hashing and copying files) runs off the event loop.
 """
 
@@ -13,12 +14,15 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
 
 from soulstone.codex.models import Soulstone
 from soulstone.errors import Refusal
+from soulstone.lora.adapter import WEIGHTS
+from soulstone.lora.budget import AdapterBudget, engine_budget, tensor_elements
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.owner import RegistryOwner
 from soulstone.lora.registry import AdapterRecord, RegistryError
@@ -86,6 +90,7 @@ class HotAdapters:
         self.cache = cache
         self.slot_wait = slot_wait
         self._engines: dict[str, _Engine] = {}
+        self._budgets: dict[Soulstone, AdapterBudget | None] = {}  # read once per declaration
         self.loads = 0
         self.evictions = 0
         self.on_load: Callable[[], None] = lambda: None
@@ -181,6 +186,7 @@ class HotAdapters:
         except (OSError, ValueError) as error:
             message = f"{record.name} could not be made warm: {error}"
             raise AdapterUnavailable(500, "ADAPTER_LOAD_FAILED", message) from None
+        await self._admit_memory(soulstone, record.name, folder / WEIGHTS)
         await self._reserve(soulstone, engine, lora.max_loras, wait)
         try:
             body = {"lora_name": record.name, "lora_path": str(folder)}
@@ -195,6 +201,22 @@ class HotAdapters:
         self.loads += 1
         self.on_load()
         self.on_change("load", soulstone.id, record.name)
+
+    async def _admit_memory(self, soulstone: Soulstone, name: str, weights: Path) -> None:
+        """Refuse (409) an adapter that needs more device memory than one slot of the engine."""
+        if soulstone not in self._budgets:
+            self._budgets[soulstone] = await asyncio.to_thread(engine_budget, soulstone)
+        budget = self._budgets[soulstone]
+        if budget is None:
+            return  # the model's shapes are unknown: the rank check decides alone
+        try:
+            elements = await asyncio.to_thread(tensor_elements, weights)
+        except (OSError, ValueError) as error:
+            message = f"{name}'s weights cannot be read: {error}"
+            raise AdapterUnavailable(500, "ADAPTER_LOAD_FAILED", message) from None
+        refusal = budget.refusal(name, elements)
+        if refusal is not None:
+            raise AdapterUnavailable(409, "ADAPTER_REFUSED", refusal)
 
     async def _reserve(
         self, soulstone: Soulstone, engine: _Engine, max_loras: int, wait: float
