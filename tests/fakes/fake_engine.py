@@ -54,6 +54,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--escape-child", action="store_true")
     parser.add_argument("--gate", action="store_true")
     parser.add_argument("--metrics-delay", type=float, default=0.0)
+    # vLLM's LoRA options (soulstone derives them from a `lora` table): adapters load at run
+    # time only with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING, as in vLLM.
+    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--max-loras", type=int, default=1)
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--max-cpu-loras", type=int)
     return parser.parse_args()
 
 
@@ -216,6 +222,9 @@ class Engine:
         return web.json_response(self.last)
 
     async def load_lora(self, request: web.Request) -> web.Response:
+        updating = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").lower()
+        if not self.args.enable_lora or updating not in ("1", "true"):
+            return web.json_response({"error": "Not Found"}, status=404)  # vLLM has no route
         body = await request.json()
         if body["lora_name"] in self.adapters:
             return web.json_response({"error": "already loaded"}, status=400)
