@@ -294,6 +294,7 @@ async def serve(
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
+        hot.on_wait = metrics.adapter_slot_waits.inc
         hot.on_change = live.adapter
     request_path = RequestPath(gateway, log, start_tracer(options.otlp, log))
     use_councils(options.councils)

@@ -11,7 +11,7 @@ Blocking work (the registry, hashing and copying files) runs off the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +69,7 @@ class _Engine:
     loaded: OrderedDict[str, int] = field(default_factory=OrderedDict)  # name -> in use
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     reserved: int = 0  # slots held by loads under way
+    line: deque[object] = field(default_factory=deque)  # loads waiting for a slot, in order
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     gone: bool = False
 
@@ -95,7 +96,7 @@ class HotAdapters:
         self.evictions = 0
         self.on_load: Callable[[], None] = lambda: None
         self.on_evict: Callable[[], None] = lambda: None
-        self.on_wait: Callable[[], None] = lambda: None  # a load waits for a slot
+        self.on_wait: Callable[[], None] = lambda: None  # a load waits for a slot (once each)
         # (action: load, evict or unload; soulstone id; adapter name), for the live feed
         self.on_change: Callable[[str, str, str], None] = lambda _action, _soulstone, _name: None
 
@@ -223,42 +224,59 @@ class HotAdapters:
     ) -> None:
         """Hold a slot for one load: a free one, else the least recently used idle one's.
 
-        With none, wait for a release; an adapter in use is never unloaded.
+        With none, wait for a release, in line: loads take freed slots in the
+        order they asked (first in, first out), and a new one never passes one
+        that waits. After `wait` seconds, 503 ADAPTER_SLOTS_BUSY. An adapter in
+        use is never unloaded.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            if engine.gone:
-                raise _EngineGone
-            if len(engine.loaded) + engine.reserved < max_loras:
-                engine.reserved += 1
-                return
-            idle = next((name for name, uses in engine.loaded.items() if uses == 0), None)
-            if idle is not None:
-                engine.reserved += 1
+        ticket = object()
+        engine.line.append(ticket)
+        waited = False
+        try:
+            while True:
+                if engine.gone:
+                    raise _EngineGone
+                if engine.line[0] is ticket and await self._take_slot(soulstone, engine, max_loras):
+                    return
+                remaining = deadline - loop.time()
+                busy = AdapterUnavailable(
+                    503, "ADAPTER_SLOTS_BUSY",
+                    f"[{soulstone.id}] holds {max_loras} adapters, all in use "
+                    f"(waited {wait:g} s)", BUSY_RETRY_AFTER_S,
+                )  # fmt: skip
+                if remaining <= 0:
+                    raise busy
+                if not waited:
+                    waited = True
+                    self.on_wait()
                 try:
-                    await self._unload(soulstone, engine, idle)
-                except BaseException:
-                    engine.reserved -= 1
-                    engine.signal()
-                    raise
-                self.evictions += 1
-                self.on_evict()
-                self.on_change("evict", soulstone.id, idle)
-                return
-            remaining = deadline - loop.time()
-            busy = AdapterUnavailable(
-                503, "ADAPTER_SLOTS_BUSY",
-                f"[{soulstone.id}] holds {max_loras} adapters, all in use (waited {wait:g} s)",
-                BUSY_RETRY_AFTER_S,
-            )  # fmt: skip
-            if remaining <= 0:
-                raise busy
-            self.on_wait()
-            try:
-                await asyncio.wait_for(engine.freed.wait(), remaining)
-            except TimeoutError:
-                raise busy from None
+                    await asyncio.wait_for(engine.freed.wait(), remaining)
+                except TimeoutError:
+                    raise busy from None
+        finally:
+            engine.line.remove(ticket)
+            engine.signal()  # the next in line looks again
+
+    async def _take_slot(self, soulstone: Soulstone, engine: _Engine, max_loras: int) -> bool:
+        """Reserve a free slot, or evict the least recently used idle adapter for one."""
+        if len(engine.loaded) + engine.reserved < max_loras:
+            engine.reserved += 1
+            return True
+        idle = next((name for name, uses in engine.loaded.items() if uses == 0), None)
+        if idle is None:
+            return False
+        engine.reserved += 1
+        try:
+            await self._unload(soulstone, engine, idle)
+        except BaseException:
+            engine.reserved -= 1
+            raise
+        self.evictions += 1
+        self.on_evict()
+        self.on_change("evict", soulstone.id, idle)
+        return True
 
     async def _unload(self, soulstone: Soulstone, engine: _Engine, name: str) -> None:
         engine.loaded.pop(name, None)
