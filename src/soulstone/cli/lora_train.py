@@ -168,7 +168,8 @@ def train(
         f"trained {name} on [{base}]: {summary['steps']} steps, loss {summary['first_loss']} → "
         f"{summary['loss']}; stored, {state} (data check {timings['check']:.1f} s, training "
         f"{timings['train']:.1f} s, store {timings['store']:.1f} s"
-        + (f", load {timings['load']:.1f} s)" if "load" in timings else ")"), highlight=False,
+        + (f", load {timings['load']:.1f} s)" if "load" in timings else ")"), markup=False,
+        highlight=False,
     )  # fmt: skip
 
 
