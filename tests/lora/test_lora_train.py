@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 
-from gateway_harness import SCRIPT, RunningGateway, StartGateway
+from gateway_harness import SCRIPT, RunningGateway, StartGateway, keyed
 from helpers import write
 from real_engines import tiny_hf_model, vllm_python, vllm_table
 
@@ -160,3 +162,43 @@ def test_bad_data_is_refused_naming_the_line_before_training(
         assert f"{data}:{line}: {words}" in message, (kind, message)
         assert not any(e["event"] == "step" for e in events(refused.stdout)), kind
     assert json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"] == []
+
+
+def test_an_opted_in_clients_captured_chats_train_an_adapter(
+    tmp_path: Path, start_gateway: StartGateway, short_tmp: Path
+) -> None:
+    ana_key, ana = keyed("ana", capture=True)
+    bo_key, bo = keyed("bo")
+    gateway = start_gateway(codex(tmp_path, short_tmp), clients={"clients": {**ana, **bo}},
+                            with_harness=True)  # fmt: skip
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{gateway.tcp_port}/v1", api_key=key)
+
+    for topic in TOPICS[:3]:
+        client(bo_key).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            max_tokens=8)  # fmt: skip
+    for number, topic in enumerate(TOPICS):
+        asked = client(ana_key).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"Tell me about {topic}."}],
+            max_tokens=8, stream=number % 2 == 1)  # fmt: skip
+        if number % 2:
+            list(asked)  # read the stream to its end
+    folder = tmp_path / "data" / "soulstone" / "capture"
+    deadline = time.monotonic() + 30
+    while len(lines := ((folder / "ana.jsonl").read_text().splitlines()
+                        if (folder / "ana.jsonl").exists() else [])) < len(TOPICS):  # fmt: skip
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.1)
+    assert sorted(p.name for p in folder.iterdir()) == ["ana.jsonl"]
+    assert all(json.loads(line)["messages"][-1]["role"] == "assistant" for line in lines)
+    trained = gateway.cli("lora", "train", "from-ana", "--base", "tiny", "--data", "capture:ana:1h",
+                          "--max-steps", "10", "--target-modules", ALL_LAYERS)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert "trained from-ana on [tiny]: 10 steps" in trained.stdout and "hot" in trained.stdout
+    listed = json.loads(gateway.cli("lora", "list", "--json").stdout)["adapters"]
+    assert [(a["name"], a["state"]) for a in listed] == [("from-ana", "hot")]
+    assert client(bo_key).chat.completions.create(
+        model="from-ana", messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+    ).choices  # fmt: skip

@@ -84,9 +84,11 @@ def test_capture_sources_name_the_clients_file(tmp_path: Path) -> None:
     assert capture_source("capture:ana", tmp_path, 0) == (tmp_path / "ana.jsonl", None)
     path, since = capture_source("capture:ana:1h", tmp_path, 7200.0)
     assert (path, since) == (tmp_path / "ana.jsonl", 3600.0)
-    for bad in ("capture:", "capture:../x", "capture:.hidden"):
-        with pytest.raises(TrainDataRefused, match="name a client"):
-            capture_source(bad, tmp_path, 0)
+    with pytest.raises(TrainDataRefused, match="name a client"):
+        capture_source("capture:", tmp_path, 0)
+    for odd in ("../x", ".hidden", "a/b"):  # any client name stays one file in the folder
+        path, _ = capture_source(f"capture:{odd}", tmp_path, 0)
+        assert path.parent == tmp_path and not path.name.startswith(".")
 
 
 def test_the_trainer_runs_in_the_engines_python_with_the_engines_context(tmp_path: Path) -> None:

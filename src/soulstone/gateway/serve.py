@@ -102,6 +102,7 @@ class ServeOptions:
     memory: Path | None = None  # the councils' resonance memory folder; None: no memory
     memory_url: str | None = None  # a Qdrant server that replaces the folder
     otlp: Target | None = None  # where traces go (--otlp-endpoint, OTEL_*); None: tracing off
+    capture: Path | None = None  # the folder of opted-in clients' chats (SPEC C7); None: off
 
 
 async def reload_codex(
@@ -289,7 +290,7 @@ async def serve(
         return await reload_codex(gateway, load, log, options.tools, councils)
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
-                       strict=options.strict, live=live)  # fmt: skip
+                       strict=options.strict, live=live, capture_to=options.capture)  # fmt: skip
     await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:

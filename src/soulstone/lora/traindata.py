@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -147,9 +148,15 @@ def check_lines(lines: Iterable[bytes], where: str, since: float | None = None) 
 def capture_source(spec: str, capture_folder: Path, now: float) -> tuple[Path, float | None]:
     """`capture:CLIENT[:SINCE]` as the client's capture file and the UTC timestamp to start at."""
     client, _, since = spec.removeprefix(CAPTURE_PREFIX).partition(":")
-    if not client or "/" in client or client.startswith("."):
+    if not client:
         raise TrainDataRefused(f"{spec!r}: name a client (capture:CLIENT or capture:CLIENT:SINCE)")
-    return capture_folder / f"{client}.jsonl", parse_since(since, now) if since else None
+    return capture_file(capture_folder, client), parse_since(since, now) if since else None
+
+
+def capture_file(folder: Path, client: str) -> Path:
+    """The capture file of a client in the capture folder (its name made safe as a file name)."""
+    name = quote(client, safe="")
+    return folder / f"{'%2E' + name[1:] if name.startswith('.') else name}.jsonl"
 
 
 def read_examples(path: Path, since: float | None = None) -> list[Example]:
