@@ -134,9 +134,10 @@ def train(
     soulstone = guarded(ctx, lambda: _base(codex, base, options))
     guarded(ctx, lambda: check_name(name, codex, adapter_names(s)))
     model = guarded(ctx, lambda: model_folder(soulstone))
-    where, examples = guarded(ctx, lambda: _examples(s, data))
     timings: dict[str, float] = {}
+    storing = False
     try:
+        where, examples = guarded(ctx, lambda: _examples(s, data))
         with training_folder(s.paths.cache, name) as work:
             write_examples(examples, work / "data.jsonl")
             interpreter, engine_env = trainer_python(soulstone, python)
@@ -152,11 +153,14 @@ def train(
                                                             began))  # fmt: skip
             finally:
                 run.close()
-            stored_at = time.perf_counter()
+            stored_at, storing = time.perf_counter(), True
             record = guarded(ctx, lambda: store_adapter(s, codex, name, work / "adapter", base))
             timings["store"] = time.perf_counter() - stored_at
     except KeyboardInterrupt:
-        s.err.print(f"cancelled: the training of {name} stopped; no adapter was stored")
+        if storing:  # one transaction: the adapter is stored whole or not at all
+            s.err.print(f"cancelled while {name} was being stored: see `soulstone lora list`")
+        else:
+            s.err.print(f"cancelled: the training of {name} stopped; no adapter was stored")
         raise typer.Exit(CANCELLED_EXIT) from None
     state = _make_hot(ctx, s, name, timings)
     seconds = {k: round(v, 3) for k, v in timings.items()}
