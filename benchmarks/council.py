@@ -302,13 +302,12 @@ def vllm_part(work: Path, rounds: int) -> dict[str, Any]:
     (work / "tmp").mkdir()
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model",
                str(TINY / "tiny-llama"), "--served-model-name", "tiny", "--max-model-len", "512",
-               "--dtype", "float32", "--kv-cache-memory-bytes", "64M", "--enable-lora",
-               "--max-loras", "2", "--max-lora-rank", "16"]  # fmt: skip
+               "--dtype", "float32", "--kv-cache-memory-bytes", "64M"]  # fmt: skip
     (codex / "v.toml").write_text(
         f'[tiny]\nexec = {json.dumps(command)}\nsocket = "{work / "v.sock"}"\n'
         f'model_path = "{TINY / "tiny-llama"}"\nlora = {{ max_loras = 2, max_lora_rank = 16 }}\n'
         f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
-        f'TMPDIR = "{work / "tmp"}", VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True" }}\n'
+        f'TMPDIR = "{work / "tmp"}" }}\n'
         "health = { start_timeout = 600, interval = 1 }\n"
     )
     council_file = councils / "councils.toml"

@@ -66,13 +66,12 @@ def main() -> None:
     (work / "tmp").mkdir()
     command = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model",
                str(models / "tiny-llama"), "--served-model-name", "tiny", "--max-model-len", "512",
-               "--dtype", "float32", "--kv-cache-memory-bytes", "64M", "--enable-lora",
-               "--max-loras", "2", "--max-lora-rank", "16"]  # fmt: skip
+               "--dtype", "float32", "--kv-cache-memory-bytes", "64M"]  # fmt: skip
     (work / "codex" / "v.toml").write_text(
         f'[tiny]\nexec = {json.dumps(command)}\nsocket = "{work / "v.sock"}"\n'
         f'model_path = "{models / "tiny-llama"}"\nlora = {{ max_loras = 2, max_lora_rank = 16 }}\n'
         f'env = {{ VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", '
-        f'TMPDIR = "{work / "tmp"}", VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True" }}\n'
+        f'TMPDIR = "{work / "tmp"}" }}\n'
         "health = { start_timeout = 300, interval = 1 }\n"
     )
     folders = ("XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")

@@ -6,6 +6,7 @@
   against its peers, at the lowest and the highest concurrency, plain and
   streamed, and the proxy's CPU per request;
 - lora.json: an adapter cold, warm and hot against the base model;
+- lora_loop.json: `lora train` to the new adapter's first answer, phase by phase;
 - metrics_scrape.json: what a /metrics scrape costs with and without engines;
 - council.json: council wall time against its floor and in turn, and the vLLM batch.
 
@@ -115,6 +116,38 @@ def lora_figure(report: dict[str, Any], title: str) -> Figure:
     return figure
 
 
+LOOP_PHASES = (("check", "data check", "#8f7bff"), ("train", "training", "#f25f5c"),
+               ("store", "store", "#f5b942"), ("load", "load", "#3ecf8e"),
+               ("cli", "CLI start-up and clean-up", "#b0b0b0"),
+               ("first_answer", "first answer", "#5b8cff"))  # fmt: skip
+
+
+def loop_figure(report: dict[str, Any], title: str) -> Figure:
+    """`lora train` start to the new adapter's first answer, phase by phase, per run."""
+    runs = report.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ReportError("no `runs` list")
+    rows = [(str(run["name"]), run["seconds"]) for run in runs]
+    rows.append(("median", report["median_s"]))
+    figure = Figure(figsize=(9, 2.2 + 0.55 * len(rows)))
+    axis = figure.subplots()
+    left = [0.0] * len(rows)
+    for key, label, color in LOOP_PHASES:
+        widths = [float(seconds[key]) for _, seconds in rows]
+        axis.barh([name for name, _ in rows], widths, left=left, color=color, label=label)
+        left = [a + b for a, b in zip(left, widths, strict=True)]
+    for row, total in enumerate(left):
+        axis.text(total, row, f" {total:.1f} s", va="center", fontsize=9)
+    axis.invert_yaxis()
+    axis.set_xlim(0, max(left) * 1.12)
+    axis.set_xlabel("seconds from `lora train` to the adapter's first answer")
+    axis.set_title(title)
+    axis.legend(fontsize=8, ncols=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def scrape_figure(report: dict[str, Any], title: str) -> Figure:
     """A /metrics scrape's wall time and the gateway's CPU, with and without engines."""
     cases = [(name, report.get(name)) for name in ("gateway_alone", "with_engines")]
@@ -172,6 +205,7 @@ PLOTTERS: dict[str, tuple[Callable[[dict[str, Any], str], Figure], str]] = {
     "gateway_overhead": (latency_figure, "Gateway overhead: latency against the peers"),
     "gateway_ab": (latency_figure, "Gateway A/B: latency now against before"),
     "lora": (lora_figure, "LoRA adapters on the CPU vLLM engine: cold, warm, hot"),
+    "lora_loop": (loop_figure, "The LoRA loop on the tiny CPU model: train, store, load, answer"),
     "metrics_scrape": (scrape_figure, "What a /metrics scrape costs"),
     "council": (council_figure, "Councils: wall time against the floor, and the vLLM batch"),
 }

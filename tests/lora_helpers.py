@@ -30,3 +30,20 @@ def write_adapter(
         tensors[f"{PREFIX}.q_proj.filler"] = np.ones((fill_mb * 2**18,), np.float32)
     save_file(tensors, str(folder / "adapter_model.safetensors"))
     return folder
+
+
+def write_base_model(folder: Path, hidden: int = 128, intermediate: int = 256,
+                     layers: int = 2) -> Path:  # fmt: skip
+    """A model folder whose safetensors header has a Llama's shapes (the weights are zeros)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {"model.embed_tokens.weight": np.zeros((64, hidden), np.float32)}
+    for layer in range(layers):
+        prefix = f"model.layers.{layer}"
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            tensors[f"{prefix}.self_attn.{name}.weight"] = np.zeros((hidden, hidden), np.float32)
+        for name in ("gate_proj", "up_proj"):
+            tensors[f"{prefix}.mlp.{name}.weight"] = np.zeros((intermediate, hidden), np.float32)
+        tensors[f"{prefix}.mlp.down_proj.weight"] = np.zeros((hidden, intermediate), np.float32)
+        tensors[f"{prefix}.input_layernorm.weight"] = np.zeros((hidden,), np.float32)
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder

@@ -63,6 +63,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--fail-first", type=int)
     parser.add_argument("--refuse-start-if")
     parser.add_argument("--oom-at-start", action="store_true")
+    # vLLM's LoRA options (soulstone derives them from a `lora` table): adapters load at run
+    # time only with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING, as in vLLM.
+    parser.add_argument("--enable-lora", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--max-loras", type=int, default=1)
+    parser.add_argument("--max-lora-rank", type=int, default=16)
+    parser.add_argument("--max-cpu-loras", type=int)
     return parser.parse_args()
 
 
@@ -230,6 +236,9 @@ class Engine:
         return web.json_response(self.last)
 
     async def load_lora(self, request: web.Request) -> web.Response:
+        updating = os.environ.get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "0").lower()
+        if not self.args.enable_lora or updating not in ("1", "true"):
+            return web.json_response({"error": "Not Found"}, status=404)  # vLLM has no route
         body = await request.json()
         if body["lora_name"] in self.adapters:
             return web.json_response({"error": "already loaded"}, status=400)

@@ -143,9 +143,7 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ring]:
     socket = scratch / "v.sock"
     vllm = vllm_table(
         "ring.vllm", "tiny", socket, scratch,
-        extra_args=("--enable-lora", "--max-loras", "2", "--max-lora-rank", "16",
-                    "--structured-outputs-config", json.dumps(TIGHT_JSON)),
-        extra_env=', VLLM_ALLOW_RUNTIME_LORA_UPDATING = "True"',
+        extra_args=("--structured-outputs-config", json.dumps(TIGHT_JSON)),
         extra_lines=f'model_path = "{tiny_hf_model()}"\nmodels = ["tiny"]\n'
         "lora = { max_loras = 2, max_lora_rank = 16 }\n",
     )  # fmt: skip

@@ -96,6 +96,41 @@ async def test_a_load_waits_for_a_released_slot_and_never_evicts_one_in_use(
     assert hot.evictions == 1
 
 
+async def test_waiting_loads_take_freed_slots_in_the_order_they_asked(
+    tmp_path: Path, owner: RegistryOwner
+) -> None:
+    soulstone, a, b, engine, hot, _ = await one_slot_two_adapters(tmp_path, owner)
+    c = await stored(owner, soulstone, tmp_path, "c")
+    waits: list[asyncio.Event] = [asyncio.Event(), asyncio.Event()]
+    hot.on_wait = lambda: next(w for w in waits if not w.is_set()).set()
+    await hot.acquire(soulstone, a)
+    second = asyncio.create_task(hot.acquire(soulstone, b))
+    await waits[0].wait()
+    third = asyncio.create_task(hot.acquire(soulstone, c))
+    await waits[1].wait()
+    hot.release(soulstone, "a")
+    await second  # b asked first: it gets the slot a frees
+    assert not third.done() and hot.hot("tiny") == ["b"]
+    hot.release(soulstone, "b")
+    await third
+    assert engine.calls == [("load", "a"), ("unload", "a"), ("load", "b"), ("unload", "b"),
+                            ("load", "c")]  # fmt: skip
+
+
+async def test_a_new_load_never_passes_one_that_waits(tmp_path: Path, owner: RegistryOwner) -> None:
+    soulstone, a, b, engine, hot, waiting = await one_slot_two_adapters(tmp_path, owner)
+    c = await stored(owner, soulstone, tmp_path, "c")
+    await hot.acquire(soulstone, a)
+    second = asyncio.create_task(hot.acquire(soulstone, b))
+    await waiting.wait()
+    hot.release(soulstone, "a")  # a is idle now, and b waits for its slot
+    with pytest.raises(AdapterUnavailable) as caught:
+        await hot.acquire(soulstone, c, wait=0)  # c arrives later: not ahead of b
+    assert caught.value.code == "ADAPTER_SLOTS_BUSY"
+    await second
+    assert engine.calls == [("load", "a"), ("unload", "a"), ("load", "b")]
+
+
 async def test_no_slot_freed_in_time_is_503_with_retry_after(
     tmp_path: Path, owner: RegistryOwner
 ) -> None:

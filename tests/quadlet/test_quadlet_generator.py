@@ -17,7 +17,12 @@ import pytest
 
 from container_images import quadlet_generator
 from helpers import EXAMPLES, load, write
-from soulstone.codex.engines import derived_arguments, serve_on_socket
+from soulstone.codex.engines import (
+    derived_arguments,
+    kept_argv,
+    lora_environment,
+    serve_on_socket,
+)
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.forge.units import (
     STRICT_CONTAINER_DIR,
@@ -26,7 +31,7 @@ from soulstone.forge.units import (
     qualified_image,
     strict_socket_name,
 )
-from systemd_words import exec_argv
+from systemd_words import exec_argv, split_words
 
 pytestmark = pytest.mark.quadlet
 
@@ -96,10 +101,16 @@ def verify(unit_files: list[Path]) -> None:
 def expected_argv(soulstone: Soulstone, options: ForgeOptions) -> tuple[str, ...]:
     if options.strict and soulstone.socket is None:
         socket = f"{STRICT_CONTAINER_DIR}/{strict_socket_name(soulstone)}"
-        rewritten = serve_on_socket(soulstone.engine, soulstone.argv, socket)
+        rewritten = serve_on_socket(soulstone.engine, kept_argv(soulstone), socket)
         assert rewritten is not None
         return (*rewritten, *derived_arguments(soulstone))
-    return (*soulstone.argv, *derived_arguments(soulstone))
+    return (*kept_argv(soulstone), *derived_arguments(soulstone))
+
+
+def environment_of(service_text: str) -> dict[str, str]:
+    words = [word for line in service_text.splitlines() if line.startswith("Environment=")
+             for word in split_words(line[len("Environment=") :])]  # fmt: skip
+    return dict(word.split("=", 1) for word in words)
 
 
 def conflicts_of(service_text: str) -> set[str]:
@@ -128,6 +139,7 @@ def check_round_trips(generated: Generated, tmp: Path) -> None:
         assert argv[:2] == ["/usr/bin/podman", "run"]
         image_at = argv.index(qualified_image(soulstone.image))
         assert tuple(argv[image_at + 1 :]) == expected_argv(soulstone, generated.options)
+        assert environment_of(text).items() >= dict(lora_environment(soulstone)).items()
     # Conflicts= in the generated services is the codex's graph, in both directions.
     graph = {
         (a, b)
@@ -213,12 +225,27 @@ exec = ["--uds", "/run/user/1000/soulstone/s.sock"]
 """,
 }
 
+# The `lora` table is the one declaration: exec's contradicting LoRA options and
+# env's variable give way to the derived ones, in the generated service too.
+LORA_CODEX = {
+    "lora.toml": """
+[adapted]
+image = "vllm/vllm-openai"
+port = 8000
+port_expose = true
+exec = ["--model", "/m", "--max-loras", "7", "--no-enable-lora", "--gpu-memory-utilization", "0.4"]
+env = { VLLM_ALLOW_RUNTIME_LORA_UPDATING = "False", HF_HOME = "/hf" }
+lora = { max_loras = 2, max_lora_rank = 32, max_cpu_loras = 4 }
+""",
+}
+
 
 @pytest.mark.parametrize(
     ("files", "strict"),
-    [(None, False), (AWKWARD, False), (MANY_GROUPS, False), (STRICT_CODEX, True)],
-    ids=["reference-examples", "awkward", "many-groups", "strict"],
-)
+    [(None, False), (AWKWARD, False), (MANY_GROUPS, False), (STRICT_CODEX, True),
+     (LORA_CODEX, False), (LORA_CODEX, True)],
+    ids=["reference-examples", "awkward", "many-groups", "strict", "lora", "lora-strict"],
+)  # fmt: skip
 def test_units_pass_quadlet_and_systemd_verify(
     quadlet: Path, tmp_path: Path, files: dict[str, str] | None, strict: bool
 ) -> None:
@@ -241,3 +268,18 @@ def test_awkward_exec_really_is_awkward(tmp_path: Path) -> None:
     assert shell.argv == (
         "python3", "-c", "print('%d %s' % (1, '$HOME'))", "--flag=a b", "single $x", "trailing",
     )  # fmt: skip
+
+
+def test_the_lora_table_reaches_the_generated_service(quadlet: Path, tmp_path: Path) -> None:
+    codex = load(write(tmp_path / "codex", LORA_CODEX))
+    generated = generate(quadlet, tmp_path / "gen", codex, ForgeOptions(gateway_command=GATEWAY))
+    text = generated.services["soulstone-adapted"]
+    [exec_start] = [line[len("ExecStart=") :] for line in text.splitlines()
+                    if line.startswith("ExecStart=")]  # fmt: skip
+    argv = exec_argv(exec_start)
+    engine = argv[argv.index("docker.io/vllm/vllm-openai") + 1 :]
+    assert engine[-7:] == ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "32",
+                           "--max-cpu-loras", "4"]  # fmt: skip
+    assert "7" not in engine and "--no-enable-lora" not in engine
+    assert environment_of(text)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert environment_of(text)["HF_HOME"] == "/hf"

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.gateway_client import GatewayClient, default_socket, running_gateway
+from soulstone.codex.models import Codex
 from soulstone.errors import SoulstoneError, UsageError
 from soulstone.lora.adapter import check_name, inspect_adapter
 from soulstone.lora.cache import AdapterCache
@@ -22,7 +23,8 @@ lora_app = typer.Typer(help="LoRA adapters: cold in the registry, warm on disk, 
                        no_args_is_help=True)  # fmt: skip
 
 
-def _gateway(s: Session) -> GatewayClient | None:
+def gateway_for(s: Session) -> GatewayClient | None:
+    """The running gateway's admin client, or None when no gateway runs."""
     return running_gateway(default_socket(s.paths.runtime))
 
 
@@ -31,7 +33,7 @@ def _cache(s: Session) -> AdapterCache:
 
 
 def _list(s: Session) -> list[dict[str, Any]]:
-    gateway = _gateway(s)
+    gateway = gateway_for(s)
     if gateway is not None:
         return list(gateway.call("GET", "/admin/lora")["adapters"])
     cache = _cache(s)
@@ -50,24 +52,31 @@ def add(
     """Validate an adapter and store it in the registry (one transaction)."""
     s = session(ctx)
     codex = guarded(ctx, s.load)
-    gateway = _gateway(s)
-    if gateway is not None:
-        body = {"name": name, "path": str(path.resolve()), "base": base, "any_base": any_base}
-        record = guarded(ctx, lambda: gateway.call("POST", "/admin/lora/add", body))
-    else:
-
-        def store() -> dict[str, Any]:
-            soulstone = codex.get(base)
-            if soulstone is None:
-                raise UsageError(f"no soulstone named {base!r}")
-            with opened(s.paths.data) as registry:
-                known = {r.name for r in registry.records()}
-                info = inspect_adapter(check_name(name, codex, known), path, soulstone, any_base)
-                return registry.add(info, path).summary("cold")
-
-        record = guarded(ctx, store)
+    record = guarded(ctx, lambda: store_adapter(s, codex, name, path, base, any_base))
     s.out.print(f"added {record['name']} (rank {record['rank']}, base {record['base']}, "
                 f"{record['size']} bytes)", highlight=False)  # fmt: skip
+
+
+def store_adapter(
+    s: Session, codex: Codex, name: str, path: Path, base: str, any_base: bool = False
+) -> dict[str, Any]:
+    """Validate and store an adapter folder: through the gateway's admin API when it runs."""
+    gateway = gateway_for(s)
+    if gateway is not None:
+        body = {"name": name, "path": str(path.resolve()), "base": base, "any_base": any_base}
+        return gateway.call("POST", "/admin/lora/add", body)
+    soulstone = codex.get(base)
+    if soulstone is None:
+        raise UsageError(f"no soulstone named {base!r}")
+    with opened(s.paths.data) as registry:
+        known = {r.name for r in registry.records()}
+        info = inspect_adapter(check_name(name, codex, known), path, soulstone, any_base)
+        return registry.add(info, path).summary("cold")
+
+
+def adapter_names(s: Session) -> set[str]:
+    """The names of the stored adapters (through the gateway when it runs)."""
+    return {a["name"] for a in _list(s)}
 
 
 @lora_app.command("list")
@@ -105,7 +114,7 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapte
 def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.")]) -> None:
     """Remove an adapter (and its warm copy; unloaded first when hot)."""
     s = session(ctx)
-    gateway = _gateway(s)
+    gateway = gateway_for(s)
     if gateway is not None:
         guarded(ctx, lambda: gateway.call("POST", "/admin/lora/rm", {"name": name}))
     else:
@@ -122,7 +131,7 @@ def _through_gateway(ctx: typer.Context, path: str, name: str) -> dict[str, Any]
     s = session(ctx)
 
     def call() -> dict[str, Any]:
-        gateway = _gateway(s)
+        gateway = gateway_for(s)
         if gateway is None:
             raise SoulstoneError("no gateway runs: adapters are hot only in a gateway's engines")
         return gateway.call("POST", path, {"name": name})
@@ -174,7 +183,7 @@ def watch(
 
 def _ingest(s: Session, folder: Path, base: str, any_base: bool) -> None:
     name = folder.name
-    gateway = _gateway(s)
+    gateway = gateway_for(s)
     if gateway is not None:
         known = {a["name"] for a in gateway.call("GET", "/admin/lora")["adapters"]}
         if name in known:
@@ -197,5 +206,8 @@ def _ingest(s: Session, folder: Path, base: str, any_base: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add the command group of this module to the application."""
+    """Add the command group of this module (with `lora train`) to the application."""
+    from soulstone.cli.lora_train import train
+
+    lora_app.command("train")(train)
     app.add_typer(lora_app, name="lora")

@@ -207,6 +207,7 @@ def serve_command(
         clients=clients or s.paths.config / "clients.yaml",
         max_parallel=max_parallel, queue=queue, timeout=timeout,
         adapters=s.paths.data, adapter_cache=s.paths.cache / "adapters",
+        capture=s.paths.data / "capture",
         tools=tools or s.paths.config / "tools.yaml",
         own_socket_folder=socket is None and not os.environ.get(SOCKET_ENV),
         tcp=tcp, tcp_public=tcp_public, strict=strict, max_wait=max_wait,

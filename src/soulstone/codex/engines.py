@@ -272,18 +272,102 @@ def model_arguments(soulstone: Soulstone) -> tuple[str, ...]:
     return tuple(extra)
 
 
+# What a vLLM soulstone's `lora` table means to vLLM (SPEC C7): the user writes it once.
+LORA_FLAG = "--enable-lora"
+LORA_FLAG_OFF = "--no-enable-lora"
+LORA_OPTIONS = ("--max-loras", "--max-lora-rank", "--max-cpu-loras")
+LORA_UPDATING = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+VLLM_TRUE = ("1", "true")  # how vLLM reads a boolean variable (case-insensitive)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM 0.x accepts
+
+
+def derives_lora(soulstone: Soulstone) -> bool:
+    """True when soulstone derives the LoRA flags and variable: vLLM with a `lora` table."""
+    return soulstone.engine == "vllm" and soulstone.lora is not None
+
+
+def lora_values(soulstone: Soulstone) -> dict[str, str]:
+    """The `lora` table as vLLM options (`--max-loras` -> "2" ...), or {} when none is derived."""
+    lora = soulstone.lora
+    if lora is None or not derives_lora(soulstone):
+        return {}
+    values = {"--max-loras": str(lora.max_loras), "--max-lora-rank": str(lora.max_lora_rank)}
+    if lora.max_cpu_loras is not None:
+        values["--max-cpu-loras"] = str(lora.max_cpu_loras)
+    return values
+
+
+def lora_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """`--enable-lora --max-loras N --max-lora-rank R [--max-cpu-loras C]`, else ().
+
+    Derived for a vLLM soulstone with a `lora` table and an exec (with no
+    exec the image's own command runs unchanged).
+    """
+    if not soulstone.argv or not derives_lora(soulstone):
+        return ()
+    pairs = [word for pair in lora_values(soulstone).items() for word in pair]
+    return (LORA_FLAG, *pairs)
+
+
+def lora_environment(soulstone: Soulstone) -> tuple[tuple[str, str], ...]:
+    """`VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` for a vLLM soulstone with a `lora` table."""
+    return ((LORA_UPDATING, "True"),) if derives_lora(soulstone) else ()
+
+
+def engine_env(soulstone: Soulstone) -> tuple[tuple[str, str], ...]:
+    """The codex's `env` with the derived variables set over it (the derived values win)."""
+    merged = dict(soulstone.env)
+    merged.update(lora_environment(soulstone))
+    return tuple(merged.items())
+
+
+def kept_argv(soulstone: Soulstone) -> tuple[str, ...]:
+    """exec without the options soulstone derives itself (the LoRA ones), so its values win."""
+    if not lora_arguments(soulstone):
+        return soulstone.argv
+    flags = tuple(word for word in soulstone.argv if word not in (LORA_FLAG, LORA_FLAG_OFF))
+    return without_options(flags, LORA_OPTIONS)
+
+
+def lora_contradictions(soulstone: Soulstone) -> list[tuple[str, str]]:
+    """(field, message) for each LoRA setting exec or env gives that the `lora` table overrides."""
+    if not derives_lora(soulstone):
+        return []
+    found: list[tuple[str, str]] = []
+    derived = " (soulstone derives it from the `lora` table, and the derived value wins)"
+    if soulstone.argv and LORA_FLAG_OFF in soulstone.argv:
+        found.append(("exec", f"exec passes {LORA_FLAG_OFF}, but the `lora` table turns "
+                      f"LoRA on{derived}"))  # fmt: skip
+    for name, value in lora_values(soulstone).items():
+        given = option(soulstone.argv, name)
+        if given is not None and given != value:
+            found.append(("exec", f"exec passes {name} {given}, but the `lora` table means "
+                          f"{name} {value}{derived}"))  # fmt: skip
+    given_env = dict(soulstone.env).get(LORA_UPDATING)
+    if given_env is not None and given_env.strip().lower() not in VLLM_TRUE:
+        found.append(("env", f"env sets {LORA_UPDATING}={given_env}, but adapters are loaded "
+                      f"at run time, which needs {LORA_UPDATING}=True{derived}"))  # fmt: skip
+    assert soulstone.lora is not None
+    if soulstone.lora.max_lora_rank not in VLLM_LORA_RANKS:
+        found.append(("lora.max_lora_rank", f"vLLM accepts a max_lora_rank of "
+                      f"{', '.join(map(str, VLLM_LORA_RANKS))} only; it will refuse to start "
+                      f"with {soulstone.lora.max_lora_rank}"))  # fmt: skip
+    return found
+
+
 def derived_arguments(soulstone: Soulstone) -> tuple[str, ...]:
-    """What soulstone adds to an engine's exec: served names, metrics endpoint, model folder."""
+    """What soulstone adds to an engine's exec: served names, metrics, model folder, LoRA."""
     return (*alias_arguments(soulstone), *metrics_arguments(soulstone),
-            *model_arguments(soulstone))  # fmt: skip
+            *model_arguments(soulstone), *lora_arguments(soulstone))  # fmt: skip
 
 
 def served_argv(soulstone: Soulstone) -> tuple[str, ...]:
     """The command the process runtime runs: `launch_argv` plus the derived arguments.
 
     `{model_path}` in exec becomes the soulstone's model folder (its
-    `model_path`, or the snapshot its `model` resolved to).
+    `model_path`, or the snapshot its `model` resolved to); LoRA options in
+    exec give way to the derived ones.
     """
-    own = with_model_path(soulstone.argv, soulstone.model_path)
+    own = with_model_path(kept_argv(soulstone), soulstone.model_path)
     argv = launch_argv(soulstone.engine, own, soulstone.port, soulstone.socket)
     return (*argv, *derived_arguments(soulstone))

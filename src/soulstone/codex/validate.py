@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from soulstone.codex.engines import DEFAULT_HEALTH_INTERVAL, TRAITS, EngineName, infer_engine
+from soulstone.codex.engines import (
+    DEFAULT_HEALTH_INTERVAL,
+    TRAITS,
+    EngineName,
+    infer_engine,
+    lora_contradictions,
+)
 from soulstone.codex.facts import HostFacts
 from soulstone.codex.fields import (
     ENV_NAME_RE,
@@ -233,6 +239,8 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
     )
     for field, message in reference_problems(soulstone):
         out.error(field, message)
+    for field, message in lora_contradictions(soulstone):
+        out.warn(field, message)
     return soulstone, out
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from soulstone.dispatch.capture import Captured
 from soulstone.guard.clients import Client
 from soulstone.observe.trace import Attribute, Notes
 
@@ -14,7 +15,7 @@ class Record:
     """What settlement needs to know about one request, gathered along the path."""
 
     __slots__ = (
-        "began", "client", "code", "completion_tokens", "content", "council", "events",
+        "began", "capture", "client", "code", "completion_tokens", "content", "council", "events",
         "first_at", "forwarded", "heartbeat", "model", "persona", "prompt_tokens",
         "reported_prompt", "request_id", "session_id", "settled", "total_tokens", "trace", "way",
     )  # fmt: skip
@@ -38,6 +39,7 @@ class Record:
         self.completion_tokens: int | None = None
         self.first_at: float | None = None  # perf_counter() at a stream's first chunk
         self.trace: Notes | None = None  # the request's trace notes, only while tracing is on
+        self.capture: Captured | None = None  # an opted-in client's chat, kept for training
 
     def reported(self, usage: tuple[int | None, int | None, int | None]) -> None:
         """Keep the engine's reported usage (prompt, completion, total)."""

@@ -28,6 +28,7 @@ from soulstone.dispatch.call import (
     Rejection,
     wants_flat_errors,
 )
+from soulstone.dispatch.capture import Captured
 from soulstone.dispatch.fallback import fallback_for, overwhelmed
 from soulstone.dispatch.forward import (
     TAIL_BYTES,
@@ -225,6 +226,8 @@ class RequestPath:
             record.model = prepared.model
             if call.client.log_content:
                 record.content = _opted_in_content(call.client, call.document)
+            if call.client.capture and call.endpoint == "chat" and services.capture is not None:
+                record.capture = Captured(call.document.get("messages"), prepared.model)
             if call.session_id and call.council is None:  # not a council persona's call
                 self._heartbeat(call, record)
             budget = services.guard.budget(prepared.soulstone, call.client.limits)
@@ -247,6 +250,8 @@ class RequestPath:
                 raise OutOfMemory(soulstone.id, "answering this request")
             services.scheduler.recovery.answered(soulstone.id)
             record.reported(usage_in(result.body[-TAIL_BYTES:]))
+            if record.capture is not None:
+                record.capture.body = result.body
             if result.status == 200 and prepared.tools:
                 result = self._checked_answer(call, prepared, result, record)
             if served_by is not None:
@@ -489,6 +494,8 @@ class RequestPath:
                                    unknown=prepared.unknown_tools, render_error=render)  # fmt: skip
 
         events = upstream.events(lambda: services.engine_failed(prepared.soulstone), transform)
+        if record.capture is not None:
+            events = record.capture.tap(events)
         closed = False
 
         def close() -> None:
@@ -573,6 +580,8 @@ class RequestPath:
                 (record.first_at - record.began) * 1000, 2),
             content=record.content,
         )  # fmt: skip
+        if record.capture is not None and status == 200 and record.code is None:  # whole answers
+            record.capture.settle(services.capture, client)
         services.live.request(record.request_id, model, client, status,
                               record.code, seconds, record.way, record.council,
                               record.persona)  # fmt: skip

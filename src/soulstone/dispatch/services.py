@@ -8,10 +8,12 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.guard.guard import Guard
+from soulstone.lora.capture import CaptureLog
 from soulstone.lora.hot import HotAdapters
 from soulstone.lora.prefetch import Transitions
 from soulstone.lora.registry import AdapterRecord
@@ -49,11 +51,15 @@ class Services:
     big_parses: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(BIG_PARSES))
     live: LiveHub = field(default_factory=LiveHub)  # what the dashboard shows as it happens
     last_reload: dict[str, Any] | None = None  # how the last reload went (admin status shows it)
+    capture_to: Path | None = None  # the capture folder; None: nothing is ever captured
+    capture: CaptureLog | None = field(init=False, default=None)  # opted-in clients' chats
     _id_prefix: str = field(default_factory=lambda: os.urandom(6).hex())
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         self.use(self.scheduler.codex)
+        if self.capture_to is not None:
+            self.capture = CaptureLog(self.capture_to)
 
     def use_policy(self, policy: Policy) -> None:
         """Check tools against this policy from now on."""

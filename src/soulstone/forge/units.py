@@ -10,7 +10,14 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from soulstone.codex.conflicts import in_conflict
-from soulstone.codex.engines import TRAITS, derived_arguments, launch_argv, serve_on_socket
+from soulstone.codex.engines import (
+    TRAITS,
+    derived_arguments,
+    engine_env,
+    kept_argv,
+    launch_argv,
+    serve_on_socket,
+)
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import CodexError, Problem
 from soulstone.forge.quoting import (
@@ -127,7 +134,7 @@ def container_unit(
         problems.append(Problem(soulstone.file, soulstone.id, field, message))
 
     assert soulstone.image is not None
-    argv = soulstone.argv
+    argv = kept_argv(soulstone)  # the derived LoRA options win over exec's
     socket: str | None = soulstone.socket
     # Rendered settings: user values are escaped, our own `%t` specifiers are not.
     volumes: list[str] = []
@@ -197,7 +204,7 @@ def container_unit(
         unit.set("PublishPort", f"127.0.0.1:{soulstone.port}:{soulstone.port}")
     for volume in volumes:
         unit.set("Volume", volume)
-    for key, value in soulstone.env:
+    for key, value in engine_env(soulstone):
         unit.set("Environment", quote_word(f"{key}={value}"))
     devices = soulstone.devices
     if devices is None:

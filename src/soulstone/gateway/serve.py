@@ -105,6 +105,7 @@ class ServeOptions:
     memory_url: str | None = None  # a Qdrant server that replaces the folder
     otlp: Target | None = None  # where traces go (--otlp-endpoint, OTEL_*); None: tracing off
     restarts: RestartPolicy = field(default_factory=RestartPolicy)  # dead engines (SPEC C10)
+    capture: Path | None = None  # the folder of opted-in clients' chats (SPEC C7); None: off
 
 
 def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], None]:
@@ -279,11 +280,12 @@ async def serve(
         return await reload_codex(gateway, load, log, options.tools, councils)
 
     gateway = Services(scheduler, upstreams, metrics, reload, guard, RequestLog(log_stream), hot,
-                       strict=options.strict, live=live)  # fmt: skip
+                       strict=options.strict, live=live, capture_to=options.capture)  # fmt: skip
     await gateway.refresh_adapters()
     gateway.use_policy(policy)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
+        hot.on_wait = metrics.adapter_slot_waits.inc
         hot.on_change = live.adapter
     request_path = RequestPath(gateway, log, start_tracer(options.otlp, log))
     use_councils(options.councils)

@@ -45,6 +45,7 @@ class ClientDecl(_Strict):
     admin: bool = False
     limits: LimitsDecl = LimitsDecl()
     log_content: bool = False
+    capture: bool = False  # keep its chats for `lora train --data capture:NAME` (SPEC C7)
     errors: Literal["openai", "flat"] = "openai"  # the error body shape (SPEC C4a)
     unknown_tools: Literal["pass", "refuse"] | None = None  # None: the tools policy decides
 
@@ -83,6 +84,7 @@ class Client:
     log_content: bool = False
     flat_errors: bool = False
     unknown_tools: Literal["pass", "refuse"] | None = None
+    capture: bool = False  # its chat exchanges go to its capture file (opted in)
 
     def may_use(self, model: str) -> bool:
         """True when the client may ask for this model."""
@@ -110,4 +112,5 @@ def client_of(name: str, declaration: ClientDecl) -> Client:
     """The resolved client for one declaration."""
     models = frozenset(declaration.models) if declaration.models is not None else None
     return Client(name, models, declaration.admin, declaration.limits, declaration.log_content,
-                  declaration.errors == "flat", declaration.unknown_tools)  # fmt: skip
+                  declaration.errors == "flat", declaration.unknown_tools,
+                  declaration.capture)  # fmt: skip

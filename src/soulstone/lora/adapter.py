@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import SoulstoneError
+from soulstone.lora.budget import LORA_LAYERS, engine_budget, tensor_elements
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -22,11 +23,7 @@ MAX_CONFIG_BYTES = 1 << 20
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, no '..'"
 FORBIDDEN_TENSORS = ("embed_tokens", "lm_head")
-SUPPORTED_MODULES = frozenset({
-    "q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "gate_proj", "up_proj", "down_proj",
-    "gate_up_proj", "dense", "dense_h_to_4h", "dense_4h_to_h", "query_key_value", "c_attn",
-    "c_proj", "c_fc", "w1", "w2", "w3", "wo", "wqkv", "fc1", "fc2", "out_proj",
-})  # fmt: skip
+SUPPORTED_MODULES = LORA_LAYERS
 
 
 class AdapterRefused(SoulstoneError):
@@ -144,6 +141,20 @@ def _base_matches(base_model: str, soulstone: Soulstone) -> bool:
     return base_model in candidates or PurePosixPath(base_model).name in candidates
 
 
+def _admit_memory(name: str, weights_path: Path, soulstone: Soulstone) -> None:
+    """AdapterRefused when the adapter needs more device memory than one slot of the engine."""
+    budget = engine_budget(soulstone)
+    if budget is None:
+        return  # the model's shapes are unknown (no local model_path): rank decides alone
+    try:
+        elements = tensor_elements(weights_path)
+    except (OSError, ValueError) as error:
+        raise AdapterRefused(f"{weights_path}: not a readable safetensors file: {error}") from None
+    refusal = budget.refusal(name, elements)
+    if refusal is not None:
+        raise AdapterRefused(f"{weights_path}: {refusal}")
+
+
 def inspect_adapter(
     name: str, folder: Path, soulstone: Soulstone, any_base: bool = False
 ) -> AdapterInfo:
@@ -192,6 +203,7 @@ def inspect_adapter(
     if touched:
         raise AdapterRefused(f"{weights_path}: holds weights for {touched[0]!r}: adapters that "
                              "change embed_tokens or lm_head are refused")  # fmt: skip
+    _admit_memory(name, weights_path, soulstone)
     stored = adapter_files(folder)
     files = {p.name: sha256_file(p) for p in stored}
     size = sum(p.lstat().st_size for p in stored)

@@ -3,22 +3,26 @@
 An adapter in use by a request is never evicted; a request for another one
 while every slot is in use waits until one is released (bounded, then 503);
 concurrent first requests for one adapter load it once; a load the engine
-cannot take (rank above its limit) is refused before it reaches the engine.
+cannot take (rank above its limit, more device memory than one adapter slot
+holds) is refused before it reaches the engine.
 Blocking work (the registry, hashing and copying files) runs off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
 
 from soulstone.codex.models import Soulstone
 from soulstone.errors import Refusal
+from soulstone.lora.adapter import WEIGHTS
+from soulstone.lora.budget import AdapterBudget, engine_budget, tensor_elements
 from soulstone.lora.cache import AdapterCache
 from soulstone.lora.owner import RegistryOwner
 from soulstone.lora.registry import AdapterRecord, RegistryError
@@ -65,6 +69,7 @@ class _Engine:
     loaded: OrderedDict[str, int] = field(default_factory=OrderedDict)  # name -> in use
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     reserved: int = 0  # slots held by loads under way
+    line: deque[object] = field(default_factory=deque)  # loads waiting for a slot, in order
     freed: asyncio.Event = field(default_factory=asyncio.Event)
     gone: bool = False
 
@@ -86,11 +91,12 @@ class HotAdapters:
         self.cache = cache
         self.slot_wait = slot_wait
         self._engines: dict[str, _Engine] = {}
+        self._budgets: dict[Soulstone, AdapterBudget | None] = {}  # read once per declaration
         self.loads = 0
         self.evictions = 0
         self.on_load: Callable[[], None] = lambda: None
         self.on_evict: Callable[[], None] = lambda: None
-        self.on_wait: Callable[[], None] = lambda: None  # a load waits for a slot
+        self.on_wait: Callable[[], None] = lambda: None  # a load waits for a slot (once each)
         # (action: load, evict or unload; soulstone id; adapter name), for the live feed
         self.on_change: Callable[[str, str, str], None] = lambda _action, _soulstone, _name: None
 
@@ -181,6 +187,7 @@ class HotAdapters:
         except (OSError, ValueError) as error:
             message = f"{record.name} could not be made warm: {error}"
             raise AdapterUnavailable(500, "ADAPTER_LOAD_FAILED", message) from None
+        await self._admit_memory(soulstone, record.name, folder / WEIGHTS)
         await self._reserve(soulstone, engine, lora.max_loras, wait)
         try:
             body = {"lora_name": record.name, "lora_path": str(folder)}
@@ -196,47 +203,80 @@ class HotAdapters:
         self.on_load()
         self.on_change("load", soulstone.id, record.name)
 
+    async def _admit_memory(self, soulstone: Soulstone, name: str, weights: Path) -> None:
+        """Refuse (409) an adapter that needs more device memory than one slot of the engine."""
+        if soulstone not in self._budgets:
+            self._budgets[soulstone] = await asyncio.to_thread(engine_budget, soulstone)
+        budget = self._budgets[soulstone]
+        if budget is None:
+            return  # the model's shapes are unknown: the rank check decides alone
+        try:
+            elements = await asyncio.to_thread(tensor_elements, weights)
+        except (OSError, ValueError) as error:
+            message = f"{name}'s weights cannot be read: {error}"
+            raise AdapterUnavailable(500, "ADAPTER_LOAD_FAILED", message) from None
+        refusal = budget.refusal(name, elements)
+        if refusal is not None:
+            raise AdapterUnavailable(409, "ADAPTER_REFUSED", refusal)
+
     async def _reserve(
         self, soulstone: Soulstone, engine: _Engine, max_loras: int, wait: float
     ) -> None:
         """Hold a slot for one load: a free one, else the least recently used idle one's.
 
-        With none, wait for a release; an adapter in use is never unloaded.
+        With none, wait for a release, in line: loads take freed slots in the
+        order they asked (first in, first out), and a new one never passes one
+        that waits. After `wait` seconds, 503 ADAPTER_SLOTS_BUSY. An adapter in
+        use is never unloaded.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            if engine.gone:
-                raise _EngineGone
-            if len(engine.loaded) + engine.reserved < max_loras:
-                engine.reserved += 1
-                return
-            idle = next((name for name, uses in engine.loaded.items() if uses == 0), None)
-            if idle is not None:
-                engine.reserved += 1
+        ticket = object()
+        engine.line.append(ticket)
+        waited = False
+        try:
+            while True:
+                if engine.gone:
+                    raise _EngineGone
+                if engine.line[0] is ticket and await self._take_slot(soulstone, engine, max_loras):
+                    return
+                remaining = deadline - loop.time()
+                busy = AdapterUnavailable(
+                    503, "ADAPTER_SLOTS_BUSY",
+                    f"[{soulstone.id}] holds {max_loras} adapters, all in use "
+                    f"(waited {wait:g} s)", BUSY_RETRY_AFTER_S,
+                )  # fmt: skip
+                if remaining <= 0:
+                    raise busy
+                if not waited:
+                    waited = True
+                    self.on_wait()
                 try:
-                    await self._unload(soulstone, engine, idle)
-                except BaseException:
-                    engine.reserved -= 1
-                    engine.signal()
-                    raise
-                self.evictions += 1
-                self.on_evict()
-                self.on_change("evict", soulstone.id, idle)
-                return
-            remaining = deadline - loop.time()
-            busy = AdapterUnavailable(
-                503, "ADAPTER_SLOTS_BUSY",
-                f"[{soulstone.id}] holds {max_loras} adapters, all in use (waited {wait:g} s)",
-                BUSY_RETRY_AFTER_S,
-            )  # fmt: skip
-            if remaining <= 0:
-                raise busy
-            self.on_wait()
-            try:
-                await asyncio.wait_for(engine.freed.wait(), remaining)
-            except TimeoutError:
-                raise busy from None
+                    await asyncio.wait_for(engine.freed.wait(), remaining)
+                except TimeoutError:
+                    raise busy from None
+        finally:
+            engine.line.remove(ticket)
+            engine.signal()  # the next in line looks again
+
+    async def _take_slot(self, soulstone: Soulstone, engine: _Engine, max_loras: int) -> bool:
+        """Reserve a free slot, or evict the least recently used idle adapter for one."""
+        if len(engine.loaded) + engine.reserved < max_loras:
+            engine.reserved += 1
+            return True
+        idle = next((name for name, uses in engine.loaded.items() if uses == 0), None)
+        if idle is None:
+            return False
+        engine.reserved += 1
+        try:
+            await self._unload(soulstone, engine, idle)
+        except BaseException:
+            engine.reserved -= 1
+            raise
+        self.evictions += 1
+        self.on_evict()
+        self.on_change("evict", soulstone.id, idle)
+        return True
 
     async def _unload(self, soulstone: Soulstone, engine: _Engine, name: str) -> None:
         engine.loaded.pop(name, None)

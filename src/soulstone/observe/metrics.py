@@ -131,6 +131,10 @@ class Metrics:
         self.adapter_evictions = Counter(
             "soulstone_adapter_evictions", "Adapters unloaded to make room.", registry=self.registry
         )
+        self.adapter_slot_waits = Counter(
+            "soulstone_adapter_slot_waits", "Adapter loads that waited for a busy slot to free.",
+            registry=self.registry,
+        )  # fmt: skip
         self.heartbeat_refusals = Counter(
             "soulstone_heartbeat_refusals", "Heartbeat requests refused, by limit.", ["code"],
             registry=self.registry,

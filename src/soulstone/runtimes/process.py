@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from soulstone.codex.engines import served_argv
+from soulstone.codex.engines import engine_env, served_argv
 from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.files import tail_lines
 from soulstone.runtimes import procfs
@@ -62,8 +62,11 @@ def log_limits(environ: Mapping[str, str]) -> LogLimits:
 
 
 def engine_environment(soulstone: Soulstone, base: Mapping[str, str]) -> dict[str, str]:
-    """The engine's environment: ours, models offline (SPEC C10), then the codex's `env`."""
-    return {**base, "HF_HUB_OFFLINE": "1", **dict(soulstone.env)}
+    """The engine's environment: ours, models offline (SPEC C10), the codex's `env`, derived.
+
+    The derived variables (`VLLM_ALLOW_RUNTIME_LORA_UPDATING` for a `lora` table) win.
+    """
+    return {**base, "HF_HUB_OFFLINE": "1", **dict(engine_env(soulstone))}
 
 
 def port_in_use(port: int) -> bool:
