@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from soulstone.codex.models import Soulstone
+from soulstone.dispatch.admission import admit, admit_now
 from soulstone.dispatch.body import parse_document, parse_small
 from soulstone.dispatch.call import (
     COUNCIL_MODEL_PREFIX,
@@ -29,7 +29,7 @@ from soulstone.dispatch.call import (
     wants_flat_errors,
 )
 from soulstone.dispatch.capture import Captured
-from soulstone.dispatch.fallback import fallback_for, overwhelmed
+from soulstone.dispatch.fit import fit_budget
 from soulstone.dispatch.forward import (
     TAIL_BYTES,
     EngineGone,
@@ -44,13 +44,12 @@ from soulstone.dispatch.refusals import error_bytes
 from soulstone.dispatch.services import Services
 from soulstone.dispatch.stream import Stream
 from soulstone.errors import Refusal
-from soulstone.guard.budget import BOUNDED_FIELDS, Budget, bound_output, fit
+from soulstone.guard.budget import Budget
 from soulstone.guard.clients import Client
 from soulstone.guard.limits import Spend
-from soulstone.lora.registry import AdapterRecord
 from soulstone.observe.trace import TRACEPARENT, Notes, Tracer, parse_traceparent
 from soulstone.runtimes.oom import says_out_of_memory
-from soulstone.supervisor.restarts import EngineFailed, OutOfMemory
+from soulstone.supervisor.restarts import OutOfMemory
 from soulstone.tools.calls import asks_heartbeat, checked_answer
 from soulstone.tools.heartbeat import HeartbeatRefused
 from soulstone.tools.stream import ToolStream
@@ -85,13 +84,6 @@ def _opted_in_content(client: Client, document: dict[str, Any]) -> Any:
     if not client.log_content:
         return None
     return document.get("messages") or document.get("prompt") or document.get("input")
-
-
-def _body(call: Call, document: dict[str, Any], changed: bool) -> bytes:
-    """The request's bytes as they came, unless the document had to change."""
-    if call.body is not None and not changed:
-        return call.body
-    return orjson.dumps(document)
 
 
 def _served_model(document: dict[str, Any], services: Services) -> str | None:
@@ -284,11 +276,11 @@ class RequestPath:
         """
         services = self.services
         requested = prepared.soulstone
-        if not self._admit_now(prepared, lease):
-            prepared = await self._admit(call, prepared, lease, record.trace)
+        if not admit_now(services, prepared, lease):
+            prepared = await admit(services, call, prepared, lease, record.trace)
             if prepared.soulstone is not requested:  # a fallback takes it: its budget
                 budget = services.guard.budget(prepared.soulstone, call.client.limits)
-        body = await self._fit_budget(call, prepared, budget, spend, record)
+        body = await fit_budget(services, call, prepared, budget, spend, record)
         soulstone = prepared.soulstone
         record.forwarded = True
         upstreams = services.upstreams
@@ -330,133 +322,6 @@ class RequestPath:
         spend = guard.limiter.admit(client, reserve, in_flight=call.council is None)
         lease.hold(lambda: guard.limiter.settle(client, spend, record.used_tokens()))
         return spend
-
-    def _admit_now(self, prepared: Prepared, lease: Lease) -> bool:
-        """Take a free slot and the running engine without waiting (no adapter asked for).
-
-        False, holding nothing, when anything must wait: then `_admit` does it all.
-        """
-        if prepared.adapter is not None:
-            return False
-        slots, scheduler = self.services.guard.slots, self.services.scheduler
-        soulstone = prepared.soulstone
-        if not slots.try_acquire():
-            return False
-        if not scheduler.admit_now(soulstone):
-            slots.release()
-            return False
-        lease.hold(slots.release)
-        lease.hold(lambda: scheduler.release(soulstone))
-        return True
-
-    async def _admit(self, call: Call, prepared: Prepared, lease: Lease,
-                     trace: Notes | None) -> Prepared:  # fmt: skip
-        """Take a global slot, the engine (manifested, swapped in) and the adapter (hot).
-
-        Returns the call as prepared for the soulstone that takes it: the
-        requested one, or its fallback while that one is failed or full.
-        Traced: a phase for each wait there was (slot, engine, adapter load).
-        """
-        services = self.services
-        slots, scheduler = services.guard.slots, services.scheduler
-        if not slots.try_acquire():
-            began = time.perf_counter()
-            await slots.acquire()
-            if trace is not None:
-                trace.add("soulstone.queue", began, wait="slot")
-        lease.hold(slots.release)
-        if not scheduler.admit_now(prepared.soulstone):
-            if prepared.soulstone.fallback is not None and overwhelmed(prepared, services):
-                prepared = fallback_for(call, prepared, services) or prepared
-            prepared = await self._engine(call, prepared, trace)
-        soulstone = prepared.soulstone
-        lease.hold(lambda: scheduler.release(soulstone))
-        adapter = prepared.adapter
-        if adapter is not None:
-            if services.hot is None:
-                raise Refusal(409, "NO_ADAPTERS", "this gateway runs without adapters")
-            hot = services.hot
-            loads = trace is not None and adapter.name not in hot.hot(soulstone.id)
-            began = time.perf_counter()
-            await hot.acquire(soulstone, adapter)
-            if loads and trace is not None:
-                trace.add("soulstone.adapter_load", began, adapter=adapter.name,
-                          soulstone=soulstone.id)  # fmt: skip
-            lease.hold(lambda: hot.release(soulstone, adapter.name))
-            if call.session_id and call.council is None:
-                self._prefetch_next(soulstone, call.session_id, adapter)
-        return prepared
-
-    async def _engine(self, call: Call, prepared: Prepared, trace: Notes | None) -> Prepared:
-        """Wait for the engine (started or swapped in); a failed one's fallback takes the call."""
-        scheduler = self.services.scheduler
-        soulstone = prepared.soulstone
-        began, swaps = time.perf_counter(), scheduler.swaps
-        running = soulstone.id in scheduler.running  # running: queued behind a swap
-        try:
-            try:
-                await scheduler.acquire(soulstone)
-            except EngineFailed:
-                fallback = fallback_for(call, prepared, self.services)
-                if fallback is None:
-                    raise
-                prepared, soulstone = fallback, fallback.soulstone
-                await scheduler.acquire(soulstone)
-        finally:
-            if trace is not None:
-                trace.add("soulstone.queue" if running else "soulstone.engine_start", began,
-                          soulstone=soulstone.id, wait="engine",
-                          swapped=scheduler.swaps != swaps)  # fmt: skip
-        return prepared
-
-    def _prefetch_next(self, soulstone: Soulstone, session: str, adapter: AdapterRecord) -> None:
-        """Count the session's transition; warm (or load) the adapter likely to come next."""
-        services = self.services
-        hit, following = services.transitions.observe(session, adapter.name)
-        services.metrics.prefetch.labels("hit" if hit else "miss").inc()
-        record = services.adapters.get(following) if following else None
-        if record is None or services.hot is None or record.base != soulstone.id:
-            return
-        task = asyncio.create_task(services.hot.prefetch(soulstone, record))
-        services.background.add(task)
-        task.add_done_callback(services.background.discard)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def _fit_budget(
-        self, call: Call, prepared: Prepared, budget: Budget, spend: Spend, record: Record
-    ) -> bytes:
-        """Count the prompt, fit the output into the budget; the body to send."""
-        document, changed = prepared.document, prepared.changed
-        if call.endpoint == "embeddings":
-            return _body(call, document, changed)
-        only_adds = not changed and call.body is not None and document.keys().isdisjoint(
-            BOUNDED_FIELDS)  # fmt: skip
-        guard, soulstone = self.services.guard, prepared.soulstone
-        counted = document
-        if prepared.adapter is not None:  # an adapter: its base model's tokenizer
-            counted = {**document, "model": soulstone.models[0]}
-        if record.trace is None:
-            prompt_tokens = await guard.counter.count(soulstone, counted)
-        else:  # trace: a phase when the count asked the engine (a cached count does not wait)
-            asked, began = guard.counter.asked, time.perf_counter()
-            prompt_tokens = await guard.counter.count(soulstone, counted)
-            if guard.counter.asked != asked:
-                record.trace.add("soulstone.token_count", began, soulstone=soulstone.id,
-                                 prompt_tokens=-1 if prompt_tokens is None else prompt_tokens,
-                                 )  # fmt: skip
-        record.prompt_tokens = prompt_tokens
-        max_tokens = fit(prompt_tokens, prepared.output, budget)
-        sequences = prepared.output.sequences
-        if call.client.limits.tokens_per_minute is not None:
-            guard.limiter.adjust(call.client, spend, (prompt_tokens or 0) + max_tokens * sequences)
-        if only_adds and call.body is not None:
-            # No length field at all: write `max_tokens` into the body as it came.
-            end = call.body.rindex(b"}")
-            return call.body[:end] + b',"max_tokens":' + str(max_tokens).encode() + call.body[end:]
-        bounded = dict(document)
-        if not bound_output(bounded, max_tokens):
-            return _body(call, document, changed)
-        return orjson.dumps(bounded)
 
     def _checked_answer(self, call: Call, prepared: Prepared, answer: Answer,
                         record: Record) -> Answer:  # fmt: skip
