@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,15 +45,6 @@ def soulstone_with(tmp_path: Path, max_loras: int) -> Soulstone:
     soulstone = codex.get("tiny")
     assert soulstone is not None
     return soulstone
-
-
-@pytest.fixture
-async def owner(tmp_path: Path) -> AsyncIterator[RegistryOwner]:
-    registry = await RegistryOwner.open(tmp_path / "data")
-    try:
-        yield registry
-    finally:
-        await registry.close()
 
 
 async def stored(

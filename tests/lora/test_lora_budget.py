@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -67,15 +66,6 @@ def test_add_refuses_an_adapter_larger_than_a_slot_naming_the_budget(tmp_path: P
     message = str(caught.value)
     assert "adapter_model.safetensors" in message and "big needs about 1.00 MiB" in message
     assert "max_loras 2 × max_lora_rank 8" in message and "[tiny]" in message
-
-
-@pytest.fixture
-async def owner(tmp_path: Path) -> AsyncIterator[RegistryOwner]:
-    registry = await RegistryOwner.open(tmp_path / "data")
-    try:
-        yield registry
-    finally:
-        await registry.close()
 
 
 async def test_a_stored_adapter_over_the_budget_never_reaches_the_engine(
