@@ -8,13 +8,14 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from soulstone.codex.models import Codex
+from soulstone.lora.owner import RegistryOwner
 from soulstone.runtimes import procfs
 from soulstone.runtimes.state import StateFolder, read_json
 from soulstone.runtimes.table import make_runtimes
@@ -181,3 +182,13 @@ def short_tmp() -> Iterator[Path]:
     folder = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+async def owner(tmp_path: Path) -> AsyncIterator[RegistryOwner]:
+    """A ZODB adapter registry in the test's folder (through its owner thread), closed after."""
+    registry = await RegistryOwner.open(tmp_path / "data")
+    try:
+        yield registry
+    finally:
+        await registry.close()
