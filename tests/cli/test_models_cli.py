@@ -133,12 +133,12 @@ def test_a_codex_without_model_never_imports_huggingface_hub(tmp_path: Path) -> 
     write(tmp_path / "codex", {"a.toml": f"[a]\nport = 1\nexec = {json.dumps(VLLM)}\n"})
     probe = (
         "import sys\n"
-        "from soulstone.cli.app import _register\n"
+        "from soulstone.cli.app import COMMANDS, load_command\n"
         "from soulstone.codex.load import load_codex\n"
         "from soulstone.codex.facts import HostFacts\n"
         "from soulstone.artifacts.preflight import Preflight\n"
         "import soulstone.supervisor.supervisor, soulstone.guard.audit\n"
-        "_register()\n"
+        "for name in COMMANDS: load_command(name)\n"
         f"[stone] = load_codex([__import__('pathlib').Path({str(tmp_path / 'codex')!r})],"
         " HostFacts()).soulstones\n"
         "assert Preflight(__import__('pathlib').Path('/nowhere'))(stone) is stone\n"

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from soulstone import __version__
-from soulstone.codex.facts import HostFacts
-from soulstone.codex.load import codex_sources, load_codex
-from soulstone.codex.models import Codex
 from soulstone.errors import CodexError, SoulstoneError, UsageError
-from soulstone.host import detect_host
 from soulstone.paths import Paths
+
+if TYPE_CHECKING:
+    from soulstone.codex.facts import HostFacts
+    from soulstone.codex.models import Codex
 
 T = TypeVar("T")
 
@@ -45,20 +47,114 @@ class Session:
 
     def sources(self) -> tuple[list[Path], bool]:
         """The codex sources in force and whether the user named them."""
+        from soulstone.codex.load import codex_sources
+
         return codex_sources(self.codex_paths, os.environ, self.paths)
 
     def host(self) -> HostFacts:
         """Facts about this machine, looked up once per command."""
+        from soulstone.host import detect_host
+
         return detect_host()
 
     def load(self) -> Codex:
         """Load the codex in force; raises CodexError or UsageError."""
+        from soulstone.codex.load import load_codex
+
         sources, named = self.sources()
         return load_codex(sources, self.host(), named=named)
 
 
+class CommandEntry(NamedTuple):
+    """A top-level command: the module that registers it, and its one-line help."""
+
+    module: str
+    help: str
+
+
+# Every top-level command, in the order `soulstone --help` lists them. A command's module
+# is imported only when the command runs (or its own --help is asked for), so the CLI
+# starts without importing what other commands need; tests/cli keeps `help` equal to
+# each command's own first docstring line.
+COMMANDS: dict[str, CommandEntry] = {
+    "audit": CommandEntry("audit", "Check sockets, caches, clients.yaml, the codex (TCP too "
+                          "with --strict); exit 1 if any."),
+    "check": CommandEntry("check", "Validate the codex and the councils; print the soulstones "
+                          "and conflict pairs (exit 1 if not)."),
+    "demo": CommandEntry("demo", "Build (once) two tiny llama.cpp engines, and ask each "
+                         "through the gateway."),
+    "serve": CommandEntry("serve", "Serve the OpenAI-compatible gateway on a Unix socket (and "
+                          "TCP when asked)."),
+    "reload": CommandEntry("serve", "Ask the running gateway to read its codex and clients "
+                           "file again (like SIGHUP)."),
+    "forge": CommandEntry("forge", "Write one Quadlet unit per soulstone with an image, plus "
+                          "the gateway's units."),
+    "up": CommandEntry("engines", "Manifest a soulstone or group: stop what conflicts, start "
+                       "it, wait until healthy."),
+    "down": CommandEntry("engines", "Stop a soulstone, a group, or every running soulstone."),
+    "status": CommandEntry("engines", "Show every soulstone's state, pid or unit, uptime, "
+                           "address, health and GPU memory."),
+    "logs": CommandEntry("engines", "Print a soulstone's engine log (process runtime: its log "
+                         "file; quadlet: the journal)."),
+    "init": CommandEntry("init", "Write a commented starter codex (and a starter council) "
+                         "into their folders."),
+    "ui": CommandEntry("ui", "Open the dashboard of the running gateway: prints its URL (with "
+                       "a one-time token) first."),
+    "clients": CommandEntry("clients", "Manage who may call the gateway (clients.yaml)."),
+    "council": CommandEntry("council", "Councils: many personas asked at once (declared in "
+                            "TOML)."),
+    "lora": CommandEntry("lora", "LoRA adapters: cold in the registry, warm on disk, hot in "
+                         "vLLM."),
+    "models": CommandEntry("models", "Model artifacts: what the codex needs and what the "
+                           "Hugging Face cache holds."),
+    "observe": CommandEntry("observe", "Monitoring files for a Prometheus and a Grafana: alert "
+                            "rules and a dashboard."),
+    "tools": CommandEntry("tools", "The tools policy: pinned tool schemas (tools.yaml)."),
+}  # fmt: skip
+
+
+# Click's types are typer's own (typer 0.29 vendors click): they are `Any` here.
+def load_command(name: str) -> Any:
+    """The real click command (or group) of a top-level command, its module imported."""
+    module = importlib.import_module(f"soulstone.cli.{COMMANDS[name].module}")
+    registered = typer.Typer()
+    module.register(registered)
+    command = typer.main.get_group(registered).commands.get(name)
+    if command is None:
+        raise LookupError(f"soulstone.cli.{COMMANDS[name].module} registers no command {name!r}")
+    return command
+
+
+class LazyCommands(TyperGroup):
+    """The top-level group: lists commands from COMMANDS, imports one only to run it."""
+
+    listing = False  # True while the group's own help is written: rows need no import
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """Every command name, in COMMANDS order."""
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        """The command to run; while the help lists commands, a row with its one-line help."""
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        if self.listing:
+            return TyperCommand(cmd_name, short_help=entry.help)
+        return load_command(cmd_name)
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The group's help, its command rows taken from COMMANDS."""
+        self.listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.listing = False
+
+
 app = typer.Typer(
     name="soulstone",
+    cls=LazyCommands,
     help="Local LLM engines behind one secure OpenAI-compatible gateway.",
     no_args_is_help=True,
     add_completion=False,
@@ -120,42 +216,7 @@ def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
         raise typer.Exit(1) from None
 
 
-def _register() -> None:
-    from soulstone.cli import (
-        audit,
-        check,
-        clients,
-        council,
-        demo,
-        engines,
-        forge,
-        init,
-        lora,
-        models,
-        observe,
-        serve,
-        tools,
-        ui,
-    )
-
-    audit.register(app)
-    check.register(app)
-    clients.register(app)
-    council.register(app)
-    demo.register(app)
-    serve.register(app)
-    forge.register(app)
-    engines.register(app)
-    init.register(app)
-    lora.register(app)
-    models.register(app)
-    observe.register(app)
-    tools.register(app)
-    ui.register(app)
-
-
 def main() -> None:
     """Console-script entry point."""
-    _register()
     app(prog_name="soulstone")
     sys.exit(0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,8 +18,10 @@ from soulstone.codex.models import Codex
 from soulstone.council.load import council_files, councils_source, load_council_files
 from soulstone.council.models import Councils
 from soulstone.errors import CodexError, CouncilError, Problem, SoulstoneError
-from soulstone.lora.registry import AdapterRecord
 from soulstone.paths import Paths
+
+if TYPE_CHECKING:  # the registry module imports ZODB: only when adapters are read
+    from soulstone.lora.registry import AdapterRecord
 
 MemoryUrlOption = Annotated[
     str | None,
@@ -44,6 +46,8 @@ CouncilsOption = Annotated[
 
 def _record(summary: dict[str, Any]) -> AdapterRecord:
     """An adapter record from a gateway's `lora list` summary (name, base and shape only)."""
+    from soulstone.lora.registry import AdapterRecord
+
     return AdapterRecord(
         summary["name"], summary["base"], int(summary["rank"]), float(summary["alpha"]),
         tuple(summary["target_modules"]), "", {}, int(summary["size"]), created=0.0,
