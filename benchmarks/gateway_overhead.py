@@ -1,7 +1,7 @@
 """What soulstone's gateway adds in front of an engine, measured beside its peers in one run.
 
     .venv/bin/python benchmarks/gateway_overhead.py [--bench-dir ../shared/bench] [--repeat 3]
-        [--before GIT_REF]
+        [--before GIT_REF] [--smoke]
 
 The engine is `upstream_stub.py` and the client `loadgen.py` from the shared
 bench folder. Paths: direct (TCP, Unix socket), the minimal aiohttp
@@ -13,7 +13,9 @@ go to benchmarks/results/gateway_overhead.json and a table to
 benchmarks/results/gateway_overhead.md. With `--before REF`, the gateway of
 that commit (its `src/` exported with `git archive`) runs in the same run,
 on its own copy of the stub engines, as two more paths: a change is measured
-against what it replaced.
+against what it replaced. `--smoke` sends a few dozen requests per path and
+concurrency instead of thousands (CI runs it so the script never rots; its
+figures mean nothing).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ PYTHON = sys.executable
 SOULSTONE = Path(PYTHON).parent / "soulstone"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REQUESTS = {1: 2000, 16: 6000, 64: 6000}
+SMOKE_REQUESTS = {1: 20, 16: 32, 64: 64}
 
 
 def free_port() -> int:
@@ -194,7 +197,10 @@ def main() -> None:
         metavar="GIT_REF",
         help="also measure the gateway of this commit, in the same run",
     )
+    parser.add_argument("--smoke", action="store_true", help="a few requests per path only")
     args = parser.parse_args()
+    if args.smoke:
+        REQUESTS.update(SMOKE_REQUESTS)
     bench = args.bench_dir
     work = Path(tempfile.mkdtemp(prefix="ss-bench-", dir="/tmp"))
     stub_port, proxy_port = free_port(), free_port()
