@@ -290,7 +290,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
         async for line in lines:
             await response.write(b"data: %s\n\n" % orjson.dumps({"line": line}))
     except ConnectionResetError:
-        pass
+        return response  # the viewer closed the panel: the feed ends here
     finally:
         await lines.aclose()
     return response

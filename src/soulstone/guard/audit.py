@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from soulstone.codex.models import Codex
 from soulstone.guard.clients import ClientsFileError
 from soulstone.guard.store import check_file
 from soulstone.runtimes import procfs
+from soulstone.runtimes.podman import inspect_container
 from soulstone.runtimes.state import StateFolder, read_json
 
 LISTEN = "0A"
@@ -85,14 +85,8 @@ def _container_pid(name: str) -> int | None:
     """The host pid of a running container's first process, through `podman inspect`."""
     if shutil.which("podman") is None:
         return None
-    try:
-        found = subprocess.run(["podman", "container", "inspect", "--format", "{{.State.Pid}}",
-                                name], capture_output=True, text=True, timeout=15,
-                               check=False)  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    pid = found.stdout.strip()
-    return int(pid) if found.returncode == 0 and pid.isdigit() and int(pid) > 0 else None
+    pid = inspect_container(name, "{{.State.Pid}}") or ""
+    return int(pid) if pid.isdigit() and int(pid) > 0 else None
 
 
 def _ours(state: StateFolder) -> dict[int, str]:

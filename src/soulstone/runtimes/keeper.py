@@ -205,6 +205,8 @@ class Keeper:
                 self.log.write(f"--- soulstone: {command[0]!r} failed: {error} ---\n".encode())
             else:
                 self.log.write(done.stdout)
+        if self.after:
+            self.document["after_done"] = True  # recorded by `finish`: nobody runs them again
 
     def sweep(self) -> None:
         """Stop what the engine left: its group, then every adopted descendant."""

@@ -42,16 +42,27 @@ def run_unit_commands(commands: tuple[UnitCommand, ...], env: Mapping[str, str])
             raise StartError(f"{' '.join(command.argv)} failed: {detail}")
 
 
-def container_state(name: str, podman: str = "podman") -> str:
-    """Podman's state of a container (`running`, `exited` …), or `absent`."""
+def inspect_container(name: str, template: str) -> str | None:
+    """One field of `podman container inspect` (a Go template such as `{{.State.Pid}}`).
+
+    None when the container does not exist; "" when podman cannot be run.
+    """
     try:
         found = subprocess.run(
-            [podman, "container", "inspect", "--format", "{{.State.Status}}", name],
+            ["podman", "container", "inspect", "--format", template, name],
             capture_output=True, text=True, timeout=INSPECT_TIMEOUT_S, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return (found.stdout.strip() or "absent") if found.returncode == 0 else "absent"
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def container_state(name: str) -> str:
+    """Podman's state of a container (`running`, `exited` …), `absent`, or `unknown`."""
+    state = inspect_container(name, "{{.State.Status}}")
+    if state is None:
+        return "absent"
+    return state or "unknown"
 
 
 class PodmanRuntime(ProcessRuntime):
@@ -103,8 +114,15 @@ class PodmanRuntime(ProcessRuntime):
                      generated=list(commands.generated))  # fmt: skip
 
     def stop(self, soulstone: Soulstone) -> None:
-        """TERM then KILL through the keeper, then remove whatever container is left."""
+        """TERM then KILL through the keeper, then remove whatever container is left.
+
+        The keeper runs the clean-up itself once the engine ends; it runs here
+        only when the keeper could not (it was killed, or gave up waiting).
+        """
         super().stop(soulstone)
+        kept = read_json(self.state.keeper(soulstone.id)) or {}
+        if kept.get("after_done"):
+            return
         record = read_json(self.state.record(soulstone.id))
         cleanup = record.get("cleanup") if record else None
         if isinstance(cleanup, list) and cleanup:
