@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -149,6 +150,7 @@ class GuardedConnection(RequestHandler):
         self._peer_key: PeerKey | None = None
         self._headers_seen = 0
         self._headers_due: asyncio.TimerHandle | None = None
+        self._last_body: StreamReader | None = None  # the newest request's body
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Read the peer, count it, and start the clock for the first request's headers."""
@@ -172,9 +174,10 @@ class GuardedConnection(RequestHandler):
         super().data_received(data)
         if self._request_count != self._headers_seen:
             self._headers_seen = self._request_count
+            self._last_body = self._messages[-1][1] if self._messages else None
             self._stop_clock()
-        elif self._headers_due is None and self._waiter is not None and not self._waiter.done():
-            self._expect_headers()  # the first bytes of the next request on an idle connection
+        elif self._headers_due is None and self._between_requests():
+            self._expect_headers()  # the first bytes of the next request's head
 
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
@@ -218,6 +221,13 @@ class GuardedConnection(RequestHandler):
             self._gate.options.header_timeout, self._headers_late
         )
 
+    def _between_requests(self) -> bool:
+        """Whether bytes now are a next request's head: the newest request's body is all
+        in (its handler may still be answering) and the connection is still HTTP."""
+        if self._upgraded or self._payload_parser is not None:
+            return False  # a WebSocket's frames, never a head
+        return self._last_body is None or self._last_body.is_eof()
+
     def _stop_clock(self) -> None:
         if self._headers_due is not None:
             self._headers_due.cancel()
@@ -225,8 +235,12 @@ class GuardedConnection(RequestHandler):
 
     def _headers_late(self) -> None:
         self._headers_due = None
-        if self._request_count == self._headers_seen:
-            self.force_close()
+        if self._request_count != self._headers_seen:
+            return
+        if self._current_request is not None:
+            self._expect_headers()  # a pipelined head waits while an answer is still sent
+            return
+        self.force_close()
 
 
 class ConnectionGate:
