@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def test_the_table_names_every_command_each_module_registers_with_its_own_help()
         assert entry.help == first, name
 
 
-def test_help_imports_no_command_module_and_no_pydantic() -> None:
+def test_help_imports_no_command_module_no_pydantic_and_no_rich_help() -> None:
     probe = (
         "import sys\n"
         "from soulstone.cli.app import app\n"
@@ -35,11 +36,29 @@ def test_help_imports_no_command_module_and_no_pydantic() -> None:
         "except SystemExit:\n"
         "    pass\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('soulstone.cli.') "
-        "and m != 'soulstone.cli.app')\n"
-        "print(loaded, 'pydantic' in sys.modules, file=sys.stderr)\n"
+        "and m not in ('soulstone.cli.app', 'soulstone.cli.top_help'))\n"
+        "heavy = sorted(m for m in ('pydantic', 'typer.rich_utils', 'rich.markdown') "
+        "if m in sys.modules)\n"
+        "print(loaded, heavy, file=sys.stderr)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "│ status " in result.stdout and "│ lora " in result.stdout
-    assert result.stderr.strip().splitlines()[-1] == "[] False"
+    assert result.stderr.strip().splitlines()[-1] == "[] []"
+
+
+def test_the_top_help_lists_options_and_commands_in_boxes_of_the_asked_width() -> None:
+    env = {**os.environ, "COLUMNS": "72"}
+    shown = subprocess.run([sys.executable, "-m", "soulstone", "--help"], capture_output=True,
+                           text=True, timeout=60, check=False, env=env)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    boxed = [line for line in shown.stdout.splitlines() if line and line[0] in "╭│╰"]
+    assert boxed and {len(line) for line in boxed} == {72}
+    assert shown.stdout.count("╭─ Options ") == 1 and shown.stdout.count("╭─ Commands ") == 1
+    assert "│ --codex    PATH  A codex file" in shown.stdout
+    for name in COMMANDS:
+        assert f"│ {name} " in shown.stdout, name
+    bare = subprocess.run([sys.executable, "-m", "soulstone"], capture_output=True, text=True,
+                          timeout=60, check=False, env=env)  # fmt: skip
+    assert bare.returncode == 2 and bare.stdout == shown.stdout

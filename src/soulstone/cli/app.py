@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperGroup
 
 from soulstone import __version__
 from soulstone.errors import CodexError, SoulstoneError, UsageError
 from soulstone.paths import Paths
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from soulstone.codex.facts import HostFacts
     from soulstone.codex.models import Codex
 
@@ -31,6 +31,8 @@ PIPE_WIDTH = 200
 
 def make_console(*, stderr: bool) -> Console:
     """A console that keeps tables readable when output goes to a pipe or file."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     piped = not stream.isatty() and "COLUMNS" not in os.environ
     return Console(stderr=stderr, width=PIPE_WIDTH if piped else None)
@@ -128,28 +130,34 @@ def load_command(name: str) -> Any:
 class LazyCommands(TyperGroup):
     """The top-level group: lists commands from COMMANDS, imports one only to run it."""
 
-    listing = False  # True while the group's own help is written: rows need no import
-
     def list_commands(self, ctx: Any) -> list[str]:
         """Every command name, in COMMANDS order."""
         return list(COMMANDS)
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        """The command to run; while the help lists commands, a row with its one-line help."""
-        entry = COMMANDS.get(cmd_name)
-        if entry is None:
+        """The command to run, its module imported."""
+        if cmd_name not in COMMANDS:
             return None
-        if self.listing:
-            return TyperCommand(cmd_name, short_help=entry.help)
         return load_command(cmd_name)
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """The arguments; none at all prints the help (exit 2, as typer's own group does)."""
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            typer.echo(ctx.get_help())
+            ctx.exit(2)
+        rest: list[str] = super().parse_args(ctx, args)
+        return rest
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
-        """The group's help, its command rows taken from COMMANDS."""
-        self.listing = True
-        try:
-            super().format_help(ctx, formatter)
-        finally:
-            self.listing = False
+        """The group's help, its command rows taken from COMMANDS (drawn without rich)."""
+        from soulstone.cli.top_help import help_width, top_help
+
+        options = [(", ".join(param.opts), "" if getattr(param, "is_flag", False)
+                    else (param.metavar or ""), getattr(param, "help", None) or "")
+                   for param in self.get_params(ctx)]  # fmt: skip
+        commands = [(name, "", entry.help) for name, entry in COMMANDS.items()]
+        usage = f"{ctx.command_path} {' '.join(self.collect_usage_pieces(ctx))}"
+        formatter.write(top_help(usage, self.help or "", options, commands, help_width()))
 
 
 app = typer.Typer(
@@ -197,6 +205,8 @@ def session(ctx: typer.Context) -> Session:
 
 def guarded(ctx: typer.Context, action: Callable[[], T]) -> T:
     """Run an action; report soulstone errors on stderr with exit 1 (2 for usage errors)."""
+    from rich.markup import escape
+
     err = session(ctx).err
     try:
         return action()
