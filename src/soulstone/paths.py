@@ -54,6 +54,11 @@ class Paths:
         return self.data / "memory"
 
     @property
+    def kube_manifests(self) -> Path:
+        """Where `forge --kube` writes by default: `$XDG_CONFIG_HOME/soulstone/kube/`."""
+        return self.config / "kube"
+
+    @property
     def quadlet_units(self) -> Path:
         """The user's Quadlet folder: `$XDG_CONFIG_HOME/containers/systemd/`."""
         return self.config.parent / "containers" / "systemd"

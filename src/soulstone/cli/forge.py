@@ -1,4 +1,7 @@
-"""`soulstone forge`: write Quadlet units for the codex, and the gateway's units."""
+"""`soulstone forge`: write Quadlet units for the codex, and the gateway's units.
+
+`--kube` writes Kubernetes manifests for the same codex instead (SPEC C12).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,9 @@ from rich.text import Text
 
 from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.render import print_problems
+from soulstone.errors import UsageError
 from soulstone.forge.units import ForgeOptions, UnitFile, forge_units
-from soulstone.forge.write import ForgeReport, apply, plan, reload_user_systemd
+from soulstone.forge.write import KUBE_SUFFIXES, ForgeReport, apply, plan, reload_user_systemd
 
 
 def gateway_command() -> tuple[str, ...]:
@@ -32,6 +36,13 @@ def _targets(s: Session, units: list[UnitFile], output: Path | None) -> dict[Pat
     return {folder(unit) / unit.name: unit.text for unit in units}
 
 
+def _refuse_strict() -> None:
+    raise UsageError(
+        "--strict (engines with no network, on Unix sockets) is for Quadlet units; a "
+        "Kubernetes fleet is reached over the network: leave out --strict with --kube"
+    )
+
+
 def _print_dry_run(s: Session, files: dict[Path, str], report: ForgeReport) -> None:
     for path, text in files.items():
         state = "unchanged" if path in report.unchanged else (
@@ -44,6 +55,36 @@ def _print_dry_run(s: Session, files: dict[Path, str], report: ForgeReport) -> N
         s.out.print(Text(f"# would remove {path} (its soulstone is gone)", style="yellow"))
 
 
+def _report(s: Session, report: ForgeReport) -> None:
+    for path in report.written:
+        s.out.print(f"wrote {path}", highlight=False)
+    for path in report.removed:
+        s.out.print(f"removed {path}", highlight=False)
+    s.out.print(
+        f"{len(report.written)} written, {len(report.unchanged)} unchanged, "
+        f"{len(report.removed)} removed"
+    )
+
+
+def forge_kube(ctx: typer.Context, s: Session, output: Path | None, dry_run: bool) -> None:
+    """Write (or print) the Kubernetes manifests and the router's values file."""
+    from soulstone.forge.kube_values import forge_kube as kube_files
+
+    codex = guarded(ctx, s.load)
+    made, warnings = guarded(ctx, lambda: kube_files(codex))
+    print_problems(s.err, (*codex.warnings, *warnings), "warning", "yellow")
+    folder = output if output is not None else s.paths.kube_manifests
+    files = {folder / item.name: item.text for item in made}
+    report = guarded(ctx, lambda: plan(files, [folder], KUBE_SUFFIXES))
+    if dry_run:
+        _print_dry_run(s, files, report)
+        return
+    guarded(ctx, lambda: apply(files, report))
+    _report(s, report)
+    s.out.print(f"next: kubectl apply -f {folder}, then helm install the router (see "
+                f"{folder / 'helm'})", highlight=False)  # fmt: skip
+
+
 def forge(
     ctx: typer.Context,
     output: Annotated[
@@ -52,7 +93,8 @@ def forge(
             "--output",
             metavar="DIR",
             help="Write every unit here instead of ~/.config/containers/systemd/ "
-            "(engines) and ~/.config/systemd/user/ (gateway).",
+            "(engines) and ~/.config/systemd/user/ (gateway); with --kube, the "
+            "manifests instead of ~/.config/soulstone/kube/.",
         ),
     ] = None,
     dry_run: Annotated[
@@ -65,9 +107,29 @@ def forge(
     no_reload: Annotated[
         bool, typer.Option("--no-reload", help="Skip `systemctl --user daemon-reload`.")
     ] = False,
+    kube: Annotated[
+        bool,
+        typer.Option(
+            "--kube",
+            help="Write Kubernetes manifests instead: per soulstone with an image and a port "
+            "a Deployment and a Service (soulstone-NAME.yaml), and helm/vllm-stack-values.yaml "
+            "for vLLM's production-stack router, the fleet's front door.",
+        ),
+    ] = False,
 ) -> None:
-    """Write one Quadlet unit per soulstone with an image, plus the gateway's units."""
+    """Write one Quadlet unit per soulstone with an image, plus the gateway's units.
+
+    With --kube: Kubernetes manifests for the same codex instead, a Deployment
+    and a Service per soulstone, and Helm values for vLLM's production-stack
+    router, written into --output DIR (default ~/.config/soulstone/kube/) or,
+    with --dry-run, printed. Soulstones that cannot run there are named.
+    """
     s = session(ctx)
+    if kube:
+        if strict:
+            guarded(ctx, _refuse_strict)
+        forge_kube(ctx, s, output, dry_run)
+        return
     codex = guarded(ctx, s.load)
     options = ForgeOptions(strict=strict, gateway_command=gateway_command())
     units, warnings = guarded(ctx, lambda: forge_units(codex, options))
@@ -79,14 +141,7 @@ def forge(
         _print_dry_run(s, files, report)
         return
     guarded(ctx, lambda: apply(files, report))
-    for path in report.written:
-        s.out.print(f"wrote {path}", highlight=False)
-    for path in report.removed:
-        s.out.print(f"removed {path}", highlight=False)
-    s.out.print(
-        f"{len(report.written)} written, {len(report.unchanged)} unchanged, "
-        f"{len(report.removed)} removed"
-    )
+    _report(s, report)
     if no_reload or not report.changed:
         return
     if not s.host().has_user_systemd:

@@ -12,6 +12,7 @@ from soulstone.files import replace_file
 from soulstone.forge.units import MARKER
 
 OWNED_SUFFIXES = (".container", ".service", ".socket")
+KUBE_SUFFIXES = (".yaml",)
 
 
 @dataclass
@@ -37,13 +38,13 @@ def written_by_forge(path: Path) -> bool:
         return False
 
 
-def _ours(folder: Path) -> Iterable[Path]:
+def _ours(folder: Path, suffixes: tuple[str, ...]) -> Iterable[Path]:
     if not folder.is_dir():
         return []
     return sorted(
         p
         for p in folder.iterdir()
-        if p.name.startswith("soulstone-") and p.suffix in OWNED_SUFFIXES and written_by_forge(p)
+        if p.name.startswith("soulstone-") and p.suffix in suffixes and written_by_forge(p)
     )
 
 
@@ -51,8 +52,14 @@ def _replace(path: Path, text: str) -> None:
     replace_file(path, text.encode("utf-8"), mode=0o644, folder_mode=0o755)
 
 
-def plan(files: Mapping[Path, str], folders: Iterable[Path]) -> ForgeReport:
-    """Decide what to write and remove; raise if a file we need is someone else's."""
+def plan(
+    files: Mapping[Path, str], folders: Iterable[Path], suffixes: tuple[str, ...] = OWNED_SUFFIXES
+) -> ForgeReport:
+    """Decide what to write and remove; raise if a file we need is someone else's.
+
+    Removed: files in `folders` that this forge wrote (`soulstone-*` with one of
+    `suffixes`, the marker first) and that `files` no longer holds.
+    """
     report = ForgeReport()
     foreign = []
     for path, text in sorted(files.items()):
@@ -71,7 +78,7 @@ def plan(files: Mapping[Path, str], folders: Iterable[Path]) -> ForgeReport:
             "(move them away, or forge into another folder with --output)"
         )
     for folder in sorted(set(folders)):
-        report.removed += [p for p in _ours(folder) if p not in files]
+        report.removed += [p for p in _ours(folder, suffixes) if p not in files]
     return report
 
 
