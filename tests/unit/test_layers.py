@@ -22,7 +22,8 @@ LAYERS = {
 }  # fmt: skip
 PURE_CORE = {"errors", "codex", "sse"}
 IMPURE_IN_CORE = {"soulstone.codex.load"}
-PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting",
+PURE_ELSEWHERE = {"soulstone.forge.units", "soulstone.forge.quoting", "soulstone.forge.kube",
+                  "soulstone.forge.kube_values", "soulstone.forge.yaml_text",
                   "soulstone.dispatch.refusals", "soulstone.council.models",
                   "soulstone.council.parse", "soulstone.council.validate",
                   "soulstone.council.route"}  # fmt: skip

@@ -133,33 +133,25 @@ def _listen_note(soulstone: Soulstone) -> str | None:
 
 
 def _volumes(soulstone: Soulstone, found: _Findings) -> tuple[list[object], list[object]]:
-    """(volumeMounts, volumes) for the codex's `volumes` (host:container[:opts])."""
+    """(volumeMounts, volumes) for the codex's `volumes` (host:container[:opts], validated)."""
     mounts: list[object] = []
     volumes: list[object] = []
     for index, text in enumerate(soulstone.volumes):
-        parts = text.split(":")
-        if len(parts) == 1:
-            source, target, opts = "", parts[0], ""
-        else:
-            source, target, opts = parts[0], parts[1], ":".join(parts[2:])
-        if not target.startswith("/"):
-            found.problem("volumes", f"{text!r}: the container path must be absolute")
-            continue
+        source, target, *opts = text.split(":")
         name = f"volume-{index}"
-        mount: dict[str, object] = {"name": name, "mountPath": target}
-        if "ro" in opts.split(","):
-            mount["readOnly"] = True
-        mounts.append(mount)
-        if not source:
-            volumes.append({"name": name, "emptyDir": {}})
-        elif source.startswith("/"):
-            volumes.append({"name": name, "hostPath": {"path": source}})
-        else:
+        if source.startswith("/"):
+            volume: dict[str, object] = {"name": name, "hostPath": {"path": source}}
+        else:  # a Podman named volume: a claim of the same name
             claim = source.lower().replace("_", "-")
             if len(claim) > 253 or not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", claim):
                 found.problem("volumes", f"{text!r}: {source!r} cannot name a claim")
                 continue
-            volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim}})
+            volume = {"name": name, "persistentVolumeClaim": {"claimName": claim}}
+        mount: dict[str, object] = {"name": name, "mountPath": target}
+        if opts and "ro" in opts[0].split(","):
+            mount["readOnly"] = True
+        mounts.append(mount)
+        volumes.append(volume)
     return mounts, volumes
 
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 _PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
+# Plain words that YAML 1.1 parsers (PyYAML, go-yaml) read as null or a boolean.
+_RESERVED = frozenset({"null", "true", "false", "yes", "no", "on", "off", "y", "n"})
 _SHORT_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 # YAML 1.1 (PyYAML, go-yaml) reads NEL, LS and PS as line breaks, and a BOM specially.
 _ESCAPED_ANYWAY = frozenset("\x85\u2028\u2029\ufeff\ufffe\uffff")
@@ -59,7 +61,8 @@ def comments(notes: Sequence[str], indent: int = 0) -> list[str]:
 
 
 def _key(key: str) -> str:
-    return key if _PLAIN_KEY.fullmatch(key) else quoted(key)
+    plain = _PLAIN_KEY.fullmatch(key) and key.lower() not in _RESERVED
+    return key if plain else quoted(key)
 
 
 def _scalar(value: object) -> str | None:
