@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import stat
 import time
 from dataclasses import dataclass
@@ -88,7 +89,12 @@ def remote_session(soulstone: Soulstone, key: str | None) -> aiohttp.ClientSessi
     connector: aiohttp.BaseConnector = (
         aiohttp.UnixConnector(path=address.socket, limit=0, keepalive_timeout=30)
         if address.socket is not None
-        else aiohttp.TCPConnector(limit=0, keepalive_timeout=30, use_dns_cache=False)
+        else aiohttp.TCPConnector(
+            limit=0,
+            keepalive_timeout=30,
+            use_dns_cache=False,
+            ssl=ssl.create_default_context() if address.tls else False,
+        )
     )
     return aiohttp.ClientSession(
         connector=connector, headers=auth_headers(key),
