@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx2
@@ -141,7 +142,7 @@ def _http(gateway: RunningGateway, key: str, timeout: float = 120) -> httpx2.Cli
                          headers={"Authorization": f"Bearer {key}"})  # fmt: skip
 
 
-def _engine_count(hosts: Hosts, port: int, messages: list[dict[str, str]]) -> int:
+def _engine_count(hosts: Hosts, port: int, messages: list[Any]) -> int:
     """B's llama-server's own count of a chat prompt (template applied), asked inside B."""
     script = (
         "import json, sys, urllib.request as u\n"
@@ -177,7 +178,7 @@ def test_a_gets_b_answers_whole_and_streamed(federation: Federation) -> None:
 
 
 def test_budget_is_counted_by_b_tokenize(federation: Federation) -> None:
-    messages = [{"role": "user", "content": LONG_PROMPT}]
+    messages: list[Any] = [{"role": "user", "content": LONG_PROMPT}]
     with pytest.raises(openai.BadRequestError) as refused:
         _openai(federation.a, federation.keys["alice"]).chat.completions.create(
             model="tiny", messages=messages, max_tokens=8)  # fmt: skip
