@@ -42,6 +42,7 @@ class RunningGateway:
     log: Path
     env: dict[str, str]
     key: str = ""
+    tcp_host: str = "127.0.0.1"
 
     def uds_client(self, **options: Any) -> openai.OpenAI:
         http = httpx2.Client(transport=httpx2.HTTPTransport(uds=str(self.socket)), timeout=120)
@@ -49,12 +50,12 @@ class RunningGateway:
                              http_client=http, **options)  # fmt: skip
 
     def tcp_client(self, **options: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.tcp_port}/v1", api_key=self.key,
-                             timeout=120, **options)  # fmt: skip
+        return openai.OpenAI(base_url=f"http://{self.tcp_host}:{self.tcp_port}/v1",
+                             api_key=self.key, timeout=120, **options)  # fmt: skip
 
     def tcp(self) -> httpx2.Client:
         """A plain HTTP client on TCP, sending the harness's admin key."""
-        return httpx2.Client(base_url=f"http://127.0.0.1:{self.tcp_port}", timeout=120,
+        return httpx2.Client(base_url=f"http://{self.tcp_host}:{self.tcp_port}", timeout=120,
                              headers={"Authorization": f"Bearer {self.key}"})  # fmt: skip
 
     def http(self) -> httpx2.Client:
@@ -126,11 +127,14 @@ def gateway_starter(folder: Path) -> Iterator[StartGateway]:
     def start(codex: Path, *args: str, env: dict[str, str] | None = None,
               clients: dict[str, Any] | None = default_clients, tcp: bool = True,
               open_files: tuple[int, int] | None = None, with_harness: bool = False,
+              netns: str | None = None, tcp_host: str = "127.0.0.1", port: int | None = None,
               ) -> RunningGateway:  # fmt: skip
         """Start a gateway; `open_files` (soft, hard) is the RLIMIT_NOFILE it starts with.
 
         `with_harness` adds the harness's admin client (its key: `gateway.key`)
-        to the given clients.
+        to the given clients. `netns` runs it in that network namespace (`ip
+        netns exec`), listening on `tcp_host` (a non-loopback one: --tcp-public);
+        `port` picks its TCP port (a gateway started again on its old one).
         """
         runtime = short / f"run{len(started)}"
         clients_file = folder / "config" / "soulstone" / "clients.yaml"
@@ -149,11 +153,13 @@ def gateway_starter(folder: Path) -> Iterator[StartGateway]:
             "SOULSTONE_TEST_SESSION": os.environ.get("SOULSTONE_TEST_SESSION", ""),
         }  # fmt: skip
         environ |= env or {}
-        port = free_port()
+        port = port or free_port()
         log = folder / f"gateway{len(started)}.log"
+        prefix = ["ip", "netns", "exec", netns] if netns is not None else []
+        public = ["--tcp-public"] if tcp and tcp_host != "127.0.0.1" else []
         process = subprocess.Popen(
-            [str(SCRIPT), "--codex", str(codex), "serve",
-             *(["--tcp", f"127.0.0.1:{port}"] if tcp else []), *args],
+            [*prefix, str(SCRIPT), "--codex", str(codex), "serve",
+             *(["--tcp", f"{tcp_host}:{port}", *public] if tcp else []), *args],
             env=environ, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             preexec_fn=None if open_files is None else _limit_open_files(open_files),
         )  # fmt: skip
@@ -161,7 +167,7 @@ def gateway_starter(folder: Path) -> Iterator[StartGateway]:
         api = runtime / "soulstone" / "api.sock"
         if "--socket" in args:
             api = Path(args[args.index("--socket") + 1])
-        gateway = RunningGateway(process, api, port, codex, state, log, environ, key)
+        gateway = RunningGateway(process, api, port, codex, state, log, environ, key, tcp_host)
         started.append(gateway)
         wait_for_socket(gateway.socket, process, log)
         return gateway

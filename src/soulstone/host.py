@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from soulstone.codex.facts import HostFacts
-from soulstone.codex.models import RuntimeName
+from soulstone.codex.models import DeclaredRuntime
 from soulstone.errors import UsageError
 
 RUNTIME_ENV = "SOULSTONE_DEFAULT_RUNTIME"
 GENERATOR_ENV = "SOULSTONE_QUADLET"
 GENERATOR_PATHS = ("/usr/libexec/podman/quadlet", "/usr/lib/podman/quadlet")
 _AMD_VENDOR = "0x1002"
-_RUNTIMES: tuple[RuntimeName, ...] = ("quadlet", "podman", "process")
+_RUNTIMES: tuple[DeclaredRuntime, ...] = ("quadlet", "podman", "process")
 
 
 def _nvidia_memory() -> int | None:

@@ -8,7 +8,13 @@ from soulstone.codex.models import Soulstone
 
 
 def in_conflict(a: Soulstone, b: Soulstone) -> bool:
-    """Two distinct soulstones conflict when they share no group (solitary ones: always)."""
+    """Two distinct soulstones conflict when they share no group (solitary ones: always).
+
+    A remote soulstone (SPEC C12) runs on other hardware: it conflicts with
+    nothing unless it declares groups, and then by the same rule.
+    """
+    if (a.remote is not None and not a.groups) or (b.remote is not None and not b.groups):
+        return False
     return a.id != b.id and not set(a.groups) & set(b.groups)
 
 

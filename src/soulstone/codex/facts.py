@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from soulstone.codex.models import RuntimeName
+from soulstone.codex.models import DeclaredRuntime
 
 
 @dataclass(frozen=True)
@@ -16,10 +16,10 @@ class HostFacts:
     has_user_systemd: bool = False
     gpu_vendor: str | None = None
     gpu_memory_bytes: int | None = None
-    runtime_override: RuntimeName | None = None
+    runtime_override: DeclaredRuntime | None = None
 
     @property
-    def container_runtime(self) -> RuntimeName:
+    def container_runtime(self) -> DeclaredRuntime:
         """The runtime for a soulstone with an image and no explicit `runtime`.
 
         `quadlet` where Podman and a user systemd exist, `podman` where Podman

@@ -11,13 +11,13 @@ from pydantic import ValidationError
 
 from soulstone.codex.engines import ENGINE_NAMES
 from soulstone.codex.models import FIELD_NAMES, TABLE_FIELDS, SoulstoneDecl
+from soulstone.codex.remote import SOCKET_PATH_MAX as SOCKET_PATH_MAX
 
 MAP_FIELDS = frozenset({"env"})
 
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 MODEL_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
-SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, the last one NUL
 
 EXPECTED: dict[str, str] = {
     "description": "a string",
@@ -35,7 +35,7 @@ EXPECTED: dict[str, str] = {
     "devices": "a list of strings",
     "groups": "a list of strings",
     "capabilities": "a list of strings",
-    "models": "a list of strings",
+    "models": 'a list of strings, or "discover" (a remote\'s own list)',
     "health": "a table (path, start_timeout, interval)",
     "lora": "a table (max_loras, max_lora_rank, max_cpu_loras)",
     "ttl": "a positive integer (seconds)",
@@ -43,6 +43,9 @@ EXPECTED: dict[str, str] = {
     "tool_parser": '"none" or "hermes"',
     "warmup": "true, false or a table (prompt, max_tokens)",
     "fallback": "a model name served by another soulstone (a string)",
+    "remote": "an address like https://host:port/v1 (a string)",
+    "key_file": "a path to a file holding the remote's key (a string)",
+    "key_env": "the name of an environment variable holding the remote's key",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",
     "health.interval": "a positive number of seconds",

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from soulstone.codex.engines import EngineName
+from soulstone.codex.remote import RemoteAddress, parse_remote
 from soulstone.errors import Problem
 
-RuntimeName = Literal["quadlet", "podman", "process"]
+DeclaredRuntime = Literal["quadlet", "podman", "process"]
+RuntimeName = Literal["quadlet", "podman", "process", "remote"]  # remote: a remote soulstone
 ToolParser = Literal["none", "hermes"]
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -64,14 +67,17 @@ class SoulstoneDecl(_Strict):
     devices: list[str] | None = None
     groups: list[str] = []
     capabilities: list[str] = []
-    models: list[str] | None = None
+    models: list[str] | Literal["discover"] | None = None
     health: HealthDecl = HealthDecl()
     lora: LoraDecl | None = None
     ttl: PositiveInt | None = None
-    runtime: RuntimeName | None = None
+    runtime: DeclaredRuntime | None = None
     tool_parser: ToolParser = "none"
     fallback: str | None = None
     warmup: WarmupDecl | None = None
+    remote: str | None = None
+    key_file: str | None = None
+    key_env: str | None = None
 
     @field_validator("warmup", mode="before")
     @classmethod
@@ -147,6 +153,18 @@ class Soulstone:
     runtime_explicit: bool = field(default=False, compare=False)
     warmup: Warmup | None = field(default=None, compare=False)  # no restart when it changes
     fallback: str | None = field(default=None, compare=False)  # no restart when it changes
+    remote: str | None = None  # a remote soulstone's address (SPEC C12); never holds a key
+    key_file: str | None = None
+    key_env: str | None = None
+    discover: bool = False  # models = "discover": the remote's own /v1/models list
+
+    @cached_property
+    def address(self) -> RemoteAddress | None:
+        """A remote soulstone's parsed address; None for a local one."""
+        if self.remote is None:
+            return None
+        parsed = parse_remote(self.remote)
+        return parsed if isinstance(parsed, RemoteAddress) else None
 
     @property
     def name(self) -> str:
@@ -161,13 +179,15 @@ class Soulstone:
     @property
     def uri(self) -> str:
         """The OpenAI base URI the gateway uses to reach this engine."""
+        if self.remote is not None:
+            return self.remote
         if self.socket is not None:
             return f"http+unix://{quote(self.socket, safe='')}/v1"
         return f"http://localhost:{self.port}/v1"
 
     def summary(self) -> dict[str, object]:
-        """Return the `check --json` record of this soulstone."""
-        return {
+        """Return the `check --json` record of this soulstone (a remote's adds its address)."""
+        record: dict[str, object] = {
             "id": self.id,
             "unit": self.unit,
             "file": self.file,
@@ -180,6 +200,9 @@ class Soulstone:
             "models": list(self.models),
             "capabilities": list(self.capabilities),
         }
+        if self.remote is not None:
+            record |= {"remote": self.remote, "discover": self.discover}
+        return record
 
 
 def unit_name(soulstone_id: str) -> str:

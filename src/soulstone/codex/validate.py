@@ -25,6 +25,13 @@ from soulstone.codex.fields import (
 from soulstone.codex.models import Health, Lora, RuntimeName, Soulstone, SoulstoneDecl, Warmup
 from soulstone.codex.parse import NAME_RULE, Declaration, valid_name
 from soulstone.codex.references import reference_problems
+from soulstone.codex.remote_checks import (
+    BUDGET_WARNING,
+    REMOTE_START_TIMEOUT,
+    literal_keys,
+    local_problems,
+    remote_problems,
+)
 from soulstone.errors import Problem
 
 RESERVED_MODEL_PREFIX = "council/"
@@ -69,6 +76,8 @@ def _tags(decl: SoulstoneDecl, out: _Collector) -> tuple[str, ...]:
 def _models(decl: SoulstoneDecl, name: str, out: _Collector) -> tuple[str, ...]:
     if decl.models is None:
         return (name,)
+    if decl.models == "discover":
+        return ()  # a remote's own list, read when the gateway probes it
     if not decl.models:
         out.error("models", "the list is empty: leave `models` out to serve the table's name")
     for model in decl.models:
@@ -146,12 +155,13 @@ def _runtime(
 
 def _health(decl: SoulstoneDecl, engine: EngineName, out: _Collector) -> Health:
     traits = TRAITS[engine]
-    path = decl.health.path or traits.health_path
+    path = decl.health.path or ("/health" if decl.remote is not None else traits.health_path)
     if not path.startswith("/"):
         out.error("health.path", f"{path!r} must start with '/'")
+    start_timeout = REMOTE_START_TIMEOUT if decl.remote is not None else traits.start_timeout
     return Health(
         path=path,
-        start_timeout=decl.health.start_timeout or traits.start_timeout,
+        start_timeout=decl.health.start_timeout or start_timeout,
         interval=decl.health.interval or DEFAULT_HEALTH_INTERVAL,
     )
 
@@ -193,7 +203,10 @@ def _simple_fields(decl: SoulstoneDecl, out: _Collector) -> None:
 def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, _Collector]:
     """Resolve one declaration; problems and warnings are left in the collector."""
     out = _Collector(declaration)
-    known, unknown = unknown_keys(declaration.table)
+    table, secrets = literal_keys(declaration.table)
+    for field, message in secrets:
+        out.error(field, message)
+    known, unknown = unknown_keys(table)
     for field, message in unknown:
         out.error(field, message)
     decl, type_problems = typed(known)
@@ -206,15 +219,21 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         argv, exec_problem = split_exec(decl.exec)
         if exec_problem:
             out.error("exec", exec_problem)
-    _address(decl, out)
+    remote = decl.remote is not None
+    for field, message in remote_problems(decl) if remote else local_problems(decl):
+        out.error(field, message)
+    if remote:
+        out.warn("remote", BUDGET_WARNING)
+    else:
+        _address(decl, out)
     _simple_fields(decl, out)
-    engine = decl.engine or infer_engine(decl.image, argv)
+    engine = decl.engine or ("generic" if remote else infer_engine(decl.image, argv))
     soulstone = Soulstone(
         id=declaration.id,
         file=declaration.file,
         groups=_groups(decl, declaration, out),
         engine=engine,
-        runtime=_runtime(decl, argv, facts, out),
+        runtime="remote" if remote else _runtime(decl, argv, facts, out),
         argv=argv,
         models=_models(decl, declaration.id.rsplit(".", 1)[-1], out),
         health=_health(decl, engine, out),
@@ -236,6 +255,10 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         runtime_explicit=decl.runtime is not None,
         warmup=_warmup(decl, out),
         fallback=decl.fallback,
+        remote=decl.remote,
+        key_file=decl.key_file,
+        key_env=decl.key_env,
+        discover=decl.models == "discover",
     )
     for field, message in reference_problems(soulstone):
         out.error(field, message)

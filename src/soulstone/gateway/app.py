@@ -11,6 +11,7 @@ from soulstone.dispatch.call import ENDPOINTS
 from soulstone.dispatch.path import RequestPath
 from soulstone.gateway.routes import council, generation, health, metrics, models, not_found
 from soulstone.gateway.state import GATEWAY, REQUEST_PATH
+from soulstone.gateway.tokenize import tokenize
 from soulstone.gateway.websocket import stream_socket
 
 MAX_BODY_BYTES = 8 * 2**20  # decompressed: a gzip bomb stops here
@@ -26,6 +27,7 @@ def make_app(path: RequestPath, admin: web.Application | None = None,
         app.router.add_post(route, generation)
     app.router.add_post("/v1/council/{name}", council)
     app.router.add_get("/v1/models", models)
+    app.router.add_post("/tokenize", tokenize)
     app.router.add_get("/v1/stream", stream_socket)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -91,7 +91,11 @@ async def _guarded(request: web.Request, admin: bool) -> tuple[Services, Client]
 
 
 async def models(request: web.Request) -> web.Response:
-    """GET /v1/models: the models this client may use, their soulstone, whether it runs."""
+    """GET /v1/models: the models this client may use, their soulstone, whether it runs.
+
+    `engine_state` (running, stopped, failed or unreachable: a remote that does
+    not answer) is what a remote peer's discovery reads; OpenAI clients ignore it.
+    """
     try:
         services, client = await _guarded(request, admin=False)
     except Refusal as refusal:
@@ -99,8 +103,10 @@ async def models(request: web.Request) -> web.Response:
     running = services.scheduler.running
     data = [
         {"id": model, "object": "model", "created": 0, "owned_by": "soulstone",
-         "soulstone": s.id, "running": s.id in running}
-        for s in services.codex.soulstones for model in s.models if client.may_use(model)
+         "soulstone": s.id, "running": s.id in running,
+         "engine_state": services.engine_state(s)}
+        for s in services.codex.soulstones for model in services.served(s)
+        if client.may_use(model) and services.routes.get(model) is s
     ]  # fmt: skip
     for name, record in sorted(services.adapters.items()):
         base = services.codex.get(record.base)
@@ -108,7 +114,8 @@ async def models(request: web.Request) -> web.Response:
             data.append({"id": name, "object": "model", "created": int(record.created),
                          "owned_by": "soulstone", "parent": base.models[0], "soulstone": base.id,
                          "running": base.id in running, "adapter": True,
-                         "state": services.adapter_state(record)})  # fmt: skip
+                         "state": services.adapter_state(record),
+                         "engine_state": services.engine_state(base)})  # fmt: skip
     councils = request.app[REQUEST_PATH].councils
     for name in councils.names(client) if councils is not None else ():
         data.append({"id": name, "object": "model", "created": 0, "owned_by": "soulstone",

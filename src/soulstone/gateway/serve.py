@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from soulstone.artifacts.preflight import Preflight
-from soulstone.codex.models import Codex
+from soulstone.codex.models import Codex, Soulstone
 from soulstone.council.convene import Convener
 from soulstone.council.door import CouncilDoor
 from soulstone.council.memory import ResonanceMemory
@@ -58,10 +58,12 @@ from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
+from soulstone.runtimes.remote import RemoteKeyError, RemoteRuntime, read_key
 from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
 from soulstone.supervisor.recovery import Note
+from soulstone.supervisor.remotes import RemoteWatch
 from soulstone.supervisor.restarts import RestartPolicy
 from soulstone.supervisor.schedule import Scheduler
 from soulstone.supervisor.supervisor import Event, Supervisor
@@ -134,6 +136,39 @@ def _recovery_note(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Note]
         write(NOTES[note.kind], soulstone=note.soulstone, detail=note.detail or None)
         if note.kind in ("died", "marked"):
             live.engine(note.soulstone, "failed", note.detail)
+
+    return emit
+
+
+def checked_keys(load: Callable[[], Codex]) -> Callable[[], Codex]:
+    """`load`, refusing (UsageError) a codex whose remote soulstones' keys cannot be read.
+
+    So the gateway does not start, and a reload keeps the running codex.
+    """
+
+    def load_checked() -> Codex:
+        codex = load()
+        problems = []
+        for soulstone in codex.soulstones:
+            if soulstone.remote is not None:
+                try:
+                    read_key(soulstone)
+                except RemoteKeyError as error:
+                    problems.append(str(error))
+        if problems:
+            raise UsageError("\n".join(problems))
+        return codex
+
+    return load_checked
+
+
+def _remote_state(log: Any, live: LiveHub) -> Callable[[Soulstone, bool, str | None], None]:
+    def emit(soulstone: Soulstone, up: bool, detail: str | None) -> None:
+        if up:
+            log.info("remote answers", soulstone=soulstone.id, probe=detail)
+        else:
+            log.warning("remote does not answer", soulstone=soulstone.id, reason=detail)
+        live.engine(soulstone.id, "running" if up else "failed", detail or "")
 
     return emit
 
@@ -225,10 +260,12 @@ async def serve(
                    if options.metrics_tcp else None)  # fmt: skip
     if options.metrics_group is not None and options.metrics_socket is None:
         raise UsageError("--metrics-group names the group of --metrics-socket: give that too")
+    load = checked_keys(load)
     codex = load()
     live = LiveHub()
     metrics = Metrics()
-    supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
+    runtimes = make_runtimes(state, strict=options.strict)
+    supervisor = Supervisor(codex, state, runtimes,
                             on_event=_log_event(log, live, metrics),
                             preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     upstreams = Upstreams()
@@ -283,6 +320,13 @@ async def serve(
                        strict=options.strict, live=live, capture_to=options.capture)  # fmt: skip
     await gateway.refresh_adapters()
     gateway.use_policy(policy)
+    remote_runtime = runtimes["remote"]
+    assert isinstance(remote_runtime, RemoteRuntime)
+    watch = gateway.remotes = scheduler.remotes = RemoteWatch(
+        scheduler, upstreams, remote_runtime, on_models=gateway.discover,
+        on_state=_remote_state(log, live),
+    )  # fmt: skip
+    watch.use(codex)
     if hot is not None:
         hot.on_load, hot.on_evict = metrics.adapter_loads.inc, metrics.adapter_evictions.inc
         hot.on_wait = metrics.adapter_slot_waits.inc
@@ -373,6 +417,7 @@ async def serve(
             await metrics_runner.cleanup()
             if options.metrics_socket is not None:
                 options.metrics_socket.unlink(missing_ok=True)
+        await watch.close()
         await scheduler.close()
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
         await upstreams.close()

@@ -6,6 +6,7 @@ import aiohttp
 
 from soulstone.codex.models import Soulstone
 from soulstone.runtimes.base import Health
+from soulstone.runtimes.remote import probe_once
 
 
 def health_url(soulstone: Soulstone) -> str:
@@ -15,7 +16,12 @@ def health_url(soulstone: Soulstone) -> str:
 
 
 async def probe(soulstone: Soulstone, timeout: float = 2.0) -> Health:
-    """GET the health path once: healthy on HTTP 200, unhealthy on anything else."""
+    """GET the health path once: healthy on HTTP 200, unhealthy on anything else.
+
+    A remote soulstone is probed as `probe_remote` does (its key, TLS, `/v1/models`).
+    """
+    if soulstone.remote is not None:
+        return "healthy" if (await probe_once(soulstone)).healthy else "unhealthy"
     connector: aiohttp.BaseConnector = (
         aiohttp.UnixConnector(path=soulstone.socket)
         if soulstone.socket is not None

@@ -4,12 +4,16 @@ The request path's one upstream call: a POST whose head is built once per
 engine and path, the body written as it is, the answer read back as bytes
 (Content-Length, chunked or until close). Nothing else of HTTP is needed to
 talk to an engine, so nothing else is here: no redirects, cookies, proxies,
-compression or TLS. Engines are local (127.0.0.1 or a Unix socket).
+compression. Engines are local (127.0.0.1 or a Unix socket); a remote
+soulstone's pool (SPEC C12) connects to its host instead, over TLS for
+https, with a short connect timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, cast
 
@@ -28,6 +32,10 @@ class EngineConnectionError(ConnectionError):
 
 class EngineSilent(EngineConnectionError):
     """The engine's connection closed before a byte of the answer came (e.g. it just died)."""
+
+
+class ConnectTimeout(ConnectionError):
+    """A remote did not accept the connection in time (taken as refused: it is down)."""
 
 
 class ResponseHead(NamedTuple):
@@ -336,11 +344,26 @@ class EngineConnection(asyncio.Protocol):
 Address = tuple[str, str | int]  # ("unix", path) or ("tcp", port)
 
 
-class EnginePool:
-    """Idle keep-alive connections to one engine address, most recently used first."""
+@dataclass(frozen=True)
+class RemoteTarget:
+    """Where a remote soulstone's pool connects: its host (TLS for https) and how patiently."""
 
-    def __init__(self, address: Address) -> None:
+    host: str
+    tls: ssl.SSLContext | None = None
+    connect_timeout: float = 1.0
+
+
+class EnginePool:
+    """Idle keep-alive connections to one engine address, most recently used first.
+
+    With `remote`, TCP goes to that host (not 127.0.0.1), over TLS when it
+    says so, and a connect that takes longer than its timeout fails as
+    ConnectTimeout.
+    """
+
+    def __init__(self, address: Address, remote: RemoteTarget | None = None) -> None:
         self.address = address
+        self.remote = remote
         self.idle: list[EngineConnection] = []
 
     async def connect(self) -> tuple[EngineConnection, bool]:
@@ -357,6 +380,8 @@ class EnginePool:
                 continue
             return connection, True
         factory = partial(EngineConnection, self)
+        if self.remote is not None:
+            return await self._connect_remote(factory, self.remote), False
         kind, where = self.address
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
             if kind == "unix":
@@ -364,6 +389,23 @@ class EnginePool:
             else:
                 _, protocol = await loop.create_connection(factory, "127.0.0.1", int(where))
         return protocol, False
+
+    async def _connect_remote(self, factory: partial[EngineConnection],
+                              remote: RemoteTarget) -> EngineConnection:  # fmt: skip
+        loop = asyncio.get_running_loop()
+        kind, where = self.address
+        try:
+            async with asyncio.timeout(remote.connect_timeout):
+                if kind == "unix":
+                    _, protocol = await loop.create_unix_connection(factory, str(where))
+                else:
+                    _, protocol = await loop.create_connection(
+                        factory, remote.host, int(where), ssl=remote.tls,
+                        server_hostname=remote.host if remote.tls is not None else None,
+                    )  # fmt: skip
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {remote.connect_timeout:g} s") from None
+        return protocol
 
     def keep(self, connection: EngineConnection) -> None:
         """Put a connection whose answer was read whole back for the next request."""

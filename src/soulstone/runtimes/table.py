@@ -6,6 +6,7 @@ from soulstone.runtimes.base import Runtime
 from soulstone.runtimes.podman import PodmanRuntime
 from soulstone.runtimes.process import DEFAULT_GRACE_S, ProcessRuntime
 from soulstone.runtimes.quadlet import QuadletRuntime
+from soulstone.runtimes.remote import RemoteRuntime
 from soulstone.runtimes.state import StateFolder
 
 
@@ -17,4 +18,5 @@ def make_runtimes(
         "process": ProcessRuntime(state, grace=grace),
         "podman": PodmanRuntime(state, grace=grace, strict=strict),
         "quadlet": QuadletRuntime(state),
+        "remote": RemoteRuntime(),
     }

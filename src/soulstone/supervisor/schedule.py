@@ -28,6 +28,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import SoulstoneError
@@ -65,6 +66,13 @@ class Wave:
         )
 
 
+class RemoteGate(Protocol):
+    """The breaker of remote soulstones (SPEC C12): refuses one that does not answer."""
+
+    def check(self, soulstone: Soulstone) -> None:
+        """Raise a Refusal (503, Retry-After) when the remote is known to be down."""
+
+
 class Scheduler:
     """Admits requests to engines and swaps engine groups in waves."""
 
@@ -99,6 +107,7 @@ class Scheduler:
         self._resumed = asyncio.Event()
         self._resumed.set()
         self._pump: asyncio.Task[None] | None = None
+        self.remotes: RemoteGate | None = None  # the gateway's watch over remote soulstones
         # Deaths, restarts and failed marks (`on_note` hears of each).
         self.recovery = Recovery(supervisor, self._enqueue, self._exited, restarts, on_note, clock)
 
@@ -152,6 +161,8 @@ class Scheduler:
             if counts:
                 self.inflight[soulstone.id] += 1
             return
+        if soulstone.remote is not None and self.remotes is not None:
+            self.remotes.check(soulstone)  # a remote that is down: refused at once
         self.recovery.check(soulstone)
         ticket = Ticket(soulstone.id, asyncio.get_running_loop().create_future(), counts)
         self._enqueue(ticket, soulstone)
@@ -167,6 +178,17 @@ class Scheduler:
         self.inflight[soulstone.id] -= 1
         self.last_used[soulstone.id] = self.clock()
         self._changed.set()
+
+    def remote_routed(self, soulstone: Soulstone, routed: bool) -> None:
+        """A remote soulstone answers its probes (routed to) or does not (left out)."""
+        sid = soulstone.id
+        if routed and sid not in self.running:
+            self.running.add(sid)
+            self.last_used[sid] = self.clock()
+            self.on_change({sid})
+        elif not routed and sid in self.running:
+            self.running.discard(sid)
+            self.on_change({sid})
 
     def died(self, soulstone: Soulstone, reason: str) -> None:
         """The engine stopped answering or ended: requests wait for its restart (with backoff)."""
