@@ -111,7 +111,7 @@ class EngineFailed(Refusal):
     """Requests for a soulstone marked failed (503 ENGINE_FAILED, with Retry-After)."""
 
     def __init__(self, soulstone_id: str, mark: Mark, now: float) -> None:
-        wait = max(1, math.ceil(mark.until - now))
+        wait = max(1, math.ceil(round(mark.until - now, 6)))  # no float fuzz: 300.00000001
         super().__init__(
             503, "ENGINE_FAILED", f"{soulstone_id} is marked failed ({mark.reason}); it is not "
             f"started again for {wait} s, or until `soulstone up {soulstone_id}`",
