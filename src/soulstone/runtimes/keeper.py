@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import select
 import signal
@@ -42,11 +43,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
-
-from soulstone.files import RotatingLog
+from soulstone.files import RotatingLog, replace_file
 from soulstone.runtimes import procfs
-from soulstone.runtimes.state import write_json
 
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 2.0
@@ -94,6 +92,19 @@ def pump(source: int, log: RotatingLog) -> None:
     if pending:
         log.write(pending)
     os.close(source)
+
+
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Replace the record atomically, as `runtimes.state.write_json` does.
+
+    With the standard library's json: the keeper starts on every engine
+    start, and importing orjson would cost it more than all its other imports.
+    """
+    replace_file(path, json.dumps(document, indent=2).encode(), mode=0o644)
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
 
 
 def _now() -> float:
@@ -261,7 +272,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--cwd")
-    parser.add_argument("--after", type=orjson.loads, default=[])
+    parser.add_argument("--after", type=json.loads, default=[])
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     parser.add_argument("--log-keep", type=int, default=LOG_KEEP)
     parser.add_argument("command", nargs="+")
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log = RotatingLog(args.log, args.log_max_bytes, args.log_keep)
         except (OSError, ValueError) as error:
-            report.write(orjson.dumps({"error": f"cannot write the log {args.log}: "
+            report.write(_dumps({"error": f"cannot write the log {args.log}: "
                                        f"{getattr(error, 'strerror', None) or error}"})
                          + b"\n")  # fmt: skip
             return 1
@@ -296,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             document = keeper.spawn(args.command, args.cwd)
         except OSError as error:
-            report.write(orjson.dumps({"error": f"cannot start {args.command[0]!r}: "
+            report.write(_dumps({"error": f"cannot start {args.command[0]!r}: "
                                        f"{error.strerror or error}"}) + b"\n")  # fmt: skip
             return 1
         signal.signal(signal.SIGTERM, keeper.request_stop)
         signal.signal(signal.SIGINT, keeper.request_stop)
         signal.signal(signal.SIGHUP, keeper.request_stop)
         signal.signal(signal.SIGALRM, keeper.kill_now)
-        report.write(orjson.dumps(document) + b"\n")
+        report.write(_dumps(document) + b"\n")
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     exit_code = keeper.wait()

@@ -196,9 +196,7 @@ class ProcessRuntime:
         if procfs.alive(keeper_pid, keeper_ticks):
             assert isinstance(keeper_pid, int)
             os.kill(keeper_pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.grace + KEEPER_SLACK_S
-            while procfs.alive(keeper_pid, keeper_ticks) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            procfs.wait_gone(keeper_pid, keeper_ticks, self.grace + KEEPER_SLACK_S)
         if isinstance(pgid, int) and procfs.group_members(pgid):
             # The keeper is gone (or stuck): stop the group ourselves.
             procfs.signal_group(pgid, signal.SIGTERM)

@@ -15,7 +15,7 @@ from soulstone.artifacts.preflight import Preflight
 from soulstone.codex.models import Codex, Soulstone, Warmup
 from soulstone.errors import ModelError, SoulstoneError
 from soulstone.runtimes.base import EngineStatus, Health, Runtime, StartError
-from soulstone.runtimes.health import probe
+from soulstone.runtimes.health import poll_gap, probe
 from soulstone.runtimes.state import StateFolder
 from soulstone.runtimes.warmup import WarmupError, warm_up
 from soulstone.supervisor.plan import Plan, Target, make_plan, resolve
@@ -240,6 +240,7 @@ class Supervisor:
         runtime = self.runtime(soulstone)
         timeout = soulstone.health.start_timeout
         began = time.monotonic()
+        shown = -soulstone.health.interval  # when a `waiting` event last went out
         while True:
             status = await asyncio.to_thread(runtime.status, soulstone)
             elapsed = time.monotonic() - began
@@ -259,5 +260,10 @@ class Supervisor:
                 return Failure(
                     soulstone.id, f"not healthy after {timeout:g} s ({soulstone.health.path})", tail
                 )
-            self.on_event(Event("waiting", soulstone.id, elapsed=elapsed, timeout=timeout))
-            await asyncio.sleep(min(soulstone.health.interval, max(0.05, timeout - elapsed)))
+            if (
+                elapsed - shown >= soulstone.health.interval
+            ):  # one per interval, however often probed
+                shown = elapsed
+                self.on_event(Event("waiting", soulstone.id, elapsed=elapsed, timeout=timeout))
+            gap = poll_gap(elapsed, soulstone.health.interval)
+            await asyncio.sleep(min(gap, max(0.01, timeout - elapsed)))
