@@ -43,6 +43,7 @@ EXPECTED: dict[str, str] = {
     "tool_parser": '"none" or "hermes"',
     "warmup": "true, false or a table (prompt, max_tokens)",
     "fallback": "a model name served by another soulstone (a string)",
+    "sleep": "true or false",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",
     "health.interval": "a positive number of seconds",

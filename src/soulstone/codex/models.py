@@ -72,6 +72,7 @@ class SoulstoneDecl(_Strict):
     tool_parser: ToolParser = "none"
     fallback: str | None = None
     warmup: WarmupDecl | None = None
+    sleep: bool = False
 
     @field_validator("warmup", mode="before")
     @classmethod
@@ -147,6 +148,7 @@ class Soulstone:
     runtime_explicit: bool = field(default=False, compare=False)
     warmup: Warmup | None = field(default=None, compare=False)  # no restart when it changes
     fallback: str | None = field(default=None, compare=False)  # no restart when it changes
+    sleep: bool = False  # vLLM's sleep mode is the swap (its flag: a restart when it changes)
 
     @property
     def name(self) -> str:

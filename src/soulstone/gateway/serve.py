@@ -110,7 +110,8 @@ class ServeOptions:
 
 def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
-        write = log.warning if event.kind == "warmup_failed" else log.info
+        failed = ("warmup_failed", "sleep_failed", "wake_failed")
+        write = log.warning if event.kind in failed else log.info
         write(event.kind, soulstone=event.soulstone, detail=event.detail or None,
               seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
         if event.kind in ("warmed", "warmup_failed"):
