@@ -58,6 +58,7 @@ from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
+from soulstone.runtimes.process import ProcessRuntime
 from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
 from soulstone.runtimes.upstream import Upstreams
@@ -229,7 +230,8 @@ async def serve(
     codex = load()
     live = LiveHub()
     metrics = Metrics()
-    supervisor = Supervisor(codex, state, make_runtimes(state, strict=options.strict),
+    runtimes = make_runtimes(state, strict=options.strict, spare_keeper=True)
+    supervisor = Supervisor(codex, state, runtimes,
                             on_event=_log_event(log, live, metrics),
                             preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
     upstreams = Upstreams()
@@ -376,6 +378,9 @@ async def serve(
                 options.metrics_socket.unlink(missing_ok=True)
         await scheduler.close()
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
+        for runtime in runtimes.values():
+            if isinstance(runtime, ProcessRuntime):
+                await asyncio.to_thread(runtime.close)  # its spare keeper
         await upstreams.close()
         gateway.requests_log.flush()
         if request_path.tracer is not None:

@@ -2,9 +2,11 @@
 
 `python -m soulstone.runtimes.keeper --record FILE --log FILE [--grace S]
 [--cwd DIR] [--after JSON] [--log-max-bytes N] [--log-keep K] -- COMMAND...`
-starts COMMAND in its own process group with its output appended to the
-log, prints one JSON line (the pids, or an error) and returns while the
-keeper goes on alone. The keeper records how the engine
+(or `python -m soulstone.runtimes.keeper --standby`, given those arguments
+later on stdin: see `standby`) starts COMMAND in its own process group with
+its output appended to the log, prints one JSON line (the pids, or an
+error) and returns while the keeper goes on alone. The keeper records how
+the engine
 ended in the record file, so `soulstone status` can say "failed (exit 7)"
 when nobody was watching. SIGTERM to the keeper stops the engine: SIGTERM to
 its group, SIGKILL after the grace period. Whatever the engine leaves behind
@@ -135,7 +137,7 @@ class Keeper:
         self.document: dict[str, Any] = {}
         self.pump: threading.Thread | None = None
 
-    def spawn(self, command: list[str], cwd: str | None) -> dict[str, Any]:
+    def spawn(self, command: list[str], cwd: str | None, spare: bool = False) -> dict[str, Any]:
         """Start the engine in its own group, its output pumped to the log; record its pids."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.log.write(f"--- soulstone: starting {command!r} at {stamp} ---\n".encode())
@@ -168,6 +170,7 @@ class Keeper:
             "exit_code": None,
             "ended_at": None,
             "stop_requested": False,
+            "spare": spare,
         }
         write_json(self.record, self.document)
         return self.document
@@ -279,8 +282,11 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a keeper; the calling process gets one JSON line and exit code 0 (1: not started)."""
+def main(argv: list[str] | None = None, spare: bool = False) -> int:
+    """Run a keeper; the calling process gets one JSON line and exit code 0 (1: not started).
+
+    `spare`: it was started ahead, as a spare (noted in its record).
+    """
     args = _arguments(sys.argv[1:] if argv is None else argv)
     read_end, write_end = os.pipe()
     if os.fork() > 0:
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         keeper = Keeper(args.record, log, args.grace, args.after)
         try:
-            document = keeper.spawn(args.command, args.cwd)
+            document = keeper.spawn(args.command, args.cwd, spare)
         except OSError as error:
             report.write(_dumps({"error": f"cannot start {args.command[0]!r}: "
                                        f"{error.strerror or error}"}) + b"\n")  # fmt: skip
@@ -324,5 +330,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def standby() -> int:
+    """A spare keeper: wait for one order on stdin, then run as `main(argv)` would.
+
+    The order is one JSON line, `{"argv": [...], "env": {...}}`: the keeper's
+    arguments, and the environment it would have been started with (the
+    engine inherits it). A spare is started before it is needed, so that an
+    engine start does not wait for Python to start and import the keeper.
+    End of input before an order (its owner went away): exit 0.
+    """
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0
+    order = json.loads(line)
+    os.environ.clear()
+    os.environ.update(order["env"])
+    return main(list(order["argv"]), spare=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standby() if sys.argv[1:] == ["--standby"] else main())
