@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None, spare: bool = False) -> int:
         with os.fdopen(read_end, "rb") as report:
             line = report.read()
         sys.stdout.write(line.decode() or '{"error": "the keeper died before reporting"}\n')
-        return 0 if line and b'"error"' not in line else 1
+        sys.stdout.flush()
+        # Leave at once: the caller waits for this exit, and Python's own shutdown is slow.
+        os._exit(0 if line and b'"error"' not in line else 1)
     os.close(read_end)
     os.setsid()
     _become_subreaper()
