@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-import tempfile
 import threading
 from pathlib import Path
+
+_NUMBERS = itertools.count()
+
+
+def _temporary(path: Path) -> tuple[int, Path]:
+    """A new file (0600) beside `path`, for a rename over it: `.NAME.PID.N.tmp`.
+
+    Not `tempfile.mkstemp`: importing tempfile costs the keeper, which writes
+    its record before each engine start is reported, several milliseconds.
+    """
+    while True:
+        temporary = path.parent / f".{path.name}.{os.getpid()}.{next(_NUMBERS)}.tmp"
+        try:
+            return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), temporary
+        except FileExistsError:
+            continue
 
 
 def replace_file(path: Path, data: bytes, mode: int = 0o600, folder_mode: int = 0o700) -> None:
     """Write `data` to `path` atomically with `mode` (a missing folder is made `folder_mode`)."""
     path.parent.mkdir(mode=folder_mode, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temporary = _temporary(path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
@@ -21,7 +37,7 @@ def replace_file(path: Path, data: bytes, mode: int = 0o600, folder_mode: int = 
             os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

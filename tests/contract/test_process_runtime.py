@@ -15,7 +15,8 @@ from conftest import MakeSupervisor
 from helpers import FAKE_ENGINE, free_port, load, write
 from soulstone.codex.models import Codex
 from soulstone.runtimes import procfs
-from soulstone.runtimes.state import read_json
+from soulstone.runtimes.process import ProcessRuntime
+from soulstone.runtimes.state import StateFolder, read_json
 from soulstone.supervisor.plan import Target
 from soulstone.supervisor.supervisor import Event, ManifestError, Supervisor
 
@@ -202,3 +203,31 @@ async def test_stop_works_when_the_keeper_was_killed(
     assert await supervisor.down(Target("soulstone", "a")) == ["a"]
     assert procfs.group_members(pid) == []
     assert (await supervisor.status(a)).state == "stopped"
+
+
+async def test_a_spare_keeper_runs_the_next_start_and_another_waits_after(tmp_path: Path) -> None:
+    codex = load(write(tmp_path / "codex", {"a.toml": fake("a", port=free_port())}))
+    [a] = codex.soulstones
+    state = StateFolder(tmp_path / "state")
+    runtime = ProcessRuntime(state, grace=2.0, spare_keeper=True)
+    supervisor = Supervisor(codex, state, {"process": runtime})
+    try:
+        spare = runtime.spare_pid
+        assert spare is not None
+        await supervisor.manifest(Target("soulstone", "a"))
+        pid, keeper = engine_pids(supervisor, "a")
+        kept = read_json(state.keeper("a"))
+        assert kept is not None and kept["spare"] is True  # the waiting keeper took the order
+        assert procfs.wait_gone(spare, None, 10)  # and, its report relayed, its launcher ended
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"HF_HUB_OFFLINE=1" in environ  # the engine's environment, as without a spare
+        assert "fake engine" in runtime.log_tail(a)
+        assert runtime.spare_pid not in (None, spare)  # a new spare once a was healthy
+        assert await supervisor.down() == ["a"]
+        assert_gone(pid, keeper)
+        assert (await supervisor.status(a)).state == "stopped"
+    finally:
+        runtime.stop(a)
+        waiting = runtime.spare_pid
+        runtime.close()
+        assert waiting is None or procfs.wait_gone(waiting, None, 10)

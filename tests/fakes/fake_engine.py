@@ -6,6 +6,7 @@
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
         [--fail-first STATUS]
         [--refuse-start-if PATH] [--oom-at-start]
+        [--enable-sleep-mode] [--fail-sleep] [--fail-wake]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
@@ -20,7 +21,12 @@ every stream stops after its first chunk until `POST /fake/open` (sending SSE
 comments while it waits): a test acts mid-stream without racing a clock.
 `--refuse-start-if PATH` exits 1 at once while PATH exists (an engine that
 cannot start until a test says so); `--oom-at-start` prints vLLM's CUDA
-out-of-memory error and exits 1.
+out-of-memory error and exits 1. vLLM's sleep mode: with `--enable-sleep-mode`
+and `VLLM_SERVER_DEV_MODE=1` (else, as in vLLM, the paths do not exist),
+`POST /sleep?level=N`, `POST /wake_up` and `GET /is_sleeping` answer as vLLM
+0.32 does, and each is noted in `/fake/record` (`sleep N`, `wake`); a
+sleeping engine answers generation requests 503. `--fail-sleep` and
+`--fail-wake` make those calls answer 500.
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--max-loras", type=int, default=1)
     parser.add_argument("--max-lora-rank", type=int, default=16)
     parser.add_argument("--max-cpu-loras", type=int)
+    parser.add_argument("--enable-sleep-mode", action="store_true")
+    parser.add_argument("--fail-sleep", action="store_true")
+    parser.add_argument("--fail-wake", action="store_true")
     return parser.parse_args()
 
 
@@ -220,6 +229,35 @@ class Engine:
         self.gate = asyncio.Event()
         # (request id, began, ended) on the machine's monotonic clock: overlaps across engines
         self.calls: deque[dict[str, Any]] = deque(maxlen=10_000)
+        self.asleep = False
+
+    def _sleep_paths(self) -> bool:
+        """vLLM serves the sleep paths only with the flag and in development mode."""
+        return self.args.enable_sleep_mode and os.environ.get("VLLM_SERVER_DEV_MODE") == "1"
+
+    async def sleep(self, request: web.Request) -> web.Response:
+        if not self._sleep_paths():
+            return web.json_response({"detail": "Not Found"}, status=404)
+        level = int(request.query.get("level", "1"))
+        self.record.append(f"sleep {level}")
+        if self.args.fail_sleep:
+            return web.json_response({"error": {"message": "told to fail"}}, status=500)
+        self.asleep = True
+        return web.json_response({"status": "sleeping", "level": level})
+
+    async def wake_up(self, _request: web.Request) -> web.Response:
+        if not self._sleep_paths():
+            return web.json_response({"detail": "Not Found"}, status=404)
+        self.record.append("wake")
+        if self.args.fail_wake:
+            return web.json_response({"error": {"message": "told to fail"}}, status=500)
+        self.asleep = False
+        return web.json_response({"status": "awake", "tags": None})
+
+    async def is_sleeping(self, _request: web.Request) -> web.Response:
+        if not self._sleep_paths():
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return web.json_response({"is_sleeping": self.asleep})
 
     async def health(self, _request: web.Request) -> web.Response:
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
@@ -317,6 +355,8 @@ class Engine:
                 await asyncio.wait_for(self.gate.wait(), 0.1)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
+        if self.asleep:
+            return web.json_response({"error": {"message": "the engine sleeps"}}, status=503)
         kind = "chat" if request.path.endswith("chat/completions") else "text"
         body = await request.json()
         self.last = body
@@ -438,6 +478,9 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_get("/fake/lora", engine.lora_view)
     app.router.add_get("/fake/record", engine.record_view)
     app.router.add_post("/fake/open", engine.open_gate)
+    app.router.add_post("/sleep", engine.sleep)
+    app.router.add_post("/wake_up", engine.wake_up)
+    app.router.add_get("/is_sleeping", engine.is_sleeping)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     if args.uds:

@@ -31,7 +31,8 @@ from soulstone.runtimes.table import make_runtimes
 from soulstone.supervisor.plan import Plan, Target, name_target
 from soulstone.supervisor.supervisor import Event, Supervisor
 
-STATE_STYLES = {"running": "green", "starting": "yellow", "stopped": "dim", "failed": "bold red"}
+STATE_STYLES = {"running": "green", "starting": "yellow", "sleeping": "blue", "stopped": "dim",
+                "failed": "bold red"}  # fmt: skip
 
 
 def _supervisor(s: Session, codex: Codex, progress: EventView | None = None) -> Supervisor:
@@ -83,6 +84,15 @@ class EventView:
         elif event.kind == "failed":
             console.print(f"{event.soulstone} failed: {event.detail}", style="red",
                           highlight=False)  # fmt: skip
+        elif event.kind == "sleeping":
+            console.print(f"putting {event.soulstone} to sleep ({event.detail})", highlight=False)
+        elif event.kind in ("asleep", "awake"):
+            console.print(f"{event.soulstone} is {event.kind} ({event.elapsed:.1f} s)",
+                          highlight=False)  # fmt: skip
+        elif event.kind in ("sleep_failed", "wake_failed"):
+            verb = "go to sleep" if event.kind == "sleep_failed" else "wake up"
+            console.print(f"{event.soulstone} did not {verb} ({event.detail}); "
+                          "stopping it instead", style="yellow", highlight=False)  # fmt: skip
 
 
 def _gateway(s: Session) -> GatewayClient | None:

@@ -314,10 +314,36 @@ def lora_environment(soulstone: Soulstone) -> tuple[tuple[str, str], ...]:
     return ((LORA_UPDATING, "True"),) if derives_lora(soulstone) else ()
 
 
+# vLLM's sleep mode (`sleep = true`): the flag, and the variable that serves /sleep and /wake_up.
+SLEEP_FLAG = "--enable-sleep-mode"
+SLEEP_ENDPOINTS = "VLLM_SERVER_DEV_MODE"
+
+
+def sleep_arguments(soulstone: Soulstone) -> tuple[str, ...]:
+    """`--enable-sleep-mode` for a vLLM soulstone with `sleep = true` and an exec, else ().
+
+    Nothing is derived when exec already has it, or when there is no exec
+    (the image's own command then runs unchanged).
+    """
+    if not soulstone.sleep or soulstone.engine != "vllm" or not soulstone.argv:
+        return ()
+    return () if SLEEP_FLAG in soulstone.argv else (SLEEP_FLAG,)
+
+
+def sleep_environment(soulstone: Soulstone) -> tuple[tuple[str, str], ...]:
+    """`VLLM_SERVER_DEV_MODE=1` for a vLLM soulstone with `sleep = true`.
+
+    vLLM serves POST /sleep, POST /wake_up and GET /is_sleeping only in its
+    development mode (checked in vLLM 0.32's api_server routers).
+    """
+    return ((SLEEP_ENDPOINTS, "1"),) if soulstone.sleep and soulstone.engine == "vllm" else ()
+
+
 def engine_env(soulstone: Soulstone) -> tuple[tuple[str, str], ...]:
     """The codex's `env` with the derived variables set over it (the derived values win)."""
     merged = dict(soulstone.env)
     merged.update(lora_environment(soulstone))
+    merged.update(sleep_environment(soulstone))
     return tuple(merged.items())
 
 
@@ -356,9 +382,10 @@ def lora_contradictions(soulstone: Soulstone) -> list[tuple[str, str]]:
 
 
 def derived_arguments(soulstone: Soulstone) -> tuple[str, ...]:
-    """What soulstone adds to an engine's exec: served names, metrics, model folder, LoRA."""
+    """What soulstone adds to an engine's exec: served names, metrics, model folder, LoRA, sleep."""
     return (*alias_arguments(soulstone), *metrics_arguments(soulstone),
-            *model_arguments(soulstone), *lora_arguments(soulstone))  # fmt: skip
+            *model_arguments(soulstone), *lora_arguments(soulstone),
+            *sleep_arguments(soulstone))  # fmt: skip
 
 
 def served_argv(soulstone: Soulstone) -> tuple[str, ...]:

@@ -78,6 +78,7 @@ class SoulstoneDecl(_Strict):
     remote: str | None = None
     key_file: str | None = None
     key_env: str | None = None
+    sleep: bool = False
 
     @field_validator("warmup", mode="before")
     @classmethod
@@ -157,6 +158,7 @@ class Soulstone:
     key_file: str | None = None
     key_env: str | None = None
     discover: bool = False  # models = "discover": the remote's own /v1/models list
+    sleep: bool = False  # vLLM's sleep mode is the swap (its flag: a restart when it changes)
 
     @cached_property
     def address(self) -> RemoteAddress | None:

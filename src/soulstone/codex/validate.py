@@ -185,6 +185,15 @@ def _warmup(decl: SoulstoneDecl, out: _Collector) -> Warmup | None:
     return Warmup(decl.warmup.prompt, decl.warmup.max_tokens)
 
 
+def _sleep(decl: SoulstoneDecl, engine: EngineName, out: _Collector) -> bool:
+    """`sleep = true` is vLLM's sleep mode: refused for any other engine."""
+    if decl.sleep and engine != "vllm":
+        out.error("sleep", f"sleep mode is vLLM's (--enable-sleep-mode, POST /sleep), but "
+                  f"this soulstone's engine is {engine!r}: leave sleep out, or set "
+                  'engine = "vllm"')  # fmt: skip
+    return decl.sleep and engine == "vllm"
+
+
 def _simple_fields(decl: SoulstoneDecl, out: _Collector) -> None:
     if decl.image is not None and (not decl.image or any(c.isspace() for c in decl.image)):
         out.error("image", f"malformed image reference {decl.image!r}")
@@ -259,6 +268,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         key_file=decl.key_file,
         key_env=decl.key_env,
         discover=decl.models == "discover",
+        sleep=_sleep(decl, engine, out),
     )
     for field, message in reference_problems(soulstone):
         out.error(field, message)

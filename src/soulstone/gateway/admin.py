@@ -122,7 +122,7 @@ async def down(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     scheduler = gateway.scheduler
     if body.get("name") is None:
-        ids = {s.id for s in await scheduler.supervisor.statuses() if s.active}
+        ids = {s.id for s in await scheduler.supervisor.statuses() if s.alive}
     else:
         target = _target(gateway, {"name": body["name"]})
         ids = {s.id for s in resolve(gateway.codex, target, scheduler.running)}

@@ -58,6 +58,7 @@ from soulstone.observe.live import LiveHub
 from soulstone.observe.logging import RequestLog, make_logger
 from soulstone.observe.metrics import Metrics
 from soulstone.observe.trace import ENDPOINT_FLAG, Target, Tracer, shown_url
+from soulstone.runtimes.process import ProcessRuntime
 from soulstone.runtimes.remote import RemoteKeyError, RemoteRuntime, read_key
 from soulstone.runtimes.state import StateFolder, write_json
 from soulstone.runtimes.table import make_runtimes
@@ -112,7 +113,8 @@ class ServeOptions:
 
 def _log_event(log: Any, live: LiveHub, metrics: Metrics) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
-        write = log.warning if event.kind == "warmup_failed" else log.info
+        failed = ("warmup_failed", "sleep_failed", "wake_failed")
+        write = log.warning if event.kind in failed else log.info
         write(event.kind, soulstone=event.soulstone, detail=event.detail or None,
               seconds=round(event.elapsed, 3) if event.elapsed else None)  # fmt: skip
         if event.kind in ("warmed", "warmup_failed"):
@@ -264,7 +266,7 @@ async def serve(
     codex = load()
     live = LiveHub()
     metrics = Metrics()
-    runtimes = make_runtimes(state, strict=options.strict)
+    runtimes = make_runtimes(state, strict=options.strict, spare_keeper=True)
     supervisor = Supervisor(codex, state, runtimes,
                             on_event=_log_event(log, live, metrics),
                             preflight=Preflight.from_env(strict=options.strict))  # fmt: skip
@@ -420,6 +422,9 @@ async def serve(
         await watch.close()
         await scheduler.close()
         stopped = await supervisor.stop_soulstones(scheduler.started, "the gateway stops")
+        for runtime in runtimes.values():
+            if isinstance(runtime, ProcessRuntime):
+                await asyncio.to_thread(runtime.close)  # its spare keeper
         await upstreams.close()
         gateway.requests_log.flush()
         if request_path.tracer is not None:

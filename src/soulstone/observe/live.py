@@ -32,7 +32,8 @@ PENDING_RUNS = 256  # councils whose personas answered but whose run has not set
 
 Kind = Literal["request", "swap", "engine", "adapter", "council"]
 ENGINE_STATES = {"stopping": "stopping", "stopped": "stopped", "starting": "starting",
-                 "healthy": "running", "failed": "failed"}  # fmt: skip
+                 "healthy": "running", "failed": "failed", "asleep": "sleeping",
+                 "waking": "starting"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

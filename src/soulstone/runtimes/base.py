@@ -9,7 +9,7 @@ from typing import Literal, Protocol
 from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.errors import SoulstoneError
 
-EngineState = Literal["running", "starting", "stopped", "failed"]
+EngineState = Literal["running", "starting", "sleeping", "stopped", "failed"]
 Health = Literal["healthy", "unhealthy"]
 
 
@@ -37,8 +37,13 @@ class EngineStatus:
 
     @property
     def active(self) -> bool:
-        """True while the engine runs or starts."""
+        """True while the engine runs or starts (a sleeping engine holds no GPU: not active)."""
         return self.state in ("running", "starting")
+
+    @property
+    def alive(self) -> bool:
+        """True while the engine's process runs: active, or sleeping (vLLM's sleep mode)."""
+        return self.active or self.state == "sleeping"
 
     def with_health(self, health: Health | None) -> EngineStatus:
         """This status with a fresh health result (a healthy starting engine runs)."""

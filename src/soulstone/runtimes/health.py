@@ -1,4 +1,5 @@
-"""Readiness probes: one HTTP GET of the engine's health path over TCP or a Unix socket."""
+"""Readiness probes: one HTTP GET of the engine's health path over TCP or a Unix socket,
+and how often a starting engine is probed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,20 @@ import aiohttp
 from soulstone.codex.models import Soulstone
 from soulstone.runtimes.base import Health
 from soulstone.runtimes.remote import probe_once
+
+FIRST_POLL_S = 0.01  # the first probes of a starting engine follow each other this closely
+POLL_RATIO = 0.02  # then a probe waits at most this share of the time waited so far
+
+
+def poll_gap(elapsed: float, interval: float) -> float:
+    """Seconds until the next readiness probe of an engine starting for `elapsed` seconds.
+
+    Starts at FIRST_POLL_S and grows with the time already waited (POLL_RATIO
+    of it), never beyond the soulstone's `health.interval`: an engine is seen
+    healthy at most 2 % (or 10 ms) after it is, and a slow start (vLLM's
+    minutes) is probed every `interval` seconds once it has waited long.
+    """
+    return min(interval, max(FIRST_POLL_S, elapsed * POLL_RATIO))
 
 
 def health_url(soulstone: Soulstone) -> str:

@@ -2,9 +2,11 @@
 
 `python -m soulstone.runtimes.keeper --record FILE --log FILE [--grace S]
 [--cwd DIR] [--after JSON] [--log-max-bytes N] [--log-keep K] -- COMMAND...`
-starts COMMAND in its own process group with its output appended to the
-log, prints one JSON line (the pids, or an error) and returns while the
-keeper goes on alone. The keeper records how the engine
+(or `python -m soulstone.runtimes.keeper --standby`, given those arguments
+later on stdin: see `standby`) starts COMMAND in its own process group with
+its output appended to the log, prints one JSON line (the pids, or an
+error) and returns while the keeper goes on alone. The keeper records how
+the engine
 ended in the record file, so `soulstone status` can say "failed (exit 7)"
 when nobody was watching. SIGTERM to the keeper stops the engine: SIGTERM to
 its group, SIGKILL after the grace period. Whatever the engine leaves behind
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import select
 import signal
@@ -42,11 +45,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import orjson
-
-from soulstone.files import RotatingLog
+from soulstone.files import RotatingLog, replace_file
 from soulstone.runtimes import procfs
-from soulstone.runtimes.state import write_json
 
 PR_SET_CHILD_SUBREAPER = 36
 LEFTOVER_GRACE_S = 2.0
@@ -96,6 +96,19 @@ def pump(source: int, log: RotatingLog) -> None:
     os.close(source)
 
 
+def write_json(path: Path, document: dict[str, Any]) -> None:
+    """Replace the record atomically, as `runtimes.state.write_json` does.
+
+    With the standard library's json: the keeper starts on every engine
+    start, and importing orjson would cost it more than all its other imports.
+    """
+    replace_file(path, json.dumps(document, indent=2).encode(), mode=0o644)
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document).encode()
+
+
 def _now() -> float:
     return time.time()
 
@@ -124,7 +137,7 @@ class Keeper:
         self.document: dict[str, Any] = {}
         self.pump: threading.Thread | None = None
 
-    def spawn(self, command: list[str], cwd: str | None) -> dict[str, Any]:
+    def spawn(self, command: list[str], cwd: str | None, spare: bool = False) -> dict[str, Any]:
         """Start the engine in its own group, its output pumped to the log; record its pids."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.log.write(f"--- soulstone: starting {command!r} at {stamp} ---\n".encode())
@@ -157,6 +170,7 @@ class Keeper:
             "exit_code": None,
             "ended_at": None,
             "stop_requested": False,
+            "spare": spare,
         }
         write_json(self.record, self.document)
         return self.document
@@ -261,15 +275,18 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--cwd")
-    parser.add_argument("--after", type=orjson.loads, default=[])
+    parser.add_argument("--after", type=json.loads, default=[])
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     parser.add_argument("--log-keep", type=int, default=LOG_KEEP)
     parser.add_argument("command", nargs="+")
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run a keeper; the calling process gets one JSON line and exit code 0 (1: not started)."""
+def main(argv: list[str] | None = None, spare: bool = False) -> int:
+    """Run a keeper; the calling process gets one JSON line and exit code 0 (1: not started).
+
+    `spare`: it was started ahead, as a spare (noted in its record).
+    """
     args = _arguments(sys.argv[1:] if argv is None else argv)
     read_end, write_end = os.pipe()
     if os.fork() > 0:
@@ -278,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         with os.fdopen(read_end, "rb") as report:
             line = report.read()
         sys.stdout.write(line.decode() or '{"error": "the keeper died before reporting"}\n')
-        return 0 if line and b'"error"' not in line else 1
+        sys.stdout.flush()
+        # Leave at once: the caller waits for this exit, and Python's own shutdown is slow.
+        os._exit(0 if line and b'"error"' not in line else 1)
     os.close(read_end)
     os.setsid()
     _become_subreaper()
@@ -288,22 +307,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log = RotatingLog(args.log, args.log_max_bytes, args.log_keep)
         except (OSError, ValueError) as error:
-            report.write(orjson.dumps({"error": f"cannot write the log {args.log}: "
+            report.write(_dumps({"error": f"cannot write the log {args.log}: "
                                        f"{getattr(error, 'strerror', None) or error}"})
                          + b"\n")  # fmt: skip
             return 1
         keeper = Keeper(args.record, log, args.grace, args.after)
         try:
-            document = keeper.spawn(args.command, args.cwd)
+            document = keeper.spawn(args.command, args.cwd, spare)
         except OSError as error:
-            report.write(orjson.dumps({"error": f"cannot start {args.command[0]!r}: "
+            report.write(_dumps({"error": f"cannot start {args.command[0]!r}: "
                                        f"{error.strerror or error}"}) + b"\n")  # fmt: skip
             return 1
         signal.signal(signal.SIGTERM, keeper.request_stop)
         signal.signal(signal.SIGINT, keeper.request_stop)
         signal.signal(signal.SIGHUP, keeper.request_stop)
         signal.signal(signal.SIGALRM, keeper.kill_now)
-        report.write(orjson.dumps(document) + b"\n")
+        report.write(_dumps(document) + b"\n")
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     exit_code = keeper.wait()
@@ -313,5 +332,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def standby() -> int:
+    """A spare keeper: wait for one order on stdin, then run as `main(argv)` would.
+
+    The order is one JSON line, `{"argv": [...], "env": {...}}`: the keeper's
+    arguments, and the environment it would have been started with (the
+    engine inherits it). A spare is started before it is needed, so that an
+    engine start does not wait for Python to start and import the keeper.
+    End of input before an order (its owner went away): exit 0.
+    """
+    line = sys.stdin.buffer.readline()
+    if not line.strip():
+        return 0
+    order = json.loads(line)
+    os.environ.clear()
+    os.environ.update(order["env"])
+    return main(list(order["argv"]), spare=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standby() if sys.argv[1:] == ["--standby"] else main())

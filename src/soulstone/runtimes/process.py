@@ -10,6 +10,7 @@ import socket as sockets
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -98,8 +99,18 @@ def _prepare_socket(path: Path) -> None:
     raise StartError(f"another process already serves on {path}")
 
 
+KEEPER_MODULE = "soulstone.runtimes.keeper"
+LAUNCH_TIMEOUT_S = 60.0
+
+
 class ProcessRuntime:
-    """Spawns engines itself (each in its own process group, under a keeper)."""
+    """Spawns engines itself (each in its own process group, under a keeper).
+
+    With `spare_keeper` (the gateway's), a keeper process waits ready
+    (`keeper --standby`) for the next start, and a new one is started once
+    an engine is healthy: a start (a swap) does not wait for Python to start
+    and import the keeper. A spare ends when its owner does (its stdin closes).
+    """
 
     name: RuntimeName = "process"
 
@@ -109,6 +120,7 @@ class ProcessRuntime:
         grace: float = DEFAULT_GRACE_S,
         environ: Mapping[str, str] | None = None,
         python: str = sys.executable,
+        spare_keeper: bool = False,
     ) -> None:
         self.state = state
         self.grace = grace
@@ -120,6 +132,62 @@ class ProcessRuntime:
             self.log_limits = log_limits(self.environ)
         except ValueError as error:  # refused at the next start, which names the variable
             self._log_problem = str(error)
+        self.spare_keeper = spare_keeper
+        self._spare: subprocess.Popen[bytes] | None = None
+        self._spare_lock = threading.Lock()
+        if spare_keeper:
+            self.keep_spare()
+
+    def keep_spare(self) -> None:
+        """Start a spare keeper unless one waits already (only with `spare_keeper`)."""
+        if not self.spare_keeper:
+            return
+        with self._spare_lock:
+            if self._spare is not None and self._spare.poll() is None:
+                return
+            try:
+                self._spare = subprocess.Popen(
+                    [self.python, "-m", KEEPER_MODULE, "--standby"], env=self.environ,
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )  # fmt: skip
+            except OSError:
+                self._spare = None  # the next start runs its keeper itself
+
+    @property
+    def spare_pid(self) -> int | None:
+        """The pid of the spare keeper that waits for the next start, or None."""
+        spare = self._spare
+        return spare.pid if spare is not None and spare.poll() is None else None
+
+    def close(self) -> None:
+        """End the spare keeper, if one waits (it exits at the end of its input)."""
+        spare = self._take_spare()
+        if spare is not None:
+            spare.communicate(timeout=LAUNCH_TIMEOUT_S)
+
+    def _take_spare(self) -> subprocess.Popen[bytes] | None:
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        return spare if spare is not None and spare.poll() is None else None
+
+    def _run_keeper(self, arguments: list[str], env: Mapping[str, str]) -> tuple[bytes, bytes]:
+        """Run a keeper with these arguments (a spare's, when one waits): its stdout and stderr."""
+        spare = self._take_spare()
+        if spare is not None:
+            order = orjson.dumps({"argv": arguments, "env": dict(env)}) + b"\n"
+            try:
+                stdout, stderr = spare.communicate(order, timeout=LAUNCH_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                spare.kill()
+                spare.communicate()
+                raise
+            if stdout.strip():
+                return stdout, stderr
+            # It ended before it took the order: run a keeper of our own.
+        command = [self.python, "-m", KEEPER_MODULE, *arguments]
+        launched = subprocess.run(command, env=dict(env), capture_output=True,
+                                  timeout=LAUNCH_TIMEOUT_S, check=False)  # fmt: skip
+        return launched.stdout, launched.stderr
 
     def start(self, soulstone: Soulstone) -> None:
         """Launch the engine under a keeper; raise StartError if it cannot be launched."""
@@ -147,8 +215,7 @@ class ProcessRuntime:
             "healthy_at": None, "log": str(self.state.log(soulstone.id)), **record,
         })  # fmt: skip
         self.state.keeper(soulstone.id).unlink(missing_ok=True)
-        command = [
-            self.python, "-m", "soulstone.runtimes.keeper",
+        arguments = [
             "--record", str(self.state.keeper(soulstone.id)),
             "--log", str(self.state.log(soulstone.id)),
             "--grace", str(self.grace), "--cwd", str(Path(soulstone.file).resolve().parent),
@@ -157,15 +224,13 @@ class ProcessRuntime:
             "--", *argv,
         ]  # fmt: skip
         try:
-            launched = subprocess.run(
-                command, env=dict(env), capture_output=True, timeout=60, check=False,
-            )  # fmt: skip
+            stdout, stderr = self._run_keeper(arguments, env)
         except (OSError, subprocess.TimeoutExpired) as error:
             raise StartError(f"cannot run the keeper for {soulstone.id}: {error}") from None
         try:
-            report = orjson.loads(launched.stdout.splitlines()[-1])
+            report = orjson.loads(stdout.splitlines()[-1])
         except (IndexError, orjson.JSONDecodeError):
-            detail = launched.stderr.decode(errors="replace").strip()[-2000:]
+            detail = stderr.decode(errors="replace").strip()[-2000:]
             raise StartError(f"the keeper for {soulstone.id} failed: {detail}") from None
         if "error" in report:
             raise StartError(str(report["error"]))
@@ -196,9 +261,7 @@ class ProcessRuntime:
         if procfs.alive(keeper_pid, keeper_ticks):
             assert isinstance(keeper_pid, int)
             os.kill(keeper_pid, signal.SIGTERM)
-            deadline = time.monotonic() + self.grace + KEEPER_SLACK_S
-            while procfs.alive(keeper_pid, keeper_ticks) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            procfs.wait_gone(keeper_pid, keeper_ticks, self.grace + KEEPER_SLACK_S)
         if isinstance(pgid, int) and procfs.group_members(pgid):
             # The keeper is gone (or stuck): stop the group ourselves.
             procfs.signal_group(pgid, signal.SIGTERM)
@@ -242,11 +305,12 @@ class ProcessRuntime:
         )  # fmt: skip
 
     def mark_healthy(self, soulstone: Soulstone) -> None:
-        """Record the moment the engine first passed its health check."""
+        """Record the moment the engine first passed its health check (and ready a spare keeper)."""
         path = self.state.record(soulstone.id)
         record = read_json(path)
         if record is not None and not record.get("healthy_at"):
             write_json(path, record | {"healthy_at": time.time()})
+        self.keep_spare()
 
     def details(self, found: EngineStatus) -> EngineStatus:
         """Nothing to add: the records say it all."""

@@ -29,7 +29,8 @@ class StateFolder:
 
     Per soulstone: `engines/<id>.json` (what was started, written by the
     supervisor), `engines/<id>.keeper.json` (pids and exit code, written by
-    the keeper process) and `logs/<id>.log` (the engine's output).
+    the keeper process), `engines/<id>.sleep.json` (while the supervisor has
+    put it to sleep) and `logs/<id>.log` (the engine's output).
     """
 
     def __init__(self, root: Path) -> None:
@@ -47,6 +48,10 @@ class StateFolder:
     def keeper(self, soulstone_id: str) -> Path:
         """The keeper's record: pids, start, exit code."""
         return self.root / "engines" / f"{soulstone_id}.keeper.json"
+
+    def sleep(self, soulstone_id: str) -> Path:
+        """The supervisor's mark that the engine was put to sleep (vLLM's sleep mode)."""
+        return self.root / "engines" / f"{soulstone_id}.sleep.json"
 
     def log(self, soulstone_id: str) -> Path:
         """The engine's log file."""

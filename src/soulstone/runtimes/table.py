@@ -11,11 +11,15 @@ from soulstone.runtimes.state import StateFolder
 
 
 def make_runtimes(
-    state: StateFolder, grace: float = DEFAULT_GRACE_S, strict: bool = False
-) -> dict[str, Runtime]:
-    """One instance of each runtime, sharing the state folder (strict: containers offline)."""
+    state: StateFolder, grace: float = DEFAULT_GRACE_S, strict: bool = False,
+    spare_keeper: bool = False,
+) -> dict[str, Runtime]:  # fmt: skip
+    """One instance of each runtime, sharing the state folder (strict: containers offline).
+
+    `spare_keeper` (the gateway's): the process runtime keeps a keeper ready for the next start.
+    """
     return {
-        "process": ProcessRuntime(state, grace=grace),
+        "process": ProcessRuntime(state, grace=grace, spare_keeper=spare_keeper),
         "podman": PodmanRuntime(state, grace=grace, strict=strict),
         "quadlet": QuadletRuntime(state),
         "remote": RemoteRuntime(),

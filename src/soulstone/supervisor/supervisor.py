@@ -15,17 +15,33 @@ from soulstone.artifacts.preflight import Preflight
 from soulstone.codex.models import Codex, Soulstone, Warmup
 from soulstone.errors import ModelError, SoulstoneError
 from soulstone.runtimes.base import EngineStatus, Health, Runtime, StartError
-from soulstone.runtimes.health import probe
+from soulstone.runtimes.health import poll_gap, probe
+from soulstone.runtimes.sleep import SleepError, put_to_sleep, wake_up
 from soulstone.runtimes.state import StateFolder
 from soulstone.runtimes.warmup import WarmupError, warm_up
 from soulstone.supervisor.plan import Plan, Target, make_plan, resolve
+from soulstone.supervisor.sleeping import SleepMarks
 
 EventKind = Literal[
-    "stopping", "stopped", "starting", "waiting", "healthy", "warmed", "warmup_failed", "failed"
+    "stopping",
+    "stopped",
+    "starting",
+    "waiting",
+    "healthy",
+    "warmed",
+    "warmup_failed",
+    "failed",
+    "sleeping",
+    "asleep",
+    "sleep_failed",
+    "waking",
+    "awake",
+    "wake_failed",
 ]
 Prober = Callable[[Soulstone], Awaitable[Health]]
 Prepare = Callable[[Soulstone], Soulstone]
 Warmer = Callable[[Soulstone, Warmup, float], Awaitable[str]]
+Sleeper = Callable[[Soulstone, float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,10 @@ class Event:
 
     `warmed` (detail: the path that answered) and `warmup_failed` (detail:
     why) come after `healthy` for a soulstone with `warmup`; their
-    `elapsed` is the warm-up request's time.
+    `elapsed` is the warm-up request's time. A `sleep = true` soulstone that
+    must give way goes `sleeping` (detail: why) then `asleep`, or
+    `sleep_failed` (detail: why) then `stopping`; one woken for a request
+    goes `waking` then `awake`, or `wake_failed` then `stopping`, `starting`.
     """
 
     kind: EventKind
@@ -76,6 +95,10 @@ class Supervisor:
     on the Hugging Face cache of this process's environment, not strict).
     A soulstone with `warmup` that this manifestation started gets its
     warm-up request (`warmer`) once healthy, before the manifestation returns.
+    A soulstone with `sleep = true` (vLLM) is put to sleep (`sleeper`)
+    instead of stopped when it must give way, and woken (`waker`) instead of
+    started; a sleeping engine runs on but holds no GPU, so it conflicts
+    with nothing. When either call fails, it is stopped (and started) instead.
     """
 
     def __init__(
@@ -87,6 +110,8 @@ class Supervisor:
         prober: Prober = probe,
         preflight: Prepare | None = None,
         warmer: Warmer = warm_up,
+        sleeper: Sleeper = put_to_sleep,
+        waker: Sleeper = wake_up,
     ) -> None:
         self.codex = codex
         self.state = state
@@ -95,6 +120,9 @@ class Supervisor:
         self.prober = prober
         self.preflight = preflight or Preflight.from_env()
         self.warmer = warmer
+        self.sleeper = sleeper
+        self.waker = waker
+        self.sleeping = SleepMarks(state)
         self._lock = asyncio.Lock()
 
     def runtime(self, soulstone: Soulstone) -> Runtime:
@@ -114,9 +142,12 @@ class Supervisor:
                 os.close(fd)
 
     async def status(self, soulstone: Soulstone, check_health: bool = True) -> EngineStatus:
-        """One soulstone's state; with check_health, also container details and a health probe."""
+        """One soulstone's state; with check_health, also container details and a health probe.
+
+        An engine this supervisor put to sleep is `sleeping` (and not probed).
+        """
         runtime = self.runtime(soulstone)
-        found = await asyncio.to_thread(runtime.status, soulstone)
+        found = self.sleeping.apply(await asyncio.to_thread(runtime.status, soulstone))
         if check_health:
             found = await asyncio.to_thread(runtime.details, found)
         if check_health and found.active:
@@ -129,9 +160,11 @@ class Supervisor:
             await asyncio.gather(*(self.status(s, check_health) for s in self.codex.soulstones))
         )
 
-    async def _running(self) -> list[Soulstone]:
+    async def _running(self, sleeping: bool = False) -> list[Soulstone]:
+        """The soulstones that run or start (with `sleeping`, those asleep too)."""
         found = await self.statuses(check_health=False)
-        return [s for s, st in zip(self.codex.soulstones, found, strict=True) if st.active]
+        return [s for s, st in zip(self.codex.soulstones, found, strict=True)
+                if st.active or (sleeping and st.alive)]  # fmt: skip
 
     async def plan(self, target: Target) -> Plan:
         """What manifesting this target would stop and start, and why."""
@@ -174,10 +207,14 @@ class Supervisor:
     async def _manifest(self, plan: Plan) -> Plan:
         prepared = await self._prepare(plan.start)  # before anything stops for it
         for stop in plan.stop:
-            await self._stop(stop.soulstone, stop.reason)
+            if not stop.soulstone.sleep or not await self._sleep(stop.soulstone, stop.reason):
+                await self._stop(stop.soulstone, stop.reason)
         started: list[Soulstone] = []
         failures: list[Failure] = []
         for soulstone in prepared:
+            if await self._wake(soulstone):
+                started.append(soulstone)  # woken, not launched: its warm-up is sent again
+                continue
             self.on_event(Event("starting", soulstone.id, soulstone.uri,
                                 timeout=soulstone.health.start_timeout))  # fmt: skip
             try:
@@ -203,7 +240,7 @@ class Supervisor:
     async def down(self, target: Target | None = None, reason: str = "asked to stop") -> list[str]:
         """Stop the target's soulstones (all running ones when None); return their ids."""
         async with self.exclusive():
-            running = await self._running()
+            running = await self._running(sleeping=True)
             if target is not None:
                 wanted = {s.id for s in resolve(self.codex, target, {r.id for r in running})}
                 running = [s for s in running if s.id in wanted]
@@ -212,7 +249,8 @@ class Supervisor:
     async def stop_soulstones(self, ids: set[str], reason: str) -> list[str]:
         """Stop these soulstones where they run; return the ids stopped."""
         async with self.exclusive():
-            return await self._stop_all([s for s in await self._running() if s.id in ids], reason)
+            alive = await self._running(sleeping=True)
+            return await self._stop_all([s for s in alive if s.id in ids], reason)
 
     async def _stop_all(self, soulstones: list[Soulstone], reason: str) -> list[str]:
         for soulstone in soulstones:
@@ -223,7 +261,43 @@ class Supervisor:
         self.on_event(Event("stopping", soulstone.id, reason))
         began = time.monotonic()
         await asyncio.to_thread(self.runtime(soulstone).stop, soulstone)
+        self.sleeping.clear(soulstone.id)
         self.on_event(Event("stopped", soulstone.id, elapsed=time.monotonic() - began))
+
+    async def _sleep(self, soulstone: Soulstone, reason: str) -> bool:
+        """Put a running engine to sleep instead of stopping it; False when it would not."""
+        self.on_event(Event("sleeping", soulstone.id, reason))
+        began = time.monotonic()
+        found = await asyncio.to_thread(self.runtime(soulstone).status, soulstone)
+        try:
+            await self.sleeper(soulstone, soulstone.health.start_timeout)
+        except SleepError as error:
+            self.on_event(Event("sleep_failed", soulstone.id, str(error),
+                                elapsed=time.monotonic() - began))  # fmt: skip
+            return False
+        self.sleeping.put(found)
+        self.on_event(Event("asleep", soulstone.id, elapsed=time.monotonic() - began))
+        return True
+
+    async def _wake(self, soulstone: Soulstone) -> bool:
+        """Wake an engine that sleeps; False when none sleeps (a failed wake-up stops it)."""
+        runtime = self.runtime(soulstone)
+        found = self.sleeping.apply(await asyncio.to_thread(runtime.status, soulstone))
+        if found.state != "sleeping":
+            self.sleeping.clear(soulstone.id)
+            return False
+        self.on_event(Event("waking", soulstone.id, soulstone.uri))
+        began = time.monotonic()
+        try:
+            await self.waker(soulstone, soulstone.health.start_timeout)
+        except SleepError as error:
+            self.on_event(Event("wake_failed", soulstone.id, str(error),
+                                elapsed=time.monotonic() - began))  # fmt: skip
+            await self._stop(soulstone, "it did not wake up")
+            return False
+        self.sleeping.clear(soulstone.id)
+        self.on_event(Event("awake", soulstone.id, elapsed=time.monotonic() - began))
+        return True
 
     async def _warm_up(self, soulstone: Soulstone, warmup: Warmup) -> None:
         """Send the warm-up request; its outcome is an event, never a failure of the start."""
@@ -240,6 +314,7 @@ class Supervisor:
         runtime = self.runtime(soulstone)
         timeout = soulstone.health.start_timeout
         began = time.monotonic()
+        shown = -soulstone.health.interval  # when a `waiting` event last went out
         while True:
             status = await asyncio.to_thread(runtime.status, soulstone)
             elapsed = time.monotonic() - began
@@ -259,5 +334,10 @@ class Supervisor:
                 return Failure(
                     soulstone.id, f"not healthy after {timeout:g} s ({soulstone.health.path})", tail
                 )
-            self.on_event(Event("waiting", soulstone.id, elapsed=elapsed, timeout=timeout))
-            await asyncio.sleep(min(soulstone.health.interval, max(0.05, timeout - elapsed)))
+            if (
+                elapsed - shown >= soulstone.health.interval
+            ):  # one per interval, however often probed
+                shown = elapsed
+                self.on_event(Event("waiting", soulstone.id, elapsed=elapsed, timeout=timeout))
+            gap = poll_gap(elapsed, soulstone.health.interval)
+            await asyncio.sleep(min(gap, max(0.01, timeout - elapsed)))

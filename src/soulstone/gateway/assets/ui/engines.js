@@ -3,7 +3,7 @@
 import { bytes, fill, h, s, stateBadge, throttle, uptime } from "./dom.js";
 
 const REFRESH_MS = 5000; // health and uptime while the page is shown
-const COLORS = { running: "#3ecf8e", starting: "#f5b942", stopping: "#f59542", stopped: "#6b7280", failed: "#f25f5c" };
+const COLORS = { running: "#3ecf8e", starting: "#f5b942", sleeping: "#5b8cff", stopping: "#f59542", stopped: "#6b7280", failed: "#f25f5c" };
 
 let root, ctx, data = null, timer = null, ticker = null;
 const reload = throttle(() => load(), 1000);
