@@ -66,6 +66,10 @@ def test_response_heads_never_carry_a_header_of_the_caller_s_making() -> None:
     assert b"Content-Length: 2\r\n" in head
 
 
+def test_connection_keep_alive_is_the_plain_shape_too() -> None:
+    assert parse_head(PLAIN + b"\r\nConnection: Keep-Alive", ENDPOINTS, 100) is not None
+
+
 def test_headers_is_a_plain_mapping() -> None:
     headers = Headers({"a": "1"})
     assert dict(headers) == {"a": "1"}

@@ -18,8 +18,9 @@ from typing import Any, NamedTuple, TypeVar, overload
 
 from soulstone.dispatch.call import REQUEST_ID, SERVED_BY_HEADER, SESSION_ID
 
-# A byte no hot head may hold: controls other than HTAB, a CR or LF outside a CRLF, non-ASCII.
-_UNSAFE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]|\r(?!\n)|(?<!\r)\n")
+# Bytes no hot head may hold, but for the CR and LF of its CRLFs: controls other than HTAB,
+# and anything not ASCII.
+_UNSAFE = bytes([*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0x100)])
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Headers that make a request something other than the plain shape: aiohttp serves those.
 _NOT_HOT = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade", "connection"})
@@ -62,26 +63,32 @@ def parse_head(head: bytes, paths: Mapping[str, Any], max_body: int) -> HotHead 
 
     `paths`: the hot request paths; `max_body`: larger bodies are aiohttp's (its 413).
     """
-    if _UNSAFE.search(head) is not None:
-        return None
+    if len(head.translate(None, _UNSAFE)) != len(head) - 2 * head.count(b"\r\n"):
+        return None  # a control byte, a CR or LF on its own, or a byte that is not ASCII
     lines = head.decode("ascii").split("\r\n")
     method, _, rest = lines[0].partition(" ")
     path, _, version = rest.partition(" ")
     if method != "POST" or version != "HTTP/1.1" or path not in paths:
         return None
-    headers = Headers()
+    found: dict[str, str] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         if not colon or _TOKEN.fullmatch(name) is None:
             return None  # a folded line, a space before the colon, a bad name
         key = name.lower()
-        if key in headers or key in _NOT_HOT:
+        value = value.strip(" \t")
+        if key in found or (key in _NOT_HOT and not _keeps_alive(key, value)):
             return None
-        dict.__setitem__(headers, key, value.strip(" \t"))
-    length = dict.get(headers, "content-length")
+        found[key] = value
+    length = found.get("content-length")
     if length is None or not length.isdigit() or int(length) > max_body:
         return None
-    return HotHead(path, headers, int(length))
+    return HotHead(path, Headers(found), int(length))
+
+
+def _keeps_alive(key: str, value: str) -> bool:
+    """`Connection: keep-alive`, what HTTP/1.1 means anyway (httpx sends it)."""
+    return key == "connection" and value.lower() == "keep-alive"
 
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
