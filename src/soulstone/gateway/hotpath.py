@@ -27,6 +27,7 @@ from aiohttp.tcp_helpers import tcp_keepalive, tcp_nodelay
 
 from soulstone.dispatch.call import ENDPOINTS, Answer, Entry, Rejection
 from soulstone.dispatch.events import Chunk, Failure
+from soulstone.dispatch.forward import Progress
 from soulstone.dispatch.path import Outcome, RequestPath
 from soulstone.dispatch.refusals import error_bytes, refusal_headers
 from soulstone.dispatch.stream import Stream
@@ -104,6 +105,7 @@ class HotConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._reading_paused = False
         self._done = False  # closed, or handed to aiohttp
+        self._progress: Progress | None = None  # a stream being pushed: how to pause its engine
 
     # -- protocol callbacks ----------------------------------------------------------
 
@@ -175,6 +177,9 @@ class HotConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The caller caught up."""
         self._write_paused = False
+        if self._progress is not None and self._progress.writing:
+            self._progress.writing = False
+            self._progress.resume_engine()
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
 
@@ -331,6 +336,19 @@ class HotConnection(asyncio.Protocol):
                                         stream.served_by))  # fmt: skip
             progress = stream.progress
             progress.on_stall = transport.abort
+            if stream.push is not None:  # the engine's chunks written from its own callback
+                self._progress = progress
+                try:
+                    failure = await stream.push(self._push_chunk)
+                finally:
+                    self._progress = None
+                if self._done or transport.is_closing():
+                    raise ConnectionResetError("the caller went away")
+                if failure is not None:
+                    data = b"data: " + error_bytes(failure, stream.flat) + b"\n\n" + SSE_DONE
+                    transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+                transport.write(_LAST_CHUNK)
+                return
             async for event in stream:
                 if isinstance(event, Chunk):
                     data = event.data
@@ -347,6 +365,16 @@ class HotConnection(asyncio.Protocol):
                     await self._drained()
                     progress.writing = False
             transport.write(_LAST_CHUNK)
+
+    def _push_chunk(self, data: bytes) -> None:
+        """One chunk of a pushed stream, written at once; the engine pauses while we cannot."""
+        transport = self.transport
+        if transport is None or self._done or transport.is_closing():
+            return  # the caller went away: its request is cancelled
+        transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        if self._write_paused and self._progress is not None:
+            self._progress.writing = True  # the idle clock cuts a caller that stopped reading
+            self._progress.pause_engine()
 
     async def _drained(self) -> None:
         while self._write_paused:
