@@ -4,7 +4,9 @@
         [--traced]
 
 Both gateways (this checkout's and the one of GIT_REF, each with its own stub
-engines) and the minimal aiohttp pass-through run at once; each round asks
+engines), the minimal aiohttp pass-through and nginx (the lower bound: a
+reverse proxy with a keep-alive upstream pool, proxy buffering off, one
+process; left out with a note when `nginx` is not installed) run at once; each round asks
 every one of them in a new random order, on the Unix socket and over TCP,
 streamed and not, at c=16 (CPU per request, read from /proc) and at c=1
 (p50 latency). Medians over rounds go to benchmarks/results/gateway_ab.json
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -109,6 +112,14 @@ def main() -> None:
         targets += [("minimal proxy, UDS", {"socket": proxy_socket}, "stub-uds", uds_proxy.pid),
                     ("minimal proxy, TCP", {"url": f"http://127.0.0.1:{proxy_port}"}, "stub",
                      tcp_proxy.pid)]  # fmt: skip
+        nginx = start_nginx(work / "nginx", stub_port, stub_socket)
+        if nginx is None:
+            print("nginx is not installed: no lower bound in this run", flush=True)
+        else:
+            processes.append(nginx[0])
+            targets += [("nginx, UDS", {"socket": nginx[1]}, "stub-uds", nginx[0].pid),
+                        ("nginx, TCP", {"url": f"http://127.0.0.1:{nginx[2]}"}, "stub",
+                         nginx[0].pid)]  # fmt: skip
         runs: list[dict[str, Any]] = []
         for round_ in range(args.rounds):
             for stream in (False, True):
@@ -138,17 +149,97 @@ def main() -> None:
     print(summary(runs))
 
 
+NGINX_CONF = """master_process off;
+daemon off;
+worker_processes 1;
+error_log {work}/error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    client_max_body_size 8m;
+    keepalive_requests 1000000;
+    upstream stub_tcp {{ server 127.0.0.1:{stub_port}; keepalive 256; }}
+    upstream stub_uds {{ server unix:{stub_socket}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ proxy_pass http://stub_tcp; {common} }}
+    }}
+    server {{
+        listen unix:{socket};
+        location / {{ proxy_pass http://stub_uds; {common} }}
+    }}
+}}
+"""
+NGINX_COMMON = ('proxy_http_version 1.1; proxy_set_header Connection ""; '
+                "proxy_buffering off; proxy_request_buffering off;")  # fmt: skip
+
+
+def start_nginx(work: Path, stub_port: int, stub_socket: str,
+                ) -> tuple[subprocess.Popen[bytes], str, int] | None:  # fmt: skip
+    """nginx as a reverse proxy to the stubs (one process, pinned with the servers), or None.
+
+    Its config goes to a temporary folder: a keep-alive upstream pool, HTTP/1.1
+    to the upstream, buffering off (streams pass chunk by chunk).
+    """
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                       else None)  # fmt: skip
+    if binary is None:
+        return None
+    work.mkdir(parents=True)
+    port, socket_path = free_port(), str(work / "nginx.sock")
+    conf = work / "nginx.conf"
+    text = NGINX_CONF.format(work=work, stub_port=stub_port, stub_socket=stub_socket, port=port,
+                             socket=socket_path, common=NGINX_COMMON)  # fmt: skip
+    conf.write_text(text)
+    process = pinned(0, [binary, "-p", str(work), "-c", str(conf)], stdout=subprocess.DEVNULL)
+    wait_listening(socket_path)
+    wait_listening(f"127.0.0.1:{port}")
+    return process, socket_path, port
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return "–" if base is None else f"{value / base:.2f}×"
+
+
 def summary(runs: list[dict[str, Any]]) -> str:
-    """Median CPU µs/request at c=16 and p50 ms at c=1, per path and stream."""
-    lines = ["| path | stream | CPU µs/req c=16 | p50 ms c=1 |", "|---|---|---|---|"]
+    """Median CPU µs/request at c=16 and p50 ms at c=1, per path and stream, with ratios.
+
+    Ratios are against the minimal proxy and nginx on the same transport and
+    stream kind (medians against medians).
+    """
+    lines = ["| path | stream | CPU µs/req c=16 | vs minimal proxy | vs nginx | p50 ms c=1 | "
+             "p50 vs minimal proxy |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     names = list(dict.fromkeys(run["path"] for run in runs))
+
+    def medians(name: str, stream: bool) -> tuple[float, float] | None:
+        mine = [r for r in runs if r["path"] == name and r["stream"] == stream]
+        if not mine:
+            return None
+        cpu = statistics.median(r["proxy_cpu_us_per_req"] for r in mine
+                                if r["concurrency"] == 16)  # fmt: skip
+        p50 = statistics.median(r["latency_ms"]["p50"] for r in mine if r["concurrency"] == 1)
+        return cpu, p50
+
     for stream in (False, True):
         for name in names:
-            mine = [r for r in runs if r["path"] == name and r["stream"] == stream]
-            cpu = statistics.median(r["proxy_cpu_us_per_req"] for r in mine
-                                    if r["concurrency"] == 16)  # fmt: skip
-            p50 = statistics.median(r["latency_ms"]["p50"] for r in mine if r["concurrency"] == 1)
-            lines.append(f"| {name} | {stream} | {cpu:.0f} | {p50:.3f} |")
+            found = medians(name, stream)
+            if found is None:
+                continue
+            cpu, p50 = found
+            transport = name.rsplit(", ", 1)[-1]
+            minimal = medians(f"minimal proxy, {transport}", stream)
+            nginx = medians(f"nginx, {transport}", stream)
+            lines.append(
+                f"| {name} | {stream} | {cpu:.0f} | {_ratio(cpu, minimal and minimal[0])} | "
+                f"{_ratio(cpu, nginx and nginx[0])} | {p50:.3f} | "
+                f"{_ratio(p50, minimal and minimal[1])} |"
+            )
     return "\n".join(lines)
 
 

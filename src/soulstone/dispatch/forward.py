@@ -99,11 +99,22 @@ class Progress:
     caller that stopped reading.
     """
 
-    __slots__ = ("on_stall", "writing")
+    __slots__ = ("connection", "on_stall", "writing")
 
-    def __init__(self) -> None:
+    def __init__(self, connection: EngineConnection | None = None) -> None:
         self.writing = False
         self.on_stall: Callable[[], None] | None = None
+        self.connection = connection  # the engine's, paused while a pushed write waits
+
+    def pause_engine(self) -> None:
+        """Stop reading the engine until `resume_engine` (a pushing caller cannot write)."""
+        if self.connection is not None:
+            self.connection.pause()
+
+    def resume_engine(self) -> None:
+        """Read the engine again."""
+        if self.connection is not None:
+            self.connection.resume()
 
 
 class _Idle:
@@ -159,7 +170,7 @@ class Upstream:
         self.usage = NO_USAGE
         self.first_at: float | None = None  # perf_counter() at the first chunk
         self.failure: Refusal | None = None
-        self.progress = Progress()
+        self.progress = Progress(response)
         self.ended = False  # the events ended: the connection was released or closed
         self.whole = False  # the engine's answer was read to its end
 
@@ -208,6 +219,49 @@ class Upstream:
             whole = self.whole = True
             self.usage = usage_in(tail[-TAIL_BYTES:])
             yield Done(self.usage.total)
+        finally:
+            watchdog.stop()
+            self.ended = True
+            if whole:
+                response.release()  # the connection goes back to the pool
+            else:
+                response.close()  # the engine sees the cancel
+
+    async def push(self, on_failure: Callable[[], None], write: Callable[[bytes], None],
+                   ) -> Refusal | None:  # fmt: skip
+        """Write the engine's chunks with `write` as they come (no transform); what ended it.
+
+        The push interface: each chunk costs one call, no generator step and no
+        event object. `write` must not raise (a caller gone away: the transport
+        cancels the request). Returns the refusal that ended the stream, or None.
+        """
+        response = self.response
+        loop = asyncio.get_running_loop()
+        watchdog = _Idle(loop, self.timeout, response, self.progress)
+        tail = [b""]
+
+        def take(chunk: bytes) -> None:
+            watchdog.last = loop.time()
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            self.events_seen += chunk.count(b"data:")
+            tail[0] = (tail[0] + chunk)[-TAIL_BYTES:] if len(chunk) < TAIL_BYTES else chunk
+            write(chunk)
+
+        whole = False
+        try:
+            try:
+                await response.push(take)
+            except UPSTREAM_ERRORS:
+                if watchdog.fired:
+                    self.failure = timed_out_refusal(self.timeout)
+                else:
+                    on_failure()
+                    self.failure = engine_failed_refusal()
+                return self.failure
+            whole = self.whole = True
+            self.usage = usage_in(tail[0][-TAIL_BYTES:])
+            return None
         finally:
             watchdog.stop()
             self.ended = True

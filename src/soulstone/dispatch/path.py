@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -386,8 +387,14 @@ class RequestPath:
             self._release(lease, record)
             self._settle(record, 200)
 
+        push = None
+        if transform is None and record.capture is None:  # chunks pass unchanged: pushed
+
+            def push(write: Callable[[bytes], None]) -> Awaitable[Refusal | None]:
+                return upstream.push(lambda: services.engine_failed(prepared.soulstone), write)
+
         return Stream(events, close, upstream.content_type, call.flat_errors, upstream.progress,
-                      served_by)  # fmt: skip
+                      served_by, push)  # fmt: skip
 
     # -- the end ------------------------------------------------------------------------
 

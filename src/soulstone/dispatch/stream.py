@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
 from soulstone.dispatch.events import Event
 from soulstone.dispatch.forward import Progress
+from soulstone.errors import Refusal
+
+Push = Callable[[Callable[[bytes], None]], Awaitable[Refusal | None]]
 
 
 class Stream:
@@ -18,8 +21,11 @@ class Stream:
 
     def __init__(self, events: AsyncIterator[Event], close: Callable[[], None],
                  content_type: str, flat: bool, progress: Progress,
-                 served_by: str | None = None) -> None:  # fmt: skip
+                 served_by: str | None = None, push: Push | None = None) -> None:  # fmt: skip
         self._events = events
+        # Instead of the events, when set: `await push(write)` writes each chunk as it comes
+        # (write must not raise) and returns the refusal that ended the stream, or None.
+        self.push = push
         self.served_by = served_by  # the fallback soulstone streaming instead of the requested one
         self._close = close
         self.content_type = content_type

@@ -154,18 +154,22 @@ class GuardedConnection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Read the peer, count it, and start the clock for the first request's headers."""
-        try:
-            peer = read_peer(transport)
-        except OSError:
-            peer, key = None, None
-        else:
-            key = peer_key(peer, transport.get_extra_info("peername"))
-        if key is None or not self._gate.counts.admit(key):
-            transport.close()
+        admitted = self._gate.accept(transport)
+        if admitted is None:
             return
+        self.peer, self._peer_key = admitted
+        super().connection_made(transport)
+        self._expect_headers()
+
+    def adopt(self, transport: asyncio.BaseTransport, peer: Peer | None, key: PeerKey,
+              data: bytes) -> None:  # fmt: skip
+        """Take over a connection admitted already (the hot path's), with its unread bytes."""
         self.peer, self._peer_key = peer, key
         super().connection_made(transport)
         self._expect_headers()
+        transport.set_protocol(self)
+        if data:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         """Parse as aiohttp does; stop the header clock once a request's headers are in."""
@@ -258,9 +262,22 @@ class ConnectionGate:
         self.counts = ConnectionCounts(options, on_refused, own_uid)
         self.loop = asyncio.get_running_loop()
 
-    def __call__(self) -> GuardedConnection:
+    def __call__(self) -> asyncio.Protocol:
         """A protocol for one new connection."""
         return GuardedConnection(self)
+
+    def accept(self, transport: asyncio.BaseTransport) -> tuple[Peer | None, PeerKey] | None:
+        """Read a new connection's peer and count it; None (and closed) when refused."""
+        try:
+            peer = read_peer(transport)
+        except OSError:
+            peer, key = None, None
+        else:
+            key = peer_key(peer, transport.get_extra_info("peername"))
+        if key is None or not self.counts.admit(key):
+            transport.close()
+            return None
+        return peer, key
 
     async def listen(
         self, sockets: list[socket.socket], tcp: tuple[str, int] | None

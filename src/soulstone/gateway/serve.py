@@ -25,14 +25,14 @@ from soulstone.dispatch.path import RequestPath
 from soulstone.dispatch.services import Services
 from soulstone.errors import UsageError
 from soulstone.gateway.admin import make_admin_app
-from soulstone.gateway.app import make_app
+from soulstone.gateway.app import MAX_BODY_BYTES, make_app
 from soulstone.gateway.connections import (
-    ConnectionGate,
     ConnectionOptions,
     PeerKey,
     connection_ceiling,
     raise_open_files_limit,
 )
+from soulstone.gateway.hotpath import HotGate
 from soulstone.gateway.listen import (
     ListenError,
     activation_sockets,
@@ -348,7 +348,8 @@ async def serve(
         max_per_peer=options.max_connections_per_peer,
         max_total=connection_ceiling(open_files),
     )  # fmt: skip
-    gate = ConnectionGate(runner.server, connection_options, _on_refused(log))
+    gate = HotGate(runner.server, connection_options, _on_refused(log), request_path,
+                   MAX_BODY_BYTES)  # fmt: skip
     for warning in warnings:
         log.warning(warning)
     # The observability listener first: once the API answers, everything listens.
@@ -414,7 +415,8 @@ async def serve(
         deadline = loop.time() + options.shutdown_timeout
         while scheduler.in_flight() and loop.time() < deadline:  # 2. let requests finish
             await asyncio.sleep(0.05)
-        await runner.cleanup()  # 3. close what is left
+        gate.close()  # 3. close what is left
+        await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
             if options.metrics_socket is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, cast
@@ -111,6 +112,7 @@ class EngineConnection(asyncio.Protocol):
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._write_waiter: asyncio.Future[None] | None = None
+        self._sink: Callable[[bytes], None] | None = None  # pushed to: the body's bytes go here
 
     # -- protocol callbacks ----------------------------------------------------------
 
@@ -255,6 +257,12 @@ class EngineConnection(asyncio.Protocol):
             self._wake()
 
     def _append(self, data: bytes) -> None:
+        if self._sink is not None:
+            if data:
+                self._sink(data)
+            if self._mode == _DONE:
+                self._wake()
+            return
         if data:
             self._body.append(data)
             self._body_size += len(data)
@@ -315,6 +323,42 @@ class EngineConnection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    async def push(self, sink: Callable[[bytes], None]) -> None:
+        """Hand the body's bytes to `sink` as they come (it must not raise), until its end.
+
+        No future and no task step per piece: the engine's bytes go to the caller
+        from this protocol's own callback. Raises as `read` does.
+        """
+        body, self._body, self._body_size = self._body, [], 0
+        self._sink = sink
+        try:
+            if self._paused and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+            for data in body:
+                sink(data)
+            while self._mode != _DONE:
+                if self._error is not None:
+                    raise self._error
+                self._waiter = asyncio.get_running_loop().create_future()
+                await self._waiter
+            if self._error is not None:
+                raise self._error
+        finally:
+            self._sink = None
+
+    def pause(self) -> None:
+        """Stop reading the engine (the caller reads slower than it sends)."""
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read the engine again."""
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
 
     async def read_all(self) -> bytes:
         """The whole body."""
