@@ -43,3 +43,10 @@ def test_help_imports_no_command_module_and_no_pydantic() -> None:
     assert result.returncode == 0, result.stderr
     assert "│ status " in result.stdout and "│ lora " in result.stdout
     assert result.stderr.strip().splitlines()[-1] == "[] False"
+
+
+def test_lora_trains_the_default_layers_its_help_shows() -> None:
+    from soulstone.cli.lora_train import DEFAULT_TARGETS
+    from soulstone.lora.train import TrainOptions
+
+    assert ",".join(TrainOptions().target_modules) == DEFAULT_TARGETS
