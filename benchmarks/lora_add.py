@@ -51,7 +51,8 @@ def codex_text(work: Path) -> str:
     """The tiny vLLM CPU engine on a Unix socket, LoRA on."""
     command = [str(VLLM / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                "--model", str(TINY / "tiny-llama"), "--served-model-name", "tiny",
-               "--max-model-len", "512", "--dtype", "float32", "--kv-cache-memory-bytes", "64M"]  # fmt: skip
+               "--max-model-len", "512", "--dtype", "float32",
+               "--kv-cache-memory-bytes", "64M"]  # fmt: skip
     return (
         f'[tiny]\nexec = {json.dumps(command)}\nsocket = "{work / "v.sock"}"\n'
         f'model_path = "{TINY / "tiny-llama"}"\nlora = {{ max_loras = 2, max_lora_rank = 16 }}\n'
@@ -138,8 +139,8 @@ def measure(work: Path, rounds: int, sources: dict[str, Path]) -> dict[str, list
                 admin_ms(http, "/v1/chat/completions", chat | {"model": name}))  # fmt: skip
             for name in names:
                 admin_ms(http, "/admin/lora/rm", {"name": name})
-            print(f"round {index + 1}/{rounds}: " + ", ".join(
-                f"{key} {values[-1]:.0f}" for key, values in samples.items()), flush=True)  # fmt: skip
+            last = ", ".join(f"{key} {values[-1]:.0f}" for key, values in samples.items())
+            print(f"round {index + 1}/{rounds}: {last}", flush=True)
         http.close()
     finally:
         stop_all([gateway])
@@ -179,7 +180,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "lora_add.json").write_text(json.dumps(document, indent=1) + "\n")
     for key, value in results.items():
-        print(f"{key:26} p50 {value['p50']:7.1f} ms  min {value['min']:7.1f}  max {value['max']:7.1f}")
+        print(
+            f"{key:26} p50 {value['p50']:7.1f} ms  min {value['min']:7.1f}  max {value['max']:7.1f}"
+        )
 
 
 if __name__ == "__main__":
