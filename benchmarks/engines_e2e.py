@@ -83,6 +83,7 @@ class Samples:
     total: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    retried: int = 0  # requests sent again: a kept connection was closed before the answer
     gateway_cpu_s: float = 0.0
 
     def error(self, kind: str) -> None:
@@ -101,14 +102,35 @@ def has_text(line: bytes) -> bool:
     return bool(choices and (choices[0].get("delta") or {}).get("content"))
 
 
+async def opened(session: aiohttp.ClientSession, way: Way, body: bytes,
+                 into: Samples | None) -> aiohttp.ClientResponse:  # fmt: skip
+    """The answer, its head read.
+
+    llama-server closes a connection after a streamed answer although its
+    head says keep-alive, so a kept connection may be dead when it is taken:
+    a request that fails before any answer is sent again (at most twice more)
+    on another connection, as the gateway's engine client and httpcore do;
+    the time is counted, and the retries too.
+    """
+    for attempt in range(3):
+        try:
+            return await session.post(f"{way.base}/v1/chat/completions", data=body,
+                                      headers=JSON | way.headers)  # fmt: skip
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if attempt == 2:
+                raise
+            if into is not None:
+                into.retried += 1
+    raise AssertionError("unreachable")
+
+
 async def one(session: aiohttp.ClientSession, way: Way, body: bytes, stream: bool,
               into: Samples | None) -> None:  # fmt: skip
     """Send one request; record its total (and first-text) time, or its error."""
     began = time.perf_counter()
     first: float | None = None
     try:
-        async with session.post(f"{way.base}/v1/chat/completions", data=body,
-                                headers=JSON | way.headers) as answer:  # fmt: skip
+        async with await opened(session, way, body, into) as answer:
             if answer.status != 200:
                 await answer.read()
                 if into is not None:
@@ -318,6 +340,7 @@ def results_of(cells: dict[Cell, Samples]) -> tuple[list[dict[str, Any]], list[d
         runs.append({
             "engine": engine, "stream": stream, "concurrency": concurrency, "path": way,
             "requests": count, "ok": len(samples.total), "errors": samples.errors,
+            "retried": samples.retried,
             "latency_ms": summary(samples.total),
             "ttft_ms": summary(samples.ttft) if stream else None,
             "gateway_cpu_us_per_req": (round(samples.gateway_cpu_s * 1e6 / count)
