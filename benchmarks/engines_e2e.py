@@ -6,19 +6,22 @@
 Issue 19, target 4. One `soulstone serve` (Unix socket and TCP, identity on,
 generous limits) runs both tiny engines of scripts/build-*: llama-server on
 the tiny GGUF (TCP port) and vLLM's CPU build on the tiny HF Llama (Unix
-socket). Every request goes to the SAME engine process, three ways: straight
-to the engine ("direct"), through the gateway's Unix socket, and through its
-TCP port with a key. Cells: concurrency 1, 4 and 16, non-streamed (total
-latency) and streamed (time to the first chunk with text, and total), a chat
-request with `max_tokens` 8 at temperature 0.
+socket). Every request goes to the SAME engine process, four ways: straight
+to the engine ("direct"), the same again on its own connections ("direct
+again", the control: the noise of measuring one way twice), through the
+gateway's Unix socket, and through its TCP port with a key. Cells:
+concurrency 1, 4 and 16, non-streamed (total latency) and streamed (time
+to the first chunk with text, and total), a chat request with `max_tokens`
+8 at temperature 0.
 
 The client is one asyncio process (aiohttp, kept connections, one pool per
 way). Each round runs, for every engine, kind and concurrency, one block of
 `--requests` requests per way (after `concurrency` uncounted ones), the
 ways' order rotating from round to round, so that a busy machine (2 shared
 cores here) slows every way alike; the rounds' samples are pooled into p50
-and p99. Added = gateway − direct, per percentile. The gateway's CPU per
-request is read from /proc over its blocks. `--smoke`: one round of a few
+and p99. Added = way − direct, per percentile. The gateway's CPU per
+request is read from /proc over its blocks, also net of what it spends idle
+(read over 5 s before the rounds: health checks, engine metrics). `--smoke`: one round of a few
 requests per block (CI: the script runs; its figures mean nothing). Results
 go to DIR/engines_e2e.json (default benchmarks/results/).
 """
@@ -49,7 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SOULSTONE = Path(sys.executable).parent / "soulstone"
 VLLM_VERSION = "0.32.0"
 LEVELS = (1, 4, 16)
-WAYS = ("direct", "gateway UDS", "gateway TCP")
+WAYS = ("direct", "direct again", "gateway UDS", "gateway TCP")
+IDLE_S = 5.0  # the gateway's CPU with nothing to do is read over this long, before the rounds
 TARGET_P50_MS, TARGET_P99_MS = 1.0, 5.0
 MAX_TOKENS = 8
 JSON = {"Content-Type": "application/json"}
@@ -85,6 +89,7 @@ class Samples:
     errors: dict[str, int] = field(default_factory=dict)
     retried: int = 0  # requests sent again: a kept connection was closed before the answer
     gateway_cpu_s: float = 0.0
+    wall_s: float = 0.0
 
     def error(self, kind: str) -> None:
         """Count one failed request."""
@@ -271,6 +276,7 @@ class Gateway:
             direct = Way("direct", "http://localhost", socket=str(self.work / "vllm.sock"))
         return {
             "direct": direct,
+            "direct again": Way("direct again", direct.base, direct.socket),
             "gateway UDS": Way("gateway UDS", "http://localhost", socket=self.socket),
             "gateway TCP": Way("gateway TCP", f"http://127.0.0.1:{self.tcp_port}",
                                headers={"Authorization": f"Bearer {self.key}"}),
@@ -289,9 +295,10 @@ MODELS = {"llama": "tiny-llama", "vllm": "tiny-vllm"}
 Cell = tuple[str, bool, int, str]  # engine, stream, concurrency, way
 
 
-async def run_rounds(gateway: Gateway, engines: list[str], rounds: int, requests: int,
-                     report: Callable[[str], None]) -> dict[Cell, Samples]:  # fmt: skip
-    """Every cell, round by round, the ways' order rotating."""
+async def run_rounds(
+    gateway: Gateway, engines: list[str], rounds: int, requests: int, report: Callable[[str], None]
+) -> tuple[dict[Cell, Samples], float]:
+    """Every cell, round by round, the ways' order rotating; and the gateway's idle CPU share."""
     cells: dict[Cell, Samples] = {}
     ways = {engine: gateway.ways(engine) for engine in engines}
     sessions = {(e, w): way.session() for e in engines for w, way in ways[e].items()}
@@ -302,6 +309,10 @@ async def run_rounds(gateway: Gateway, engines: list[str], rounds: int, requests
                     body = request_body(engine, stream)
                     await block(sessions[engine, name], way, body, stream, max(LEVELS),
                                 2 * max(LEVELS), None)  # fmt: skip
+        before = gateway.cpu()
+        await asyncio.sleep(IDLE_S)
+        idle_share = (gateway.cpu() - before) / IDLE_S
+        report(f"the gateway's CPU while idle: {idle_share:.1%} of a core")
         for index in range(rounds):
             order = WAYS[index % len(WAYS) :] + WAYS[: index % len(WAYS)]
             for engine in engines:
@@ -314,15 +325,16 @@ async def run_rounds(gateway: Gateway, engines: list[str], rounds: int, requests
                             session, way = sessions[engine, name], ways[engine][name]
                             await block(session, way, body, stream, concurrency, concurrency,
                                         None)  # fmt: skip
-                            before = gateway.cpu()
+                            before, began = gateway.cpu(), time.perf_counter()
                             await block(session, way, body, stream, concurrency, requests,
                                         samples)  # fmt: skip
                             samples.gateway_cpu_s += gateway.cpu() - before
+                            samples.wall_s += time.perf_counter() - began
             report(f"round {index + 1}/{rounds} done")
     finally:
         for session in sessions.values():
             await session.close()
-    return cells
+    return cells, idle_share
 
 
 def request_body(engine: str, stream: bool) -> bytes:
@@ -332,8 +344,14 @@ def request_body(engine: str, stream: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-def results_of(cells: dict[Cell, Samples]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per-cell figures, and the gateway's added ms (p50, p99) against direct per cell."""
+def results_of(cells: dict[Cell, Samples],
+               idle_share: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """Per-cell figures, and the added ms (p50, p99) of every other way against direct.
+
+    `direct again` against `direct` is the control: what the machine's noise
+    alone makes of the same way measured twice. The gateway's CPU per request
+    is given as read and net of its idle share over the block's wall time.
+    """
     runs: list[dict[str, Any]] = []
     for (engine, stream, concurrency, way), samples in cells.items():
         count = len(samples.total) + sum(samples.errors.values())
@@ -344,7 +362,10 @@ def results_of(cells: dict[Cell, Samples]) -> tuple[list[dict[str, Any]], list[d
             "latency_ms": summary(samples.total),
             "ttft_ms": summary(samples.ttft) if stream else None,
             "gateway_cpu_us_per_req": (round(samples.gateway_cpu_s * 1e6 / count)
-                                       if way != "direct" and count else None),
+                                       if way.startswith("gateway") and count else None),
+            "gateway_cpu_us_per_req_net_of_idle": (
+                round((samples.gateway_cpu_s - idle_share * samples.wall_s) * 1e6 / count)
+                if way.startswith("gateway") and count else None),
         })  # fmt: skip
     by_cell = {(r["engine"], r["stream"], r["concurrency"], r["path"]): r for r in runs}
     added = []
@@ -376,6 +397,7 @@ def table(added: list[dict[str, Any]]) -> str:
     """The added-ms table, one row per engine, kind and concurrency."""
     lines = ["| engine | measure | c | way | direct p50 | +p50 | direct p99 | +p99 | n |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    # The control row (`direct again`) shows the noise the gateway's rows stand against.
     for row in added:
         kind = "stream TTFT" if row["stream"] else "total"
         lines.append(
@@ -405,17 +427,19 @@ def main() -> None:
     started = time.monotonic() - began
     print(f"gateway and engines up in {started:.1f} s", flush=True)
     try:
-        cells = asyncio.run(run_rounds(gateway, sorted(args.engines), rounds, requests,
-                                       lambda line: print(line, flush=True)))  # fmt: skip
+        measured = run_rounds(gateway, sorted(args.engines), rounds, requests,
+                              lambda line: print(line, flush=True))  # fmt: skip
+        cells, idle_share = asyncio.run(measured)
     finally:
         gateway.stop()
-    runs, added = results_of(cells)
+    runs, added = results_of(cells, idle_share)
     document = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "load_after": os.getloadavg()},
         "smoke": args.smoke, "rounds": rounds, "requests_per_block": requests,
         "max_tokens": MAX_TOKENS, "engines_start_s": round(started, 1),
+        "gateway_idle_cpu_share": round(idle_share, 4),
         "wall_s": round(time.monotonic() - began, 1),
         "targets_ms": {"added_p50": TARGET_P50_MS, "added_p99": TARGET_P99_MS},
         "runs": runs, "added": added,

@@ -205,12 +205,16 @@ def council_figure(report: dict[str, Any], title: str) -> Figure:
     return figure
 
 
-E2E_BARS = (("gateway UDS", "p50", "#5b8cff"), ("gateway UDS", "p99", "#1f3f99"),
+E2E_BARS = (("direct again", "p50", "#c8c8c8"), ("direct again", "p99", "#8a8a8a"),
+            ("gateway UDS", "p50", "#5b8cff"), ("gateway UDS", "p99", "#1f3f99"),
             ("gateway TCP", "p50", "#f5b942"), ("gateway TCP", "p99", "#b5651d"))  # fmt: skip
 
 
 def e2e_figure(report: dict[str, Any], title: str) -> Figure:
-    """Added ms (gateway − direct) at p50 and p99 per concurrency: engine × total/TTFT."""
+    """Added ms (way − direct) at p50 and p99 per concurrency: engine × total/TTFT.
+
+    `direct again` (grey) is the control: the same way measured twice.
+    """
     rows = report.get("added")
     if not isinstance(rows, list) or not rows:
         raise ReportError("no `added` list")
@@ -228,7 +232,8 @@ def e2e_figure(report: dict[str, Any], title: str) -> Figure:
                          if (r["engine"], r["stream"], r["path"]) == cell}  # fmt: skip
                 values = [float(v) if isinstance(v, int | float) else float("nan")
                           for v in (found.get(c) for c in levels)]  # fmt: skip
-                axis.bar([i + (offset - 1.5) * width for i in range(len(levels))], values,
+                shift = offset - (len(E2E_BARS) - 1) / 2
+                axis.bar([i + shift * width for i in range(len(levels))], values,
                          width=width, color=color, label=f"{path} +{q}")  # fmt: skip
             axis.axhline(float(targets["added_p50"]), color="#5b8cff", linestyle="--",
                          linewidth=1, label="target +p50")  # fmt: skip
@@ -238,7 +243,7 @@ def e2e_figure(report: dict[str, Any], title: str) -> Figure:
             axis.set_yscale("symlog", linthresh=1)
             axis.yaxis.set_major_formatter(PLAIN)
             axis.set_xticks(range(len(levels)), [f"c = {c}" for c in levels])
-            axis.set_ylabel("added ms (gateway − direct)")
+            axis.set_ylabel("added ms (way − direct)")
             axis.set_title(f"{engine}: {'stream, first token' if stream else 'total'}",
                            fontsize=10)  # fmt: skip
             axis.grid(axis="y", alpha=0.3)

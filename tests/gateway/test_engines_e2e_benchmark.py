@@ -26,11 +26,11 @@ def test_the_engines_e2e_benchmark_measures_every_cell(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "engines_e2e.json").read_text())
     runs = report["runs"]
     cells = {(r["engine"], r["stream"], r["concurrency"], r["path"]) for r in runs}
-    assert len(cells) == len(runs) == 2 * 2 * 3 * 3  # engines, kinds, c = 1 4 16, three ways
-    assert {r["path"] for r in runs} == {"direct", "gateway UDS", "gateway TCP"}
+    assert len(cells) == len(runs) == 2 * 2 * 3 * 4  # engines, kinds, c = 1 4 16, four ways
+    assert {r["path"] for r in runs} == {"direct", "direct again", "gateway UDS", "gateway TCP"}
     assert [r for r in runs if r["errors"] or r["ok"] != r["requests"] or not r["ok"]] == []
     assert all(r["ttft_ms"]["n"] == r["ok"] for r in runs if r["stream"])
     added = report["added"]
-    assert len(added) == 2 * 2 * 3 * 2
+    assert len(added) == 2 * 2 * 3 * 3
     assert all(isinstance(row["added_p50"], float) for row in added)
     assert "| vllm | stream TTFT | 16 | gateway TCP |" in done.stdout
