@@ -211,8 +211,10 @@ def codex_text(scratch: Path, llama_port: int) -> str:
     vllm = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", "tiny-vllm", "--max-model-len", "512", "--dtype", "float32",
             "--kv-cache-memory-bytes", "64M"]  # fmt: skip
+    # llama-server serves each connection on one HTTP thread for as long as it is kept
+    # alive (5 s idle): four ways × 16 kept connections need more than its default 18.
     llama = [str(llama_server_path(cache)), "-m", str(ensure_tiny_gguf(cache)), "-c", "2048",
-             "-np", "16", "-t", "1", "--no-warmup"]  # fmt: skip
+             "-np", "16", "-t", "1", "--threads-http", "80", "--no-warmup"]  # fmt: skip
     env = f'VLLM_HOST_IP = "127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING = "0", TMPDIR = "{scratch}"'
     return (
         f'[vllm]\nexec = {json.dumps(vllm)}\nsocket = "{scratch / "vllm.sock"}"\n'
