@@ -205,6 +205,7 @@ def council_figure(report: dict[str, Any], title: str) -> Figure:
     return figure
 
 
+SYMLOG_TICKS = (-1000, -100, -10, -5, -2, -1, 0, 1, 2, 5, 10, 100, 1000)
 E2E_BARS = (("direct again", "p50", "#c8c8c8"), ("direct again", "p99", "#8a8a8a"),
             ("gateway UDS", "p50", "#5b8cff"), ("gateway UDS", "p99", "#1f3f99"),
             ("gateway TCP", "p50", "#f5b942"), ("gateway TCP", "p99", "#b5651d"))  # fmt: skip
@@ -241,6 +242,8 @@ def e2e_figure(report: dict[str, Any], title: str) -> Figure:
                          linewidth=1, label="target +p99")  # fmt: skip
             axis.axhline(0, color="black", linewidth=0.8)
             axis.set_yscale("symlog", linthresh=1)
+            low, high = axis.get_ylim()
+            axis.set_yticks([v for v in SYMLOG_TICKS if low <= v <= high])
             axis.yaxis.set_major_formatter(PLAIN)
             axis.set_xticks(range(len(levels)), [f"c = {c}" for c in levels])
             axis.set_ylabel("added ms (way − direct)")
