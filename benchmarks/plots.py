@@ -8,7 +8,11 @@
 - lora.json: an adapter cold, warm and hot against the base model;
 - lora_loop.json: `lora train` to the new adapter's first answer, phase by phase;
 - metrics_scrape.json: what a /metrics scrape costs with and without engines;
-- council.json: council wall time against its floor and in turn, and the vLLM batch.
+- council.json: council wall time against its floor and in turn, and the vLLM batch;
+- engines_e2e.json: what the gateway adds (p50, p99) in front of llama-server and vLLM
+  CPU, per concurrency, to the total time and to the stream's first token;
+- lora_add.json: `lora add`'s wall time against the CLI's floor, the gateway's and the
+  engine's shares.
 
 A report no plotter knows is named and left alone; one that cannot be read or
 lacks what its plotter needs is named with the reason (exit 1 at the end).
@@ -201,6 +205,84 @@ def council_figure(report: dict[str, Any], title: str) -> Figure:
     return figure
 
 
+SYMLOG_TICKS = (-1000, -100, -10, -5, -2, -1, 0, 1, 2, 5, 10, 100, 1000)
+E2E_BARS = (("direct again", "p50", "#c8c8c8"), ("direct again", "p99", "#8a8a8a"),
+            ("gateway UDS", "p50", "#5b8cff"), ("gateway UDS", "p99", "#1f3f99"),
+            ("gateway TCP", "p50", "#f5b942"), ("gateway TCP", "p99", "#b5651d"))  # fmt: skip
+
+
+def e2e_figure(report: dict[str, Any], title: str) -> Figure:
+    """Added ms (way − direct) at p50 and p99 per concurrency: engine × total/TTFT.
+
+    `direct again` (grey) is the control: the same way measured twice.
+    """
+    rows = report.get("added")
+    if not isinstance(rows, list) or not rows:
+        raise ReportError("no `added` list")
+    engines = sorted({str(r["engine"]) for r in rows})
+    levels = sorted({int(r["concurrency"]) for r in rows})
+    targets = report.get("targets_ms") or {"added_p50": 1.0, "added_p99": 5.0}
+    figure = Figure(figsize=(12, 4 * len(engines)))
+    axes = figure.subplots(len(engines), 2, squeeze=False)
+    width = 0.8 / len(E2E_BARS)
+    for row_axes, engine in zip(axes, engines, strict=True):
+        for axis, stream in zip(row_axes, (False, True), strict=True):
+            for offset, (path, q, color) in enumerate(E2E_BARS):
+                cell = (engine, stream, path)
+                found = {int(r["concurrency"]): r.get(f"added_{q}") for r in rows
+                         if (r["engine"], r["stream"], r["path"]) == cell}  # fmt: skip
+                values = [float(v) if isinstance(v, int | float) else float("nan")
+                          for v in (found.get(c) for c in levels)]  # fmt: skip
+                shift = offset - (len(E2E_BARS) - 1) / 2
+                axis.bar([i + shift * width for i in range(len(levels))], values,
+                         width=width, color=color, label=f"{path} +{q}")  # fmt: skip
+            axis.axhline(float(targets["added_p50"]), color="#5b8cff", linestyle="--",
+                         linewidth=1, label="target +p50")  # fmt: skip
+            axis.axhline(float(targets["added_p99"]), color="#f25f5c", linestyle="--",
+                         linewidth=1, label="target +p99")  # fmt: skip
+            axis.axhline(0, color="black", linewidth=0.8)
+            axis.set_yscale("symlog", linthresh=1)
+            low, high = axis.get_ylim()
+            axis.set_yticks([v for v in SYMLOG_TICKS if low <= v <= high])
+            axis.yaxis.set_major_formatter(PLAIN)
+            axis.set_xticks(range(len(levels)), [f"c = {c}" for c in levels])
+            axis.set_ylabel("added ms (way − direct)")
+            axis.set_title(f"{engine}: {'stream, first token' if stream else 'total'}",
+                           fontsize=10)  # fmt: skip
+            axis.grid(axis="y", alpha=0.3)
+    axes[0][1].legend(fontsize=7, ncols=2)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+LORA_ADD_BARS = (("cli add (now)", "#3ecf8e"), ("cli add (before)", "#f25f5c"),
+                 ("cli --version (now)", "#b0b0b0"), ("admin add", "#f5b942"),
+                 ("engine load", "#8f7bff"), ("first answer", "#5b8cff"))  # fmt: skip
+
+
+def lora_add_figure(report: dict[str, Any], title: str) -> Figure:
+    """`lora add`'s wall time (p50) against the CLI's floor and the gateway's and engine's parts."""
+    results = report.get("results")
+    if not isinstance(results, dict) or "cli add (now)" not in results:
+        raise ReportError("no `results` with `cli add (now)`")
+    bars = [(name, color) for name, color in LORA_ADD_BARS if name in results]
+    figure = Figure(figsize=(9, 4.5))
+    axis = figure.subplots()
+    values = [float(results[name]["p50"]) for name, _ in bars]
+    drawn = axis.bar([name.replace(" (", "\n(") for name, _ in bars], values,
+                     color=[color for _, color in bars])  # fmt: skip
+    axis.bar_label(drawn, labels=[f"{v:.0f} ms" for v in values], fontsize=9)
+    axis.axhline(float(report.get("target_ms", 300)), color="red", linestyle="--",
+                 label="target: lora add ≤ 300 ms")  # fmt: skip
+    axis.set_ylabel("wall ms, p50")
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 PLOTTERS: dict[str, tuple[Callable[[dict[str, Any], str], Figure], str]] = {
     "gateway_overhead": (latency_figure, "Gateway overhead: latency against the peers"),
     "gateway_ab": (latency_figure, "Gateway A/B: latency now against before"),
@@ -208,6 +290,8 @@ PLOTTERS: dict[str, tuple[Callable[[dict[str, Any], str], Figure], str]] = {
     "lora_loop": (loop_figure, "The LoRA loop on the tiny CPU model: train, store, load, answer"),
     "metrics_scrape": (scrape_figure, "What a /metrics scrape costs"),
     "council": (council_figure, "Councils: wall time against the floor, and the vLLM batch"),
+    "engines_e2e": (e2e_figure, "What the gateway adds in front of real engines"),
+    "lora_add": (lora_add_figure, "`soulstone lora add` of a 24 KB adapter (vLLM CPU base)"),
 }
 
 

@@ -62,3 +62,10 @@ def test_the_top_help_lists_options_and_commands_in_boxes_of_the_asked_width() -
     bare = subprocess.run([sys.executable, "-m", "soulstone"], capture_output=True, text=True,
                           timeout=60, check=False, env=env)  # fmt: skip
     assert bare.returncode == 2 and bare.stdout == shown.stdout
+
+
+def test_lora_trains_the_default_layers_its_help_shows() -> None:
+    from soulstone.cli.lora_train import DEFAULT_TARGETS
+    from soulstone.lora.train import TrainOptions
+
+    assert ",".join(TrainOptions().target_modules) == DEFAULT_TARGETS

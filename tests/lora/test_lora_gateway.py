@@ -6,6 +6,7 @@ import asyncio
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +148,27 @@ def test_admin_add_refuses_bad_names_and_missing_fields(
     assert http.post("/admin/lora/rm", json={}).status_code == 400
     assert http.post("/admin/lora/rm", json={"name": "x"}).status_code == 200
     assert http.get("/admin/lora").json()["adapters"] == []
+
+
+def test_lora_add_through_a_gateway_imports_no_registry_no_codex_no_trainer(
+    tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    gateway, _ = lora_gateway(tmp_path, start_gateway)
+    folder = write_adapter(tmp_path / "x")
+    probe = (
+        "import sys\n"
+        "from soulstone.cli.app import app\n"
+        "try:\n"
+        f"    app(['--codex', {str(gateway.codex)!r}, 'lora', 'add', 'x', {str(folder)!r}, "
+        "'--base', 'base'], prog_name='soulstone')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = ('ZODB', 'soulstone.lora.registry', 'soulstone.codex.models',\n"
+        "         'soulstone.codex.load', 'soulstone.lora.train', 'rich.progress')\n"
+        "print([m for m in heavy if m in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=gateway.env, capture_output=True,
+                            text=True, timeout=120, check=False)  # fmt: skip
+    assert "added x (rank 4, base base" in result.stdout, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "[]"
+    assert [a["name"] for a in gateway.http().get("/admin/lora").json()["adapters"]] == ["x"]

@@ -245,6 +245,28 @@ async def test_a_keep_alive_connection_closed_just_before_the_request_is_retried
         pool.close()
 
 
+async def test_the_retry_goes_to_a_fresh_connection_not_to_another_dead_idle_one(
+    raw: RawServer,
+) -> None:
+    """llama-server closes every connection after a streamed answer: all the idle ones are dead."""
+
+    async def close_on_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await _read_request(reader)  # the next request: dropped unanswered
+
+    raw.script = close_on_second
+    pool = EnginePool(("unix", str(raw.path)))
+    try:
+        assert list(await asyncio.gather(_ask(pool), _ask(pool))) == [(200, b"ok", None)] * 2
+        assert len(pool.idle) == 2
+        assert await _ask(pool) == (200, b"ok", None)
+        assert raw.connections == 3
+    finally:
+        pool.close()
+
+
 async def test_closing_wakes_a_pending_read_at_once(raw: RawServer) -> None:
     raw.script = _answer_with(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     pool = EnginePool(("unix", str(raw.path)))

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.table import Table
 
 from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.gateway_client import GatewayClient, default_socket, running_gateway
-from soulstone.codex.models import Codex
 from soulstone.errors import SoulstoneError, UsageError
-from soulstone.lora.adapter import check_name, inspect_adapter
-from soulstone.lora.cache import AdapterCache
-from soulstone.lora.registry import opened
-from soulstone.lora.watch import Watcher
+
+if TYPE_CHECKING:
+    from soulstone.codex.models import Codex
+    from soulstone.lora.cache import AdapterCache
+
+# While a gateway runs, a command here is one admin call: the registry (ZODB), the
+# adapter checks and the codex's models are imported only where no gateway runs.
 
 lora_app = typer.Typer(help="LoRA adapters: cold in the registry, warm on disk, hot in vLLM.",
                        no_args_is_help=True)  # fmt: skip
@@ -29,6 +30,8 @@ def gateway_for(s: Session) -> GatewayClient | None:
 
 
 def _cache(s: Session) -> AdapterCache:
+    from soulstone.lora.cache import AdapterCache
+
     return AdapterCache(s.paths.cache / "adapters")
 
 
@@ -36,6 +39,8 @@ def _list(s: Session) -> list[dict[str, Any]]:
     gateway = gateway_for(s)
     if gateway is not None:
         return list(gateway.call("GET", "/admin/lora")["adapters"])
+    from soulstone.lora.registry import opened
+
     cache = _cache(s)
     with opened(s.paths.data) as registry:
         return [r.summary("warm" if cache.is_warm(r) else "cold") for r in registry.records()]
@@ -51,8 +56,12 @@ def add(
 ) -> None:  # fmt: skip
     """Validate an adapter and store it in the registry (one transaction)."""
     s = session(ctx)
-    codex = guarded(ctx, s.load)
-    record = guarded(ctx, lambda: store_adapter(s, codex, name, path, base, any_base))
+    gateway = gateway_for(s)
+    if gateway is not None:  # the gateway checks it against its own codex
+        record = guarded(ctx, lambda: _add_through(gateway, name, path, base, any_base))
+    else:
+        codex = guarded(ctx, s.load)
+        record = guarded(ctx, lambda: store_adapter(s, codex, name, path, base, any_base))
     s.out.print(f"added {record['name']} (rank {record['rank']}, base {record['base']}, "
                 f"{record['size']} bytes)", highlight=False)  # fmt: skip
 
@@ -63,8 +72,10 @@ def store_adapter(
     """Validate and store an adapter folder: through the gateway's admin API when it runs."""
     gateway = gateway_for(s)
     if gateway is not None:
-        body = {"name": name, "path": str(path.resolve()), "base": base, "any_base": any_base}
-        return gateway.call("POST", "/admin/lora/add", body)
+        return _add_through(gateway, name, path, base, any_base)
+    from soulstone.lora.adapter import check_name, inspect_adapter
+    from soulstone.lora.registry import opened
+
     soulstone = codex.get(base)
     if soulstone is None:
         raise UsageError(f"no soulstone named {base!r}")
@@ -72,6 +83,12 @@ def store_adapter(
         known = {r.name for r in registry.records()}
         info = inspect_adapter(check_name(name, codex, known), path, soulstone, any_base)
         return registry.add(info, path).summary("cold")
+
+
+def _add_through(gateway: GatewayClient, name: str, path: Path, base: str,
+                 any_base: bool) -> dict[str, Any]:  # fmt: skip
+    body = {"name": name, "path": str(path.resolve()), "base": base, "any_base": any_base}
+    return gateway.call("POST", "/admin/lora/add", body)
 
 
 def adapter_names(s: Session) -> set[str]:
@@ -90,6 +107,8 @@ def list_(
     if as_json:
         typer.echo(orjson.dumps({"adapters": adapters}, option=orjson.OPT_INDENT_2).decode())
         return
+    from rich.table import Table
+
     table = Table(title="adapters", title_justify="left")
     for column in ("name", "base", "rank", "alpha", "modules", "size", "state"):
         table.add_column(column)
@@ -120,6 +139,8 @@ def rm(ctx: typer.Context, name: Annotated[str, typer.Argument(help="An adapter.
     else:
 
         def remove() -> None:
+            from soulstone.lora.registry import opened
+
             with opened(s.paths.data) as registry:
                 _cache(s).remove(registry.remove(name))
 
@@ -166,6 +187,8 @@ def watch(
     A folder is taken once both files exist and nothing changed for one
     interval; its name is the adapter's name. Bad ones are reported and skipped.
     """
+    from soulstone.lora.watch import Watcher
+
     s = session(ctx)
     watcher = Watcher(folder)
     s.err.print(f"watching {folder} for adapters of [{base}] (every {interval:g} s)")
@@ -193,6 +216,9 @@ def _ingest(s: Session, folder: Path, base: str, any_base: bool) -> None:
         gateway.call("POST", "/admin/lora/load", {"name": name})
         s.out.print(f"ingested {name}: hot in [{base}]", highlight=False)
         return
+    from soulstone.lora.adapter import check_name, inspect_adapter
+    from soulstone.lora.registry import opened
+
     codex = s.load()
     soulstone = codex.get(base)
     if soulstone is None:

@@ -6,27 +6,14 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from soulstone.cli.app import Session, guarded, session
 from soulstone.cli.lora import adapter_names, gateway_for, store_adapter
-from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import UsageError
-from soulstone.lora.adapter import check_name
-from soulstone.lora.train import (
-    TrainerRun,
-    TrainOptions,
-    model_context,
-    model_folder,
-    trainer_command,
-    trainer_environment,
-    trainer_python,
-    training_folder,
-)
 from soulstone.lora.traindata import (
     CAPTURE_PREFIX,
     Example,
@@ -35,8 +22,16 @@ from soulstone.lora.traindata import (
     write_examples,
 )
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from soulstone.codex.models import Codex, Soulstone
+    from soulstone.lora.train import TrainerRun, TrainOptions
+
+# `lora` registers this command beside `lora add`: what training needs (the trainer's
+# runner, the codex's models, rich's progress bar) is imported only when `train` runs.
 CANCELLED_EXIT = 130
-DEFAULT_TARGETS = ",".join(TrainOptions().target_modules)
+DEFAULT_TARGETS = "q_proj,k_proj,v_proj,o_proj"  # TrainOptions().target_modules (a test checks)
 
 
 def _emit(document: dict[str, Any]) -> None:
@@ -65,6 +60,8 @@ def _examples(s: Session, data: str) -> tuple[str, list[Example]]:
 
 
 def _progress(s: Session) -> Progress:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=s.err,
@@ -126,6 +123,18 @@ def train(
     validated, stored and loaded through the running gateway as `lora add`
     would, with no restart.
     """
+    from soulstone.lora.adapter import check_name
+    from soulstone.lora.train import (
+        TrainerRun,
+        TrainOptions,
+        model_context,
+        model_folder,
+        trainer_command,
+        trainer_environment,
+        trainer_python,
+        training_folder,
+    )
+
     began = time.perf_counter()
     s = session(ctx)
     options = TrainOptions(rank, alpha if alpha is not None else 2.0 * rank, epochs, lr,

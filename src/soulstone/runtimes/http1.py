@@ -410,11 +410,14 @@ class EnginePool:
         self.remote = remote
         self.idle: list[EngineConnection] = []
 
-    async def connect(self) -> tuple[EngineConnection, bool]:
-        """An open connection and whether it was reused (a reused one may have just closed)."""
+    async def connect(self, fresh: bool = False) -> tuple[EngineConnection, bool]:
+        """An open connection and whether it was reused (a reused one may have just closed).
+
+        `fresh`: a new connection, never an idle one.
+        """
         loop = asyncio.get_running_loop()
         now = loop.time()
-        idle = self.idle
+        idle = [] if fresh else self.idle
         while idle:
             connection = idle.pop()
             if connection.closed:
@@ -470,10 +473,12 @@ async def post(pool: EnginePool, head: bytes, body: bytes) -> tuple[EngineConnec
 
     A reused keep-alive connection that the engine closed before answering
     anything is retried once on a fresh connection; when that one closes
-    silently too, EngineSilent.
+    silently too, EngineSilent. (The retry never takes another idle one: an
+    engine that closes its connections after streamed answers, as llama-server
+    does, leaves several dead ones behind at once.)
     """
     for attempt in range(2):
-        connection, reused = await pool.connect()
+        connection, reused = await pool.connect(fresh=attempt > 0)
         try:
             await connection.send(head, body)
             return connection, await connection.head()
