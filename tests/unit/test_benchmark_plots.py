@@ -23,8 +23,16 @@ def test_every_known_report_gets_its_png(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "benchmarks" / "results", results)
     done = run(results)
     assert done.returncode == 0, done.stderr
-    reports = ("gateway_overhead", "gateway_ab", "lora", "lora_loop", "metrics_scrape", "council",
-               "engines_e2e", "lora_add")
+    reports = (
+        "gateway_overhead",
+        "gateway_ab",
+        "lora",
+        "lora_loop",
+        "metrics_scrape",
+        "council",
+        "engines_e2e",
+        "lora_add",
+    )
     for name in reports:
         picture = results / f"{name}.png"
         assert picture.read_bytes().startswith(PNG), name
