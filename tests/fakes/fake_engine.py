@@ -6,7 +6,7 @@
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
         [--fail-first STATUS]
         [--refuse-start-if PATH] [--oom-at-start]
-        [--enable-sleep-mode] [--fail-sleep] [--fail-wake]
+        [--enable-sleep-mode] [--fail-sleep] [--fail-wake] [--no-tokenize]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
@@ -26,7 +26,8 @@ and `VLLM_SERVER_DEV_MODE=1` (else, as in vLLM, the paths do not exist),
 `POST /sleep?level=N`, `POST /wake_up` and `GET /is_sleeping` answer as vLLM
 0.32 does, and each is noted in `/fake/record` (`sleep N`, `wake`); a
 sleeping engine answers generation requests 503. `--fail-sleep` and
-`--fail-wake` make those calls answer 500.
+`--fail-wake` make those calls answer 500. `--no-tokenize` serves no `/tokenize`
+(a plain OpenAI-compatible server: it answers 404, as aiohttp does for any unknown path).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--enable-sleep-mode", action="store_true")
     parser.add_argument("--fail-sleep", action="store_true")
     parser.add_argument("--fail-wake", action="store_true")
+    parser.add_argument("--no-tokenize", action="store_true")
     return parser.parse_args()
 
 
@@ -472,7 +474,8 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/chat/completions", engine.generate)
     app.router.add_post("/v1/completions", engine.generate)
     app.router.add_post("/v1/embeddings", engine.embeddings)
-    app.router.add_post("/tokenize", engine.tokenize)
+    if not args.no_tokenize:
+        app.router.add_post("/tokenize", engine.tokenize)
     app.router.add_post("/v1/load_lora_adapter", engine.load_lora)
     app.router.add_post("/v1/unload_lora_adapter", engine.unload_lora)
     app.router.add_get("/fake/lora", engine.lora_view)
