@@ -11,7 +11,8 @@
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
-(cancelled) and requests in flight, so tests can see cancellation upstream.
+(cancelled), requests in flight (so tests can see cancellation upstream) and
+health probes answered.
 `GET /fake/calls` lists each answer's request id, model, times, prompts,
 `max_tokens` and `traceparent` header (`--fail-first STATUS` answers the first
 with that error). `GET /fake/record` lists, in order, adapter loads and
@@ -223,7 +224,7 @@ def forced_json(body: dict[str, Any], marks: dict[str, str]) -> str | None:
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0}
+        self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0, "health": 0}
         self.last: dict[str, Any] = {}
         self.adapters: dict[str, str] = {}
         self.loads = 0
@@ -262,6 +263,7 @@ class Engine:
         return web.json_response({"is_sleeping": self.asleep})
 
     async def health(self, _request: web.Request) -> web.Response:
+        self.stats["health"] += 1
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
 
     async def models(self, _request: web.Request) -> web.Response:

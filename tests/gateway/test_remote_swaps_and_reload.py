@@ -9,74 +9,36 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx2
 import pytest
 
 from gateway_harness import RunningGateway, StartGateway, fake_table
-from helpers import FAKE_ENGINE, free_port, terminate, write
+from helpers import write
+from remote_helpers import (
+    StartRemote,
+    remote_calls,
+    remote_starter,
+    remote_table,
+    states,
+    wait_probes,
+    wait_states,
+)
 from soulstone.runtimes import procfs
-
-StartRemote = Callable[..., int]
 
 
 @pytest.fixture
 def start_remote() -> Iterator[StartRemote]:
-    """Start fake engines as remotes (a model name, flags); each one's port. Stopped after."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(model: str, *flags: str) -> int:
-        port = free_port()
-        process = subprocess.Popen([sys.executable, str(FAKE_ENGINE), "--model", model, *flags,
-                                    "--port", str(port)], stdout=subprocess.DEVNULL)  # fmt: skip
-        started.append(process)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    return port
-            except httpx2.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "no fake remote"
-            time.sleep(0.05)
-
-    try:
+    """Fake engines as remotes, stopped after the test."""
+    with remote_starter() as start:
         yield start
-    finally:
-        for process in started:
-            terminate(process, 10)
-
-
-def remote_table(table: str, port: int, models: str, extra: str = "") -> str:
-    """A remote soulstone at the fake engine on this port, probed every 0.1 s."""
-    return (f'[{table}]\nremote = "http://127.0.0.1:{port}/v1"\nmodels = {models}\n'
-            f"health = {{ interval = 0.1 }}\n{extra}")  # fmt: skip
-
-
-def states(gateway: RunningGateway) -> dict[str, str]:
-    """Each listed model's engine_state in /v1/models."""
-    listed = gateway.http().get("/v1/models").json()["data"]
-    return {m["id"]: m.get("engine_state") for m in listed if not m["id"].startswith("council/")}
-
-
-def wait_states(gateway: RunningGateway, wanted: dict[str, str], limit: float = 30) -> None:
-    deadline = time.monotonic() + limit
-    while (found := states(gateway)) != wanted:
-        assert time.monotonic() < deadline, f"models stayed {found}, not {wanted}"
-        time.sleep(0.05)
 
 
 def ask(gateway: RunningGateway, model: str) -> httpx2.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     return gateway.http().post("/v1/chat/completions", json=body)
-
-
-def remote_calls(port: int) -> list[dict[str, Any]]:
-    return list(httpx2.get(f"http://127.0.0.1:{port}/fake/calls").json()["calls"])
 
 
 def engine_pid(gateway: RunningGateway, soulstone: str) -> int:
@@ -105,7 +67,7 @@ def test_a_remote_with_groups_swaps_with_a_conflicting_local_engine(
     assert ask(gateway, "lm").status_code == 200  # near takes over: the remote is not routed
     near_pid = engine_pid(gateway, "near")
     assert states(gateway) == {"rm": "stopped", "lm": "running", "mm": "stopped"}
-    time.sleep(0.5)  # several probes answer meanwhile: none routes the remote again
+    wait_probes(port, 3)  # probes answer meanwhile: none routes the remote again
     assert states(gateway)["rm"] == "stopped"
     assert len(remote_calls(port)) == 1
 
