@@ -118,6 +118,8 @@ async def test_each_folder_loads_once_and_a_bad_one_is_reported_once(tmp_path: P
     assert await folders.count(tmp_path / "none", {"prompt": "a"}) is None
     assert await folders.count(tmp_path / "none", {"prompt": "a"}) is None
     assert folders.loads == 2 and [f for f, _ in failed] == [tmp_path / "none"]
+    folders.forget()  # a reload: the folder is read again
+    assert await folders.count(good, {"prompt": "a b"}) == 3 and folders.loads == 3
 
 
 def _remote(folder: Path, tokenizer: Path) -> Soulstone:

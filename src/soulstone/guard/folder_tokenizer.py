@@ -264,6 +264,10 @@ class FolderTokenizers:
         self._loading.pop(folder, None)
         return found
 
+    def forget(self) -> None:
+        """Read each folder again when next needed (a reload: its files may have changed)."""
+        self._loaded.clear()
+
     async def count(self, folder: Path, document: dict[str, Any]) -> int | None:
         """Tokens of the request's prompt by this folder; None when it cannot be loaded."""
         tokenizer = await self.get(folder)

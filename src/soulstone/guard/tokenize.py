@@ -79,6 +79,11 @@ class TokenCounter:
                 self._cache.popitem(last=False)
         return counted
 
+    def reread_folders(self) -> None:
+        """Load tokenizer folders afresh and forget the counts made so far (a reload)."""
+        self.folders.forget()
+        self._cache.clear()
+
     async def _post(self, soulstone: Soulstone, path: str, body: dict[str, Any]) -> Any:
         session = self.upstreams.session(soulstone)
         try:
