@@ -36,7 +36,7 @@ from soulstone.errors import SoulstoneError
 TOKENIZER_FILE = "tokenizer.json"
 TEMPLATE_FILE = "chat_template.jinja"
 EXTRA_HINT = "pip install 'soulstone[tokenizer]'"
-OFF_LOOP_CHARS = 16_384  # a text this long is encoded in a worker thread
+OFF_LOOP_CHARS = 4_096  # a longer text is encoded in a worker thread (~1 ms and more)
 SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
                   "mask_token")  # fmt: skip
 
