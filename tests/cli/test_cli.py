@@ -119,6 +119,30 @@ def test_invalid_codex_lists_every_error_on_stderr_with_exit_1(run: Run, tmp_pat
     assert "3 errors in the codex" in result.stderr
 
 
+def test_check_shows_a_remote_as_remote(run: Run, tmp_path: Path) -> None:
+    codex = write(tmp_path / "remote", {"r.toml": (
+        '[far]\nremote = "https://gpu.example:8443/v1"\nkey_env = "FAR_KEY"\n'
+        'models = "discover"\n'
+        '[peer]\nremote = "http+unix://%2Frun%2Fb.sock/v1"\nmodels = ["big"]\ngroups = ["g"]\n'
+    )})  # fmt: skip
+    result = run("--codex", str(codex), "check", FAR_KEY="sk-never-shown")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[1]: line for line in result.stdout.splitlines()
+            if line.startswith("│ ")}  # fmt: skip
+    far = rows["far"].split("│")
+    assert [c.strip() for c in far[2:8]] == [
+        "-", "remote", "generic", "remote", "https://gpu.example:8443/v1", "discovered at run time",
+    ]  # fmt: skip
+    peer = [c.strip() for c in rows["peer"].split("│")[2:8]]
+    assert peer == ["-", "g", "generic", "remote", "http+unix://%2Frun%2Fb.sock/v1", "big"]
+    assert "solitary" not in result.stdout
+    assert "sk-never-shown" not in result.stdout + result.stderr
+    document = json.loads(run("--codex", str(codex), "check", "--json").stdout)
+    first = document["soulstones"][0]
+    assert (first["remote"], first["discover"], first["tokenizer"]) == (
+        "https://gpu.example:8443/v1", True, None)  # fmt: skip
+
+
 def test_invalid_codex_json(run: Run, tmp_path: Path) -> None:
     codex = write(tmp_path / "bad", {"a.toml": '[a]\nexec = ["x"]\nport = 0\n'})
     result = run("--codex", str(codex), "check", "--json")

@@ -6,12 +6,13 @@
         [--exit-at-once CODE] [--ignore-term] [--fork-child] [--escape-child] [--gate]
         [--fail-first STATUS]
         [--refuse-start-if PATH] [--oom-at-start]
-        [--enable-sleep-mode] [--fail-sleep] [--fail-wake]
+        [--enable-sleep-mode] [--fail-sleep] [--fail-wake] [--no-tokenize]
 
 Text is "tok0 tok1 ..."; `stream: true` gives SSE chunks then `data: [DONE]`
 (`--chunk-bytes N` pads each streamed token with N bytes: a stream that fills buffers).
 `GET /fake/stats` reports requests seen, requests whose client went away
-(cancelled) and requests in flight, so tests can see cancellation upstream.
+(cancelled), requests in flight (so tests can see cancellation upstream) and
+health probes answered.
 `GET /fake/calls` lists each answer's request id, model, times, prompts,
 `max_tokens` and `traceparent` header (`--fail-first STATUS` answers the first
 with that error). `GET /fake/record` lists, in order, adapter loads and
@@ -26,7 +27,8 @@ and `VLLM_SERVER_DEV_MODE=1` (else, as in vLLM, the paths do not exist),
 `POST /sleep?level=N`, `POST /wake_up` and `GET /is_sleeping` answer as vLLM
 0.32 does, and each is noted in `/fake/record` (`sleep N`, `wake`); a
 sleeping engine answers generation requests 503. `--fail-sleep` and
-`--fail-wake` make those calls answer 500.
+`--fail-wake` make those calls answer 500. `--no-tokenize` serves no `/tokenize`
+(a plain OpenAI-compatible server: it answers 404, as aiohttp does for any unknown path).
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--enable-sleep-mode", action="store_true")
     parser.add_argument("--fail-sleep", action="store_true")
     parser.add_argument("--fail-wake", action="store_true")
+    parser.add_argument("--no-tokenize", action="store_true")
     return parser.parse_args()
 
 
@@ -221,7 +224,7 @@ def forced_json(body: dict[str, Any], marks: dict[str, str]) -> str | None:
 class Engine:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0}
+        self.stats = {"requests": 0, "cancelled": 0, "in_flight": 0, "health": 0}
         self.last: dict[str, Any] = {}
         self.adapters: dict[str, str] = {}
         self.loads = 0
@@ -260,6 +263,7 @@ class Engine:
         return web.json_response({"is_sleeping": self.asleep})
 
     async def health(self, _request: web.Request) -> web.Response:
+        self.stats["health"] += 1
         return web.json_response({}, status=503 if self.args.never_healthy else 200)
 
     async def models(self, _request: web.Request) -> web.Response:
@@ -472,7 +476,8 @@ async def serve(args: argparse.Namespace) -> None:
     app.router.add_post("/v1/chat/completions", engine.generate)
     app.router.add_post("/v1/completions", engine.generate)
     app.router.add_post("/v1/embeddings", engine.embeddings)
-    app.router.add_post("/tokenize", engine.tokenize)
+    if not args.no_tokenize:
+        app.router.add_post("/tokenize", engine.tokenize)
     app.router.add_post("/v1/load_lora_adapter", engine.load_lora)
     app.router.add_post("/v1/unload_lora_adapter", engine.unload_lora)
     app.router.add_get("/fake/lora", engine.lora_view)

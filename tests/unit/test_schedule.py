@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -125,3 +126,25 @@ async def test_a_wave_removed_by_a_reload_leaves_the_next_one_served() -> None:
         await y_request
         assert scheduler.running == {"y"}
         assert not scheduler.waves
+
+
+async def test_a_probe_mid_swap_does_not_route_the_remote_being_swapped_out() -> None:
+    far = dataclasses.replace(stone("far", "box"), runtime="remote", remote="http://h:1/v1")
+    near = stone("near")  # solitary: conflicts with far, which declares a group
+    probes: list[str] = []
+
+    class ProbedMidSwap(FakeSupervisor):
+        async def manifest_soulstones(self, targets: tuple[Soulstone, ...]) -> Plan:
+            scheduler.remote_routed(far, True)  # far's probe answers while near swaps in
+            probes.append("answered")
+            return await super().manifest_soulstones(targets)
+
+    supervisor = ProbedMidSwap(codex_of(far, near), {"far"}, Counter())
+    scheduler = Scheduler(cast(Supervisor, supervisor), max_wait=0.0, drain_timeout=0.0)
+    scheduler.running = {"far"}
+    try:
+        await scheduler.acquire(near)
+        assert probes == ["answered"]
+        assert scheduler.running == {"near"}, "a probe routed far beside near"
+    finally:
+        await scheduler.close()

@@ -8,24 +8,45 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from soulstone.codex.models import Codex
+from soulstone.codex.models import Codex, Soulstone
 from soulstone.errors import Problem
 
 
+def _groups(s: Soulstone) -> str | Text:
+    """Its groups; else `remote` (conflicts with nothing) or `solitary`."""
+    return ", ".join(s.groups) or Text("remote" if s.remote else "solitary", style="dim")
+
+
+def _models(s: Soulstone) -> str | Text:
+    """Its model names, or a note that a discovering remote's are read at run time."""
+    if s.discover:
+        return Text("discovered at run time", style="dim")
+    return ", ".join(s.models)
+
+
+def _address(s: Soulstone) -> str:
+    """Where the gateway reaches it (a remote's address as parsed: it never holds a key)."""
+    return s.address.display() if s.address is not None else s.uri
+
+
 def codex_table(codex: Codex) -> Table:
-    """A table of the soulstones: id, unit, groups, engine, runtime, URI, models, capabilities."""
+    """A table of the soulstones: id, unit, groups, engine, runtime, URI, models, capabilities.
+
+    A remote has no unit (`-`), shows `remote` where it is in no group, and
+    `discovered at run time` for `models = "discover"`.
+    """
     table = Table(title="soulstones", title_justify="left")
     for column in ("id", "unit", "groups", "engine", "runtime", "URI", "models", "capabilities"):
         table.add_column(column, overflow="fold")
     for s in codex.soulstones:
         table.add_row(
             Text(s.id, style="bold"),
-            s.unit,
-            ", ".join(s.groups) or Text("solitary", style="dim"),
+            Text("-", style="dim") if s.remote else s.unit,
+            _groups(s),
             s.engine,
             s.runtime,
-            s.uri,
-            ", ".join(s.models),
+            _address(s),
+            _models(s),
             ", ".join(s.capabilities),
         )
     return table

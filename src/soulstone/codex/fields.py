@@ -46,6 +46,7 @@ EXPECTED: dict[str, str] = {
     "remote": "an address like https://host:port/v1 (a string)",
     "key_file": "a path to a file holding the remote's key (a string)",
     "key_env": "the name of an environment variable holding the remote's key",
+    "tokenizer": "a path to the remote model's tokenizer folder (a string)",
     "sleep": "true or false",
     "health.path": "a string",
     "health.start_timeout": "a positive number of seconds",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import orjson
 from soulstone.codex.advice import advise, model_reference
 from soulstone.codex.conflicts import conflict_pairs
 from soulstone.codex.facts import HostFacts, ModelFiles
-from soulstone.codex.models import Codex
+from soulstone.codex.models import Codex, Soulstone
 from soulstone.codex.parse import Declaration, parse_text
 from soulstone.codex.validate import resolve
 from soulstone.errors import CodexError, Problem, UsageError
@@ -95,6 +96,51 @@ def read_model_files(reference: str) -> ModelFiles | None:
         return None
 
 
+def _has_template(folder: Path) -> bool:
+    """Whether a tokenizer folder has a chat template (its own file, or in a JSON config)."""
+    if (folder / "chat_template.jinja").is_file():
+        return True
+    for name in ("chat_template.json", "tokenizer_config.json"):
+        try:
+            found = orjson.loads((folder / name).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(found, dict) and found.get("chat_template"):
+            return True
+    return False
+
+
+def tokenizer_libraries_missing() -> list[str]:
+    """The libraries of the `tokenizer` extra (tokenizers, jinja2) that are not installed."""
+    return [n for n in ("tokenizers", "jinja2") if importlib.util.find_spec(n) is None]
+
+
+def tokenizer_problems(soulstones: Sequence[Soulstone]) -> tuple[list[Problem], list[Problem]]:
+    """Errors and warnings about remotes' `tokenizer` folders and the libraries that read them."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    missing = tokenizer_libraries_missing() if any(s.tokenizer for s in soulstones) else []
+    for s in soulstones:
+        if s.remote is None or s.tokenizer is None or not s.tokenizer.startswith(("/", "~/")):
+            continue  # none declared, or an error of its own (relative, or not a remote)
+        folder = Path(s.tokenizer).expanduser()
+        if not folder.is_dir():
+            problems.append(Problem(s.file, s.id, "tokenizer", f"{folder} is not a folder"))
+        elif not (folder / "tokenizer.json").is_file():
+            message = f"{folder} holds no tokenizer.json (the Hugging Face tokenizer file)"
+            problems.append(Problem(s.file, s.id, "tokenizer", message))
+        elif missing:
+            warnings.append(Problem(s.file, s.id, "tokenizer", (
+                f"{' and '.join(missing)} not installed (pip install 'soulstone[tokenizer]'): "
+                "prompts are counted by the remote's POST /tokenize; where it has none, "
+                "context budgets are the remote's")))  # fmt: skip
+        elif not _has_template(folder):
+            warnings.append(Problem(s.file, s.id, "tokenizer", (
+                f"{folder} has no chat template: chat prompts are counted by an estimate "
+                "(each message as a 'role: text' line)")))  # fmt: skip
+    return problems, warnings
+
+
 def read_toml_text(file: Path) -> str | Problem:
     """A declaration file's text, or the Problem that it is unreadable or not UTF-8."""
     try:
@@ -124,6 +170,9 @@ def load_files(
         problems += file_problems
     soulstones, resolve_problems, warnings = resolve(declarations, host)
     problems += resolve_problems
+    tokenizer_errors, tokenizer_warnings = tokenizer_problems(soulstones)
+    problems += tokenizer_errors
+    warnings += tuple(tokenizer_warnings)
     references = {ref for s in soulstones if (ref := model_reference(s))}
     models = {ref: info for ref in sorted(references) if (info := read_models(ref))}
     warnings += advise(soulstones, host, models)

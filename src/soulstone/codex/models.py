@@ -78,6 +78,7 @@ class SoulstoneDecl(_Strict):
     remote: str | None = None
     key_file: str | None = None
     key_env: str | None = None
+    tokenizer: str | None = None
     sleep: bool = False
 
     @field_validator("warmup", mode="before")
@@ -158,6 +159,8 @@ class Soulstone:
     key_file: str | None = None
     key_env: str | None = None
     discover: bool = False  # models = "discover": the remote's own /v1/models list
+    # A remote's tokenizer folder: prompts are counted with it here (no restart when it changes).
+    tokenizer: str | None = field(default=None, compare=False)
     sleep: bool = False  # vLLM's sleep mode is the swap (its flag: a restart when it changes)
 
     @cached_property
@@ -203,7 +206,8 @@ class Soulstone:
             "capabilities": list(self.capabilities),
         }
         if self.remote is not None:
-            record |= {"remote": self.remote, "discover": self.discover}
+            record |= {"remote": self.remote, "discover": self.discover,
+                       "tokenizer": self.tokenizer}  # fmt: skip
         return record
 
 

@@ -33,7 +33,7 @@ LOCAL_ONLY_FIELDS = (
     "volumes", "env", "devices", "lora", "ttl", "runtime", "warmup",
 )  # fmt: skip
 # Fields only a remote may have.
-REMOTE_ONLY_FIELDS = ("key_file", "key_env")
+REMOTE_ONLY_FIELDS = ("key_file", "key_env", "tokenizer")
 # Table keys that would put a secret in the codex itself.
 LITERAL_KEY_FIELDS = frozenset({"key", "api_key", "apikey", "token", "bearer", "authorization",
                                 "password", "secret"})  # fmt: skip

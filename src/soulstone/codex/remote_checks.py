@@ -25,7 +25,8 @@ LITERAL_KEY_MESSAGE = (
 BUDGET_WARNING = (
     "prompt tokens are counted by the remote's POST /tokenize (a soulstone gateway or "
     "vLLM has one); where it has none, this gateway checks only max_output_tokens and "
-    "context budgets are the remote's"
+    "context budgets are the remote's (declare tokenizer = PATH, the model's tokenizer "
+    "folder, to count them here)"
 )
 
 
@@ -57,6 +58,9 @@ def remote_problems(decl: SoulstoneDecl) -> list[tuple[str, str]]:
         found.append(("key_file", f"{decl.key_file!r} is not an absolute path"))
     if decl.key_env is not None and ENV_NAME_RE.fullmatch(decl.key_env) is None:
         found.append(("key_env", f"malformed variable name {decl.key_env!r}"))
+    if decl.tokenizer is not None and not decl.tokenizer.startswith(("/", "~/")):
+        found.append(("tokenizer", f"{decl.tokenizer!r} is not an absolute path (a folder "
+                      "holding the model's tokenizer.json)"))  # fmt: skip
     return found
 
 

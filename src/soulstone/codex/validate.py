@@ -231,9 +231,9 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
     remote = decl.remote is not None
     for field, message in remote_problems(decl) if remote else local_problems(decl):
         out.error(field, message)
-    if remote:
+    if remote and decl.tokenizer is None:
         out.warn("remote", BUDGET_WARNING)
-    else:
+    if not remote:
         _address(decl, out)
     _simple_fields(decl, out)
     engine = decl.engine or ("generic" if remote else infer_engine(decl.image, argv))
@@ -267,6 +267,7 @@ def resolve_one(declaration: Declaration, facts: HostFacts) -> tuple[Soulstone, 
         remote=decl.remote,
         key_file=decl.key_file,
         key_env=decl.key_env,
+        tokenizer=decl.tokenizer,
         discover=decl.models == "discover",
         sleep=_sleep(decl, engine, out),
     )

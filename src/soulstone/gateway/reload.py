@@ -59,6 +59,7 @@ async def reload_codex(
         new = load()
         declared = councils[0](new, gateway.adapters.keys()) if councils is not None else None
         gateway.guard.reload()
+        gateway.guard.counter.reread_folders()  # a remote's tokenizer folder may have changed
         if tools is not None:
             gateway.use_policy(load_policy(tools))
     except (CodexError, UsageError, ClientsFileError, PolicyError) as error:

@@ -164,6 +164,14 @@ def checked_keys(load: Callable[[], Codex]) -> Callable[[], Codex]:
     return load_checked
 
 
+def _tokenizer_failed(log: Any) -> Callable[[Path, str], None]:
+    def emit(folder: Path, why: str) -> None:
+        log.warning("tokenizer folder unusable: the remote's /tokenize counts instead",
+                    folder=str(folder), reason=why)  # fmt: skip
+
+    return emit
+
+
 def _remote_state(log: Any, live: LiveHub) -> Callable[[Soulstone, bool, str | None], None]:
     def emit(soulstone: Soulstone, up: bool, detail: str | None) -> None:
         if up:
@@ -273,7 +281,7 @@ async def serve(
     upstreams = Upstreams()
     overrides = {"max_parallel": options.max_parallel, "queue": options.queue,
                  "timeout_s": options.timeout}  # fmt: skip
-    guard = Guard.load(options.clients, upstreams, overrides)
+    guard = Guard.load(options.clients, upstreams, overrides, _tokenizer_failed(log))
     refused = tcp_refusal(options.tcp, options.tcp_public, _tcp_keys(guard), options.clients)
     if refused is not None:
         raise UsageError(refused)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from soulstone.codex.models import Soulstone
 from soulstone.guard.budget import Budget, budget_for
 from soulstone.guard.clients import ClientsDecl, GatewayDecl
+from soulstone.guard.folder_tokenizer import FolderTokenizers
 from soulstone.guard.identity import Identities
 from soulstone.guard.limits import ClientLimiter, Slots
 from soulstone.guard.store import load_clients
@@ -30,10 +32,14 @@ class Guard:
     _budgets: dict[tuple[str, int], Budget] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, upstreams: Upstreams, overrides: dict[str, Any]) -> Guard:
-        """Read the clients file (absent: only the gateway's own user); ClientsFileError if bad."""
-        guard = cls(path, {k: v for k, v in overrides.items() if v is not None},
-                    TokenCounter(upstreams))  # fmt: skip
+    def load(cls, path: Path, upstreams: Upstreams, overrides: dict[str, Any],
+             on_tokenizer_failed: Callable[[Path, str], None] | None = None) -> Guard:  # fmt: skip
+        """Read the clients file (absent: only the gateway's own user); ClientsFileError if bad.
+
+        `on_tokenizer_failed` hears once of each remote's tokenizer folder that cannot be loaded.
+        """
+        counter = TokenCounter(upstreams, FolderTokenizers(on_tokenizer_failed))
+        guard = cls(path, {k: v for k, v in overrides.items() if v is not None}, counter)
         guard.apply(load_clients(path))
         return guard
 

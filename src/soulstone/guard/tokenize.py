@@ -1,9 +1,18 @@
-"""Count a prompt's tokens with the target engine's own tokenizer (its endpoints), cached."""
+"""Count a prompt's tokens with the target engine's own tokenizer, cached.
+
+The engine's endpoints count it (`/tokenize`; llama-server's
+`/apply-template` first), except for a remote soulstone that declares a
+`tokenizer` folder: that folder counts it here, with no round trip (and,
+on a soulstone gateway, no request spent against the peer's limits). A
+folder that cannot be loaded (a library of the `tokenizer` extra missing, a
+broken file) is logged once and the remote's `/tokenize` counts instead.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -11,6 +20,7 @@ import orjson
 
 from soulstone.codex.models import Soulstone
 from soulstone.errors import Refusal
+from soulstone.guard.folder_tokenizer import FolderTokenizers
 from soulstone.runtimes.upstream import Upstreams
 
 CACHE_SIZE = 4096
@@ -29,15 +39,17 @@ class TokenizeFailed(Refusal):
 class TokenCounter:
     """Prompt token counts from the engines, remembered by prompt."""
 
-    def __init__(self, upstreams: Upstreams) -> None:
+    def __init__(self, upstreams: Upstreams, folders: FolderTokenizers | None = None) -> None:
         self.upstreams = upstreams
+        self.folders = folders or FolderTokenizers()
         self._cache: OrderedDict[bytes, int] = OrderedDict()
         self.asked = 0  # counts that asked the engine (a request's trace shows those)
 
     async def count(self, soulstone: Soulstone, document: dict[str, Any]) -> int | None:
         """Tokens of the request's `messages` (chat template applied) or `prompt`.
 
-        None when the engine has no tokenizer endpoint soulstone knows.
+        None when the engine has no tokenizer endpoint soulstone knows. A
+        remote's declared `tokenizer` folder counts first (see the module).
         """
         if soulstone.engine not in ("vllm", "llamacpp", "generic"):
             return None
@@ -47,18 +59,30 @@ class TokenCounter:
         key = hashlib.sha256(
             soulstone.id.encode()
             + b"\0"
+            + (soulstone.tokenizer or "").encode()
+            + b"\0"
             + orjson.dumps([messages, prompt], option=orjson.OPT_SORT_KEYS)
         ).digest()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        self.asked += 1
-        counted = await self._ask(soulstone, document.get("model"), messages, prompt)
+        counted = None
+        if soulstone.tokenizer is not None:
+            folder = Path(soulstone.tokenizer).expanduser()
+            counted = await self.folders.count(folder, document)
+        if counted is None:
+            self.asked += 1
+            counted = await self._ask(soulstone, document.get("model"), messages, prompt)
         if counted is not None:
             self._cache[key] = counted
             if len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return counted
+
+    def reread_folders(self) -> None:
+        """Load tokenizer folders afresh and forget the counts made so far (a reload)."""
+        self.folders.forget()
+        self._cache.clear()
 
     async def _post(self, soulstone: Soulstone, path: str, body: dict[str, Any]) -> Any:
         session = self.upstreams.session(soulstone)

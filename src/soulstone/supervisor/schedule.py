@@ -180,9 +180,13 @@ class Scheduler:
         self._changed.set()
 
     def remote_routed(self, soulstone: Soulstone, routed: bool) -> None:
-        """A remote soulstone answers its probes (routed to) or does not (left out)."""
+        """A remote soulstone answers its probes (routed to) or does not (left out).
+
+        A remote being swapped out (a conflicting group takes its place) is not
+        routed to again by a probe: only a request for it swaps it back.
+        """
         sid = soulstone.id
-        if routed and sid not in self.running:
+        if routed and sid not in self.running and sid not in self._closing:
             self.running.add(sid)
             self.last_used[sid] = self.clock()
             self.on_change({sid})
