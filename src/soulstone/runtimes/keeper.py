@@ -338,9 +338,9 @@ def main(argv: list[str] | None = None, spare: bool = False) -> int:
         signal.signal(signal.SIGHUP, keeper.request_stop)
         signal.signal(signal.SIGALRM, keeper.kill_now)
         report.write(_dumps(document) + b"\n")
-    keeper.start_pump()
-    os.dup2(devnull, 1)
+    os.dup2(devnull, 1)  # the start waits for the end of the launcher's output: ours too
     os.dup2(devnull, 2)
+    keeper.start_pump()
     exit_code = keeper.wait()
     keeper.run_after()
     keeper.sweep()
