@@ -346,14 +346,17 @@ class Supervisor:
         began = time.monotonic()
         shown = -soulstone.health.interval  # when a `waiting` event last went out
         while True:
-            status = await asyncio.to_thread(runtime.status, soulstone)
+            # The engine's state and a probe at once: one is not worth waiting for the other.
+            status, health = await asyncio.gather(
+                asyncio.to_thread(runtime.status, soulstone), self.prober(soulstone)
+            )
             elapsed = time.monotonic() - began
             if not status.active:
                 tail = await asyncio.to_thread(runtime.log_tail, soulstone)
                 status = await asyncio.to_thread(runtime.status, soulstone)  # its exit code now
                 code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 return Failure(soulstone.id, f"exited before it was healthy{code}", tail)
-            if await self.prober(soulstone) == "healthy":
+            if health == "healthy":
                 self._mark_healthy(soulstone)
                 self.on_event(Event("healthy", soulstone.id, elapsed=elapsed, timeout=timeout))
                 if warm and soulstone.warmup is not None:
