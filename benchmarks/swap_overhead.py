@@ -126,7 +126,11 @@ def direct_start(argv: list[str], port: int, health: str, log: Path) -> float:
             return time.monotonic() - began
         finally:
             os.killpg(engine.pid, signal.SIGTERM)
-            engine.wait(60)
+            try:
+                engine.wait(10)
+            except subprocess.TimeoutExpired:  # llama-server may miss a TERM this early
+                os.killpg(engine.pid, signal.SIGKILL)
+                engine.wait(60)
 
 
 def engine_exec(kind: str, slow_start: float, port: int) -> list[str]:

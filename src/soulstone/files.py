@@ -25,16 +25,25 @@ def _temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
-def replace_file(path: Path, data: bytes, mode: int = 0o600, folder_mode: int = 0o700) -> None:
-    """Write `data` to `path` atomically with `mode` (a missing folder is made `folder_mode`)."""
+def replace_file(
+    path: Path, data: bytes, mode: int = 0o600, folder_mode: int = 0o700, durable: bool = True
+) -> None:
+    """Write `data` to `path` atomically with `mode` (a missing folder is made `folder_mode`).
+
+    Readers see the old file or the new one, never a mix. `durable`: the
+    data reaches the disk (fsync) before the rename, so that a power cut
+    cannot leave an empty file; leave it out for files that only describe
+    processes running now (a power cut ends them too).
+    """
     path.parent.mkdir(mode=folder_mode, parents=True, exist_ok=True)
     fd, temporary = _temporary(path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

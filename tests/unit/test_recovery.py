@@ -117,6 +117,30 @@ async def test_an_engine_that_dies_is_restarted_with_nobody_asking() -> None:
         assert supervisor.starts == ["a", "b", "a"]
 
 
+async def test_an_engine_that_dies_before_it_is_watched_is_restarted_all_the_same() -> None:
+    a = stone("a")
+
+    class DiesAtOnce(BrokenSupervisor):
+        async def manifest_soulstones(self, targets: tuple[Soulstone, ...]) -> Plan:
+            plan = await super().manifest_soulstones(targets)
+            if self.starts == ["a"]:
+                self.active.discard("a")  # healthy, then dead before anyone watched it
+            return plan
+
+    supervisor = DiesAtOnce(codex_of(a))
+    scheduler = Scheduler(cast(Supervisor, supervisor), max_wait=0.0, drain_timeout=1.0,
+                          restarts=POLICY)  # fmt: skip
+    restarted = asyncio.Event()
+    scheduler.on_change = lambda ids: restarted.set() if supervisor.starts == ["a", "a"] else None
+    try:
+        await scheduler.acquire(a)
+        await asyncio.wait_for(restarted.wait(), 30)  # a bound, so that a miss fails, not hangs
+        assert supervisor.starts == ["a", "a"]
+        assert scheduler.running == {"a"}
+    finally:
+        await scheduler.close()
+
+
 async def test_a_broken_connection_to_a_running_engine_restarts_nothing() -> None:
     a = stone("a")
     async with recovering(a) as (scheduler, supervisor, notes):

@@ -67,7 +67,7 @@ def pump(source: int, log: RotatingLog) -> None:
     up to LINGER_S (or until it is as long as the log's limit), so that a
     rotation falls between lines while a slow line still shows soon.
     Runs in its own thread, started with the keeper's signals blocked (see
-    `Keeper.spawn`): they must reach the main thread, waiting in `waitpid`.
+    `Keeper.start_pump`): they must reach the main thread, waiting in `waitpid`.
     """
     pending, deadline = b"", 0.0
     poller = select.poll()
@@ -97,12 +97,12 @@ def pump(source: int, log: RotatingLog) -> None:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Replace the record atomically, as `runtimes.state.write_json` does.
+    """Replace the record atomically, without fsync, as `runtimes.state.write_json` does.
 
     With the standard library's json: the keeper starts on every engine
     start, and importing orjson would cost it more than all its other imports.
     """
-    replace_file(path, json.dumps(document, indent=2).encode(), mode=0o644)
+    replace_file(path, json.dumps(document, indent=2).encode(), mode=0o644, durable=False)
 
 
 def _dumps(document: dict[str, Any]) -> bytes:
@@ -136,9 +136,13 @@ class Keeper:
         self.engine_ended = False
         self.document: dict[str, Any] = {}
         self.pump: threading.Thread | None = None
+        self._output = -1  # the read end of the engine's output pipe, until the pump takes it
 
     def spawn(self, command: list[str], cwd: str | None, spare: bool = False) -> dict[str, Any]:
-        """Start the engine in its own group, its output pumped to the log; record its pids."""
+        """Start the engine in its own group, its output into a pipe; record its pids.
+
+        `start_pump` then copies the output to the log (until then it waits in the pipe).
+        """
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.log.write(f"--- soulstone: starting {command!r} at {stamp} ---\n".encode())
         read_end, write_end = os.pipe()
@@ -152,12 +156,7 @@ class Keeper:
             raise
         finally:
             os.close(write_end)
-        self.pump = threading.Thread(target=pump, args=(read_end, self.log), daemon=True)
-        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, KEEPER_SIGNALS)
-        try:  # the thread keeps the mask it starts with: the signals go to this thread
-            self.pump.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        self._output = read_end
         self.pgid = engine.pid
         self.document = {
             "keeper_pid": os.getpid(),
@@ -174,6 +173,20 @@ class Keeper:
         }
         write_json(self.record, self.document)
         return self.document
+
+    def start_pump(self) -> None:
+        """Start copying the engine's output to the log, in a thread of its own.
+
+        Once the start is reported: a thread that copies a talkative engine's
+        output holds the GIL so often that the main thread waits up to the
+        switch interval (5 ms) for it at each step of the report.
+        """
+        self.pump = threading.Thread(target=pump, args=(self._output, self.log), daemon=True)
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, KEEPER_SIGNALS)
+        try:  # the thread keeps the mask it starts with: the signals go to this thread
+            self.pump.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
     def request_stop(self, _signum: int, _frame: FrameType | None) -> None:
         """Signal handler: SIGTERM the engine's group now, SIGKILL after the grace."""
@@ -231,7 +244,8 @@ class Keeper:
             time.sleep(0.05)
         procfs.signal_group(self.pgid, signal.SIGKILL)
         for _ in range(200):
-            self._reap()
+            if not self._reap():
+                break  # no child left: as a subreaper, no descendant either
             left = procfs.descendants(os.getpid())
             if not left:
                 break
@@ -244,14 +258,15 @@ class Keeper:
         self._reap()
 
     @staticmethod
-    def _reap() -> None:
+    def _reap() -> bool:
+        """Reap the children that ended; True while some child (alive) is left."""
         while True:
             try:
                 pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return False
             if pid == 0:
-                return
+                return True
 
     def finish(self, exit_code: int | None) -> None:
         """Record how the engine ended: stopped on request, else failed."""
@@ -323,13 +338,16 @@ def main(argv: list[str] | None = None, spare: bool = False) -> int:
         signal.signal(signal.SIGHUP, keeper.request_stop)
         signal.signal(signal.SIGALRM, keeper.kill_now)
         report.write(_dumps(document) + b"\n")
-    os.dup2(devnull, 1)
+    os.dup2(devnull, 1)  # the start waits for the end of the launcher's output: ours too
     os.dup2(devnull, 2)
+    keeper.start_pump()
     exit_code = keeper.wait()
     keeper.run_after()
     keeper.sweep()
     keeper.finish(exit_code)
-    return 0
+    # Leave at once: a stop waits for this exit, and Python's own shutdown takes
+    # 10-20 ms. The record is written, and the log is unbuffered.
+    os._exit(0)
 
 
 def standby() -> int:
@@ -341,6 +359,7 @@ def standby() -> int:
     engine start does not wait for Python to start and import the keeper.
     End of input before an order (its owner went away): exit 0.
     """
+    _arguments(["--record", "-", "--log", "-", "--", "-"])  # argparse's first use is slow
     line = sys.stdin.buffer.readline()
     if not line.strip():
         return 0

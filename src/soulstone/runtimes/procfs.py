@@ -81,7 +81,17 @@ def _all() -> list[ProcStat]:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Pids of the live (non-zombie) processes in a process group."""
+    """Pids of the live (non-zombie) processes in a process group.
+
+    A group that no process is in any more (the usual case after a stop)
+    is known from one `killpg(pgid, 0)`, without reading all of /proc.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass  # someone else's group: /proc says who is in it
     return sorted(p.pid for p in _all() if p.pgid == pgid and p.state not in ("Z", "X"))
 
 

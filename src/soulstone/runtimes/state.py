@@ -1,4 +1,11 @@
-"""Per-soulstone state files under $XDG_STATE_HOME/soulstone, written atomically."""
+"""Per-soulstone state files under $XDG_STATE_HOME/soulstone, written atomically.
+
+They describe processes that run now (pids, start times, health), so they
+are replaced atomically but not fsync'd: a reader never sees half a file,
+and what a power cut might lose (the file reads as missing) names
+processes that the power cut ended anyway. An fsync costs milliseconds on
+a busy disk, several times in each engine start and stop.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +18,9 @@ from soulstone.files import replace_file
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Replace a JSON file atomically (temporary file in the same folder, then rename)."""
-    replace_file(path, orjson.dumps(document, option=orjson.OPT_INDENT_2), mode=0o644)
+    """Replace a JSON file atomically (temporary file in the same folder, then rename; no fsync)."""
+    replace_file(path, orjson.dumps(document, option=orjson.OPT_INDENT_2), mode=0o644,
+                 durable=False)  # fmt: skip
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

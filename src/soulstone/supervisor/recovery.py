@@ -160,9 +160,13 @@ class Recovery:
 
     async def _track(self, soulstone: Soulstone) -> None:
         status = await self.supervisor.status(soulstone, check_health=False)
-        if status.active and status.pid and not self.watch.watching(soulstone.id):
-            sid = soulstone.id
+        sid = soulstone.id
+        if self.watch.watching(sid):
+            return
+        if status.active and status.pid:
             self.watch.add(sid, status.pid, lambda: self.on_exit(sid))
+        elif status.state == "failed":  # it ended on its own before it could be watched
+            self.on_exit(sid)
 
     def died(self, soulstone: Soulstone, reason: str) -> None:
         """A running engine stopped answering or ended: confirm it, then restart it (or mark it)."""

@@ -99,6 +99,14 @@ class Supervisor:
     instead of stopped when it must give way, and woken (`waker`) instead of
     started; a sleeping engine runs on but holds no GPU, so it conflicts
     with nothing. When either call fails, it is stopped (and started) instead.
+
+    Once an engine passes its health check, the requests waiting for it go
+    on at once; the runtime's note of it (`mark_healthy`: a record, and for
+    the process runtime a new spare keeper) is written meanwhile. Every
+    later look through this supervisor (a status, a manifestation, a stop)
+    waits for those notes first, and `manifest` returns only once they are
+    written; a note that cannot be written leaves the engine `starting` in
+    `status`, while it serves.
     """
 
     def __init__(
@@ -124,6 +132,7 @@ class Supervisor:
         self.waker = waker
         self.sleeping = SleepMarks(state)
         self._lock = asyncio.Lock()
+        self._marking: set[asyncio.Task[None]] = set()
 
     def runtime(self, soulstone: Soulstone) -> Runtime:
         """The runtime that runs this soulstone."""
@@ -133,6 +142,7 @@ class Supervisor:
     async def exclusive(self) -> AsyncIterator[None]:
         """Hold the supervisor's locks (this process's and the state folder's)."""
         async with self._lock:
+            await self.settled()
             self.state.ensure()
             fd = os.open(self.state.lock, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -146,6 +156,7 @@ class Supervisor:
 
         An engine this supervisor put to sleep is `sleeping` (and not probed).
         """
+        await self.settled()
         runtime = self.runtime(soulstone)
         found = self.sleeping.apply(await asyncio.to_thread(runtime.status, soulstone))
         if check_health:
@@ -182,7 +193,9 @@ class Supervisor:
         (answered or failed: a failed warm-up does not fail the start).
         """
         async with self.exclusive():
-            return await self._manifest(await self.plan(target))
+            plan = await self._manifest(await self.plan(target))
+            await self.settled()
+            return plan
 
     async def manifest_soulstones(self, targets: tuple[Soulstone, ...]) -> Plan:
         """Manifest exactly these (mutually compatible) soulstones; see `manifest`."""
@@ -299,6 +312,23 @@ class Supervisor:
         self.on_event(Event("awake", soulstone.id, elapsed=time.monotonic() - began))
         return True
 
+    def _mark_healthy(self, soulstone: Soulstone) -> None:
+        """Have the runtime note that the engine passed its health check, in the background."""
+        mark = self.runtime(soulstone).mark_healthy
+        task = asyncio.create_task(asyncio.to_thread(mark, soulstone))
+        self._marking.add(task)
+        task.add_done_callback(self._marked)
+
+    def _marked(self, task: asyncio.Task[None]) -> None:
+        self._marking.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a note not written leaves the engine `starting`
+
+    async def settled(self) -> None:
+        """Wait until the notes of engines that just passed their health check are written."""
+        while self._marking:
+            await asyncio.wait(set(self._marking))
+
     async def _warm_up(self, soulstone: Soulstone, warmup: Warmup) -> None:
         """Send the warm-up request; its outcome is an event, never a failure of the start."""
         began = time.monotonic()
@@ -316,15 +346,18 @@ class Supervisor:
         began = time.monotonic()
         shown = -soulstone.health.interval  # when a `waiting` event last went out
         while True:
-            status = await asyncio.to_thread(runtime.status, soulstone)
+            # The engine's state and a probe at once: one is not worth waiting for the other.
+            status, health = await asyncio.gather(
+                asyncio.to_thread(runtime.status, soulstone), self.prober(soulstone)
+            )
             elapsed = time.monotonic() - began
             if not status.active:
                 tail = await asyncio.to_thread(runtime.log_tail, soulstone)
                 status = await asyncio.to_thread(runtime.status, soulstone)  # its exit code now
                 code = f" (exit {status.exit_code})" if status.exit_code is not None else ""
                 return Failure(soulstone.id, f"exited before it was healthy{code}", tail)
-            if await self.prober(soulstone) == "healthy":
-                await asyncio.to_thread(runtime.mark_healthy, soulstone)
+            if health == "healthy":
+                self._mark_healthy(soulstone)
                 self.on_event(Event("healthy", soulstone.id, elapsed=elapsed, timeout=timeout))
                 if warm and soulstone.warmup is not None:
                     await self._warm_up(soulstone, soulstone.warmup)
