@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -141,3 +142,15 @@ class RotatingLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+
+def looseness(path: Path, max_mode: int) -> str | None:
+    """Why a private file may not be trusted (another owner, a mode wider than `max_mode`),
+    or None when it is the caller's and narrow enough; OSError when it cannot be looked at."""
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        return f"is owned by uid {info.st_uid}, not by this user ({os.getuid()})"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & ~max_mode:
+        return f"has mode {mode:04o}, wider than {max_mode:04o}"
+    return None

@@ -193,12 +193,7 @@ class Upstream:
                 try:
                     chunk = await read()
                 except UPSTREAM_ERRORS:
-                    if watchdog.fired:
-                        self.failure = timed_out_refusal(self.timeout)
-                    else:
-                        on_failure()
-                        self.failure = engine_failed_refusal()
-                    yield Failure(self.failure)
+                    yield Failure(self._broken(watchdog, on_failure))
                     return
                 if not chunk:
                     break
@@ -253,12 +248,7 @@ class Upstream:
             try:
                 await response.push(take)
             except UPSTREAM_ERRORS:
-                if watchdog.fired:
-                    self.failure = timed_out_refusal(self.timeout)
-                else:
-                    on_failure()
-                    self.failure = engine_failed_refusal()
-                return self.failure
+                return self._broken(watchdog, on_failure)
             whole = self.whole = True
             self.usage = usage_in(tail[0][-TAIL_BYTES:])
             return None
@@ -269,6 +259,15 @@ class Upstream:
                 response.release()  # the connection goes back to the pool
             else:
                 response.close()  # the engine sees the cancel
+
+    def _broken(self, watchdog: _Idle, on_failure: Callable[[], None]) -> Refusal:
+        """Why a stream broke off: the engine fell silent (timed out) or failed."""
+        if watchdog.fired:
+            self.failure = timed_out_refusal(self.timeout)
+        else:
+            on_failure()
+            self.failure = engine_failed_refusal()
+        return self.failure
 
     def abort(self) -> None:
         """Close the engine's answer unless it was read to its end (released already).

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import io
 import os
-import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from ruamel.yaml.error import YAMLError as RuamelError
 from ruamel.yaml.resolver import VersionedResolver
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString
 
-from soulstone.files import replace_file
+from soulstone.files import looseness, replace_file
 from soulstone.guard.clients import (
     ClientDecl,
     ClientsDecl,
@@ -49,14 +48,10 @@ def _inside_checkout(path: Path) -> Path | None:
 
 def check_file(path: Path) -> None:
     """Refuse a clients file that others may read or change, or that lives in a checkout."""
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise ClientsFileError(f"{path} is owned by uid {info.st_uid}, not by this user "
-                               f"({os.getuid()}): refusing it")  # fmt: skip
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & ~MAX_MODE:
-        raise ClientsFileError(f"{path} has mode {mode:04o}, wider than 0640: others could "
-                               f"read its key hashes or change it (chmod 600 {path})")  # fmt: skip
+    loose = looseness(path, MAX_MODE)
+    if loose is not None:
+        raise ClientsFileError(f"{path} {loose}: others could read its key hashes or change "
+                               f"it; refusing it (chmod 600 {path})")  # fmt: skip
     checkout = _inside_checkout(path)
     if checkout is not None:
         raise ClientsFileError(

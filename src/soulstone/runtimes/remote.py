@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import orjson
 
 from soulstone.codex.models import RuntimeName, Soulstone
 from soulstone.errors import SoulstoneError
+from soulstone.files import looseness
 from soulstone.runtimes.base import EngineStatus, StartError
 
 CONNECT_TIMEOUT_S = 1.0  # a remote that does not accept a connection in a second is down
@@ -49,14 +49,10 @@ def read_key(soulstone: Soulstone) -> str | None:
         return None
     path = Path(soulstone.key_file).expanduser()
     try:
-        info = path.stat()
-        if info.st_uid != os.getuid():
-            raise RemoteKeyError(f"{where}: key_file {path} is owned by uid {info.st_uid}, "
-                                 f"not by this user ({os.getuid()}): refusing it")  # fmt: skip
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & ~MAX_KEY_MODE:
-            raise RemoteKeyError(f"{where}: key_file {path} has mode {mode:04o}, wider than "
-                                 f"0600: others could read the key (chmod 600 {path})")  # fmt: skip
+        loose = looseness(path, MAX_KEY_MODE)
+        if loose is not None:
+            raise RemoteKeyError(f"{where}: key_file {path} {loose}: others could read or "
+                                 f"change the key; refusing it (chmod 600 {path})")  # fmt: skip
         value = path.read_text(encoding="utf-8").strip()
     except OSError as error:
         raise RemoteKeyError(f"{where}: key_file {path} cannot be read "
