@@ -94,6 +94,10 @@ def test_train_stores_a_hot_adapter_closer_to_its_target_without_a_restart(
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the loss falls
     done = seen[-1]
     assert done["event"] == "done" and done["state"] == "hot" and done["steps"] == 40
+    # No GPU here: PEFT trains on the CPU (Unsloth only where CUDA is).
+    assert [e for e in seen if e["event"] == "backend"] == [
+        {"event": "backend", "name": "peft", "device": "cpu"}]  # fmt: skip
+    assert done["backend"] == "peft"
     assert set(done["seconds"]) == {"check", "train", "store", "load"}
     # Hot in the same engine and gateway: nothing restarted.
     [after] = gateway.http().get("/admin/status").json()["soulstones"]

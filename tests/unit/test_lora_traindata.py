@@ -16,6 +16,7 @@ from soulstone.lora.traindata import (
     check_lines,
     parse_since,
 )
+from soulstone.lora.trainer import backend
 
 GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
 
@@ -111,3 +112,16 @@ def test_the_trainer_runs_in_the_engines_python_with_the_engines_context(tmp_pat
     command = trainer_command(python, model, tmp_path / "d.jsonl", tmp_path / "out", options, 512)
     assert command[0] == str(python) and command[1].endswith("trainer.py")
     assert command[command.index("--rank") + 1] == "4" and "--max-length" in command
+
+
+@pytest.mark.parametrize(("cuda", "installed", "asked", "chosen"), [
+    (True, True, None, "unsloth"),  # a CUDA GPU and Unsloth: its kernels
+    (True, True, "peft", "peft"),  # SOULSTONE_TRAIN_BACKEND=peft asks for plain PEFT
+    (True, False, None, "peft"),  # not installed
+    (False, True, None, "peft"),  # no GPU: Unsloth does not run on the CPU
+    (False, False, None, "peft"),
+])  # fmt: skip
+def test_unsloth_trains_only_on_a_cuda_gpu_where_it_is_installed(
+    cuda: bool, installed: bool, asked: str | None, chosen: str
+) -> None:
+    assert backend(cuda, installed, asked) == chosen

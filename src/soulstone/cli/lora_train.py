@@ -86,6 +86,8 @@ def _run_trainer(s: Session, run: TrainerRun, where: str, as_json: bool,
                 summary["examples"] = event.get("examples")
                 if bar is not None and task is not None:
                     bar.update(task, description="training")
+            elif kind == "backend":
+                summary["backend"] = event.get("name")
             elif kind == "step":
                 loss = event.get("loss")
                 summary["first_loss"] = summary["first_loss"] or loss

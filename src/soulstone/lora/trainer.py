@@ -1,7 +1,11 @@
-"""Fine-tune a LoRA adapter with PEFT: a standalone script run in the training environment.
+"""Fine-tune a LoRA adapter (PEFT, or Unsloth on a GPU): a standalone script run in the
+training environment.
 
     python trainer.py --model DIR --data FILE.jsonl --out DIR [--rank 8 --alpha 16 ...]
 
+On a CUDA GPU with Unsloth installed, Unsloth loads the model and wraps it
+in its LoRA layers (its fast kernels; the adapter it saves is PEFT's
+format); anywhere else, or with SOULSTONE_TRAIN_BACKEND=peft, plain PEFT.
 It runs in an environment that has torch, transformers and peft (the
 `soulstone[train]` extra, or the engine's own environment such as the vLLM
 venv), never in the gateway's: it imports nothing from soulstone. `--data`
@@ -10,6 +14,7 @@ soulstone (N is the line of the user's file). It reports JSON lines on
 stdout, one event each:
 
     {"event": "checked", "examples": 20, "tokens": 812, "max_tokens": 44}
+    {"event": "backend", "name": "peft", "device": "cpu"}      (or "unsloth", "cuda")
     {"event": "refused", "line": 7, "message": "..."}          (exit 3)
     {"event": "step", "step": 3, "steps": 60, "loss": 4.1, "epoch": 1}
     {"event": "saved", "path": "...", "loss": 0.2}
@@ -21,8 +26,10 @@ Only the assistant turns are learned (the other tokens are masked out).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -109,10 +116,51 @@ def collate(batch: list[tuple[list[int], list[int]]], pad: int, torch: Any) -> d
             "labels": torch.tensor(labels)}  # fmt: skip
 
 
+def backend(cuda: bool, unsloth_installed: bool, asked: str | None) -> str:
+    """The training backend: "unsloth" on a CUDA GPU where it is installed (unless
+    SOULSTONE_TRAIN_BACKEND=peft asks otherwise), else "peft"."""
+    if asked == "peft" or not cuda or not unsloth_installed:
+        return "peft"
+    return "unsloth"
+
+
+def unsloth_imports() -> bool:
+    """Import Unsloth (before transformers and peft: it patches them); False, after a
+    `warning` event, when it refuses this machine."""
+    try:
+        import unsloth  # noqa: F401
+    except Exception as error:  # Unsloth refuses some GPUs and versions at import
+        emit("warning", message=f"Unsloth cannot run here ({type(error).__name__}: {error}); "
+             "training with PEFT")  # fmt: skip
+        return False
+    return True
+
+
+def unsloth_model(options: argparse.Namespace, max_tokens: int) -> Any:
+    """The model loaded by Unsloth, in its LoRA layers (Unsloth imported already)."""
+    from unsloth import FastLanguageModel
+
+    model, _ = FastLanguageModel.from_pretrained(
+        model_name=str(options.model), max_seq_length=options.max_length or max_tokens,
+        dtype=None, load_in_4bit=False,
+    )  # fmt: skip
+    return FastLanguageModel.get_peft_model(
+        model, r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
+        target_modules=options.target_modules.split(","), bias="none",
+        use_gradient_checkpointing="unsloth", random_state=options.seed,
+    )  # fmt: skip
+
+
 def train(options: argparse.Namespace) -> int:
     """Check the examples against the context, train, save the adapter; the exit code."""
     try:
         import torch
+
+        cuda = torch.cuda.is_available()
+        chosen = backend(cuda, importlib.util.find_spec("unsloth") is not None,
+                         os.environ.get("SOULSTONE_TRAIN_BACKEND"))  # fmt: skip
+        if chosen == "unsloth" and not unsloth_imports():
+            chosen = "peft"
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as error:
@@ -126,14 +174,19 @@ def train(options: argparse.Namespace) -> int:
         return REFUSED_EXIT
     emit("checked", examples=len(examples), tokens=sum(len(i) for i, _ in examples),
          max_tokens=max(len(i) for i, _ in examples))  # fmt: skip
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(
-        options.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32
-    ).to(device)
-    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
-                        target_modules=options.target_modules.split(","),
-                        task_type="CAUSAL_LM")  # fmt: skip
-    model = get_peft_model(model, config)
+    device = "cuda" if cuda else "cpu"
+    longest = max(len(i) for i, _ in examples)
+    if chosen == "unsloth":
+        model = unsloth_model(options, longest)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            options.model, dtype=torch.bfloat16 if cuda else torch.float32
+        ).to(device)
+        config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=0.0,
+                            target_modules=options.target_modules.split(","),
+                            task_type="CAUSAL_LM")  # fmt: skip
+        model = get_peft_model(model, config)
+    emit("backend", name=chosen, device=device)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=options.lr)  # fmt: skip
