@@ -215,12 +215,7 @@ class Upstream:
             self.usage = usage_in(tail[-TAIL_BYTES:])
             yield Done(self.usage.total)
         finally:
-            watchdog.stop()
-            self.ended = True
-            if whole:
-                response.release()  # the connection goes back to the pool
-            else:
-                response.close()  # the engine sees the cancel
+            self._settle(watchdog, whole)
 
     async def push(self, on_failure: Callable[[], None], write: Callable[[bytes], None],
                    ) -> Refusal | None:  # fmt: skip
@@ -253,12 +248,17 @@ class Upstream:
             self.usage = usage_in(tail[0][-TAIL_BYTES:])
             return None
         finally:
-            watchdog.stop()
-            self.ended = True
-            if whole:
-                response.release()  # the connection goes back to the pool
-            else:
-                response.close()  # the engine sees the cancel
+            self._settle(watchdog, whole)
+
+    def _settle(self, watchdog: _Idle, whole: bool) -> None:
+        """The stream is over: stop its watchdog; a whole answer's connection goes back to
+        the pool, any other is closed (the engine sees the cancel)."""
+        watchdog.stop()
+        self.ended = True
+        if whole:
+            self.response.release()
+        else:
+            self.response.close()
 
     def _broken(self, watchdog: _Idle, on_failure: Callable[[], None]) -> Refusal:
         """Why a stream broke off: the engine fell silent (timed out) or failed."""

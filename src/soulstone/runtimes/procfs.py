@@ -80,18 +80,25 @@ def _all() -> list[ProcStat]:
     return found
 
 
+def _group_exists(pgid: int) -> bool:
+    """Whether any process is in this group (one signal 0, no /proc scan)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's group: it exists, /proc says who is in it
+    return True
+
+
 def group_members(pgid: int) -> list[int]:
     """Pids of the live (non-zombie) processes in a process group.
 
     A group that no process is in any more (the usual case after a stop)
     is known from one `killpg(pgid, 0)`, without reading all of /proc.
     """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if not _group_exists(pgid):
         return []
-    except PermissionError:
-        pass  # someone else's group: /proc says who is in it
     return sorted(p.pid for p in _all() if p.pgid == pgid and p.state not in ("Z", "X"))
 
 
